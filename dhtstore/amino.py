@@ -1,0 +1,39 @@
+"""Amino DHT constants, as go-libp2p-kad-dht's amino/defaults.go and the specs set them.
+
+One place for every protocol number, so a reviewer can check them against the facts
+sheet (../shared/reference/amino-dht-facts.md) in one read.
+"""
+
+from datetime import timedelta
+
+PROTOCOL_ID = "/ipfs/kad/1.0.0"
+LAN_PROTOCOL_ID = "/ipfs/lan/kad/1.0.0"
+
+BUCKET_SIZE = 20  # k: bucket size, replication factor, peers per response
+CONCURRENCY = 10  # α: requests in flight per lookup
+RESILIENCY = 3  # β: closest answered peers that must be queried to terminate
+
+PROVIDE_VALIDITY = timedelta(hours=48)
+PROVIDER_ADDR_TTL = timedelta(hours=24)
+REPROVIDE_INTERVAL = timedelta(hours=22)
+MAX_RECORD_AGE = timedelta(hours=48)
+PROVIDER_GC_INTERVAL = timedelta(hours=1)
+
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # go-libp2p network.MessageSizeMax
+MAX_PEER_RECORD_SIZE = 8 * 1024  # one Message.Peer, addresses dropped past it
+MAX_CLOSER_PEERS = 2 * BUCKET_SIZE  # closer peers taken from one response
+MAX_PROVIDER_KEY_BYTES = 80
+
+READ_MESSAGE_TIMEOUT = 10.0  # seconds, a response to a request
+STREAM_IDLE_TIMEOUT = 60.0  # an idle inbound kad stream is reset
+PUT_OPERATION_TIMEOUT = 30.0  # per-peer PUT_VALUE / ADD_PROVIDER
+
+MAX_PEERS_PER_IP_GROUP = 3
+MAX_PEERS_PER_IP_GROUP_PER_CPL = 2
+
+REFRESH_INTERVAL = timedelta(minutes=10)
+REFRESH_QUERY_TIMEOUT = 10.0
+PING_TIMEOUT = 10.0
+
+IPNS_QUORUM = 16
+MAX_IPNS_RECORD_SIZE = 10 * 1024

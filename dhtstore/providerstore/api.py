@@ -1,0 +1,52 @@
+"""Provider records: who provides which multihash, for how long.
+
+A provider record lives 48 h from its last announcement (PROVIDE_VALIDITY); the
+provider's addresses live 24 h (PROVIDER_ADDR_TTL) and are kept with the peer, not the
+record, as go does. Re-announcing a (key, provider) refreshes it; it never duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from ..network.api import PeerInfo
+from ..peerid import PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRecord:
+    key: bytes  # multihash
+    provider: PeerInfo  # peer id and its unexpired known addresses
+    received_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStoreStats:
+    records: int
+    keys: int
+    providers: int
+    expiring_within_hour: int
+
+
+@runtime_checkable
+class ProviderStore(Protocol):
+    async def add_provider(self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = ()) -> None:
+        """Record that ``provider`` provides ``key``; returns once the record is durable.
+
+        Raises ValueError (naming the problem) for a key that is not a multihash or is
+        over 80 bytes, or an address list over the size limit; nothing is written then.
+        """
+        ...
+
+    async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
+        """Unexpired providers of ``key`` with their unexpired addresses."""
+        ...
+
+    async def sweep_expired(self) -> int:
+        """Delete expired records (in batches); return how many were deleted."""
+        ...
+
+    async def stats(self) -> ProviderStoreStats: ...

@@ -1,0 +1,40 @@
+"""Value records: validation and selection per namespace, and where valid records are kept.
+
+Only ``/pk/`` and ``/ipns/`` are accepted on the Amino DHT; any other namespace is
+rejected (ipfs/specs kad-dht "Record Routing"; go config.Validate).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..network.api import Record
+
+
+class RecordError(ValueError):
+    """A record that is invalid for its key: bad signature, expired, oversized, unknown namespace."""
+
+
+@runtime_checkable
+class Validator(Protocol):
+    def validate(self, key: bytes, value: bytes) -> None:
+        """Raise RecordError unless ``value`` is a valid record for ``key``."""
+        ...
+
+    def select(self, key: bytes, values: list[bytes]) -> int:
+        """Index of the best of several valid values (callers validate first)."""
+        ...
+
+
+@runtime_checkable
+class ValueStore(Protocol):
+    """Holds validated records. ``get`` returns None for a record older than MAX_RECORD_AGE."""
+
+    async def get(self, key: bytes) -> Record | None: ...
+
+    async def put(self, record: Record) -> Record:
+        """Store ``record`` unless the stored one is better; return the one kept.
+
+        The record must already be validated; ``put`` applies ``Validator.select``.
+        """
+        ...
