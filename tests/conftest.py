@@ -7,9 +7,13 @@ always runs them.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import shutil
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +53,98 @@ def node_bin() -> str:
     if path is None:
         skip_or_fail("Node.js not installed (needed for the js-libp2p interop tests)")
     return path
+
+
+# --- SQL stores (data tier) -------------------------------------------------------
+# Fixtures for any test of a SQL-backed component: a migrated, empty store on SQLite
+# (a file in tmp_path) and on PostgreSQL (a database created for this test session and
+# dropped after it), and ``store_url`` parametrised over both.
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _pg_admin(url: str, *statements: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    conn = await asyncpg.connect(
+        user=u.username, password=u.password, host=u.host, port=u.port or 5432, database=u.database
+    )
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def _pg_scratch_database(pg_url: str) -> Iterator[str]:
+    from sqlalchemy.engine import make_url
+
+    name = f"dhtstore_t_{secrets.token_hex(6)}"
+    asyncio.run(_pg_admin(pg_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_empty_database_url(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL database with nothing in it, private to this test session."""
+    yield from _pg_scratch_database(pg_url)
+
+
+@pytest.fixture(scope="session")
+def _pg_migrated_url(pg_url: str) -> Iterator[str]:
+    from dhtstore.data.schema import create_or_upgrade
+
+    for url in _pg_scratch_database(pg_url):
+        asyncio.run(create_or_upgrade(url))
+        yield url
+
+
+@pytest.fixture
+def pg_store_url(_pg_migrated_url: str) -> str:
+    """A PostgreSQL store at the head revision, emptied before each test."""
+    from dhtstore.data.models import metadata
+    from dhtstore.data.schema import head_revision
+
+    tables = ", ".join(t.name for t in metadata.sorted_tables)
+    asyncio.run(
+        _pg_admin(
+            _pg_migrated_url,
+            f"TRUNCATE {tables} CASCADE",
+            f"UPDATE alembic_version SET version_num = '{head_revision()}'",
+        )
+    )
+    return _pg_migrated_url
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dhtstore.data.engine import default_store_url
+    from dhtstore.data.schema import create_or_upgrade
+
+    directory = tmp_path_factory.mktemp("sqlite-template")
+    asyncio.run(create_or_upgrade(default_store_url(directory)))
+    return directory / "dhtstore.db"
+
+
+@pytest.fixture
+def sqlite_store_url(_sqlite_template: Path, tmp_path: Path) -> str:
+    """A SQLite store file in tmp_path, at the head revision and empty."""
+    from dhtstore.data.engine import default_store_url
+
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(_sqlite_template, tmp_path / "store" / "dhtstore.db")  # WAL was checkpointed at close
+    return default_store_url(tmp_path / "store")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty store, once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue(f"{'sqlite' if request.param == 'sqlite' else 'pg'}_store_url")
