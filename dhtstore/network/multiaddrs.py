@@ -1,0 +1,102 @@
+"""Multiaddr helpers for the host: strict checks of binary multiaddrs from the wire,
+TCP endpoints, and the ``/p2p/<id>`` suffix.
+
+Parsing and printing use the ``multiaddr`` package. Its binary parser is lazy and
+lenient (a truncated ``/ip4`` decodes to a wrong address), so ``is_valid`` first
+walks the protocol codes and their sizes, then lets the package check the values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from multiaddr import Multiaddr, protocols
+from multiaddr.exceptions import Error as MultiaddrError
+
+from .. import varint
+from ..peerid import PeerId, PeerIdError
+
+MAX_MULTIADDR_BYTES = 1024  # go-multiaddr refuses nothing smaller in practice
+P2P_CODE = 421
+VARIABLE_SIZE = -1
+
+
+class MultiaddrFormatError(ValueError):
+    """A multiaddr that does not parse or is not one the host can use."""
+
+
+def is_valid(data: bytes) -> bool:
+    """True when ``data`` is a well-formed binary multiaddr of known protocols."""
+    if not data or len(data) > MAX_MULTIADDR_BYTES:
+        return False
+    pos = 0
+    try:
+        while pos < len(data):
+            decoded = varint.decode(data, pos)
+            if decoded is None:
+                return False
+            code, pos = decoded
+            size = protocols.protocol_with_code(code).size
+            if size == VARIABLE_SIZE:
+                decoded = varint.decode(data, pos)
+                if decoded is None:
+                    return False
+                length, pos = decoded
+            else:
+                length = size // 8
+            pos += length
+        if pos != len(data):
+            return False
+        str(Multiaddr(data))  # checks each value against its codec
+    except (MultiaddrError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    return True
+
+
+def parse(text_or_bytes: str | bytes) -> Multiaddr:
+    """A Multiaddr from its text or binary form; MultiaddrFormatError if invalid."""
+    if isinstance(text_or_bytes, bytes) and not is_valid(text_or_bytes):
+        raise MultiaddrFormatError(f"invalid binary multiaddr {text_or_bytes[:64].hex()}")
+    try:
+        ma = Multiaddr(text_or_bytes)
+        str(ma)
+    except (MultiaddrError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise MultiaddrFormatError(f"invalid multiaddr {text_or_bytes!r}: {exc}") from None
+    return ma
+
+
+def split_peer_id(ma: Multiaddr) -> tuple[Multiaddr, PeerId | None]:
+    """The transport part of ``ma`` and the peer id of a trailing ``/p2p/<id>``."""
+    codes = [p.code for p in ma.protocols()]
+    if not codes or codes[-1] != P2P_CODE:
+        return ma, None
+    try:
+        peer = PeerId.from_string(ma.value_for_protocol(P2P_CODE))
+    except PeerIdError as exc:
+        raise MultiaddrFormatError(f"bad /p2p/ peer id in {ma}: {exc}") from None
+    return ma.decapsulate_code(P2P_CODE), peer
+
+
+def with_peer_id(ma: Multiaddr, peer: PeerId) -> Multiaddr:
+    return ma.encapsulate(Multiaddr(f"/p2p/{peer}"))
+
+
+def tcp_endpoint(ma: Multiaddr) -> tuple[str, int]:
+    """(host, port) of ``/ip4|ip6/<host>/tcp/<port>``; MultiaddrFormatError otherwise."""
+    parts = list(ma.items())
+    if len(parts) != 2 or parts[0][0].name not in ("ip4", "ip6") or parts[1][0].name != "tcp":
+        raise MultiaddrFormatError(f"not a /ip4|ip6/…/tcp/… address: {ma}")
+    return str(parts[0][1]), int(parts[1][1])
+
+
+def from_tcp_endpoint(host: str, port: int) -> Multiaddr:
+    family = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+    return Multiaddr(f"/{family}/{host}/tcp/{port}")
+
+
+def is_loopback(ma: Multiaddr) -> bool:
+    try:
+        host, _ = tcp_endpoint(ma)
+    except MultiaddrFormatError:
+        return False
+    return ipaddress.ip_address(host).is_loopback

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Regenerate ``dhtstore/network/pb/<name>_pb2.py`` from every ``proto/<name>.proto``.
+
+    python scripts/gen_proto.py           # regenerate
+    python scripts/gen_proto.py --check   # exit 1 if a generated module is stale
+
+Uses ``grpc_tools.protoc`` (the ``test`` extra). The check compares descriptors, not
+text, so a newer protoc that only changes the generated boilerplate is not "stale".
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+OUT_DIR = ROOT / "dhtstore" / "network" / "pb"
+PB_PACKAGE = "dhtstore.network.pb"
+
+
+def _protoc(*args: str) -> None:
+    from grpc_tools import protoc
+
+    code = protoc.main(["protoc", f"-I{PROTO_DIR}", *args])
+    if code != 0:
+        raise SystemExit(f"protoc failed ({code}) on {' '.join(args)}")
+
+
+def proto_files() -> list[Path]:
+    return sorted(PROTO_DIR.glob("*.proto"))
+
+
+def generate() -> None:
+    for proto in proto_files():
+        _protoc(f"--python_out={OUT_DIR}", str(proto))
+        print(f"generated {OUT_DIR.relative_to(ROOT)}/{proto.stem}_pb2.py")
+
+
+def _strip_json_names(file: object) -> None:
+    def strip(message: object) -> None:
+        for f in message.field:  # type: ignore[attr-defined]
+            f.ClearField("json_name")
+        for nested in message.nested_type:  # type: ignore[attr-defined]
+            strip(nested)
+
+    for message in file.message_type:  # type: ignore[attr-defined]
+        strip(message)
+
+
+def stale_modules() -> list[str]:
+    """Names of generated modules missing or not matching their .proto."""
+    from google.protobuf import descriptor_pb2
+
+    stale = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for proto in proto_files():
+            out = Path(tmp) / f"{proto.stem}.pb"
+            _protoc(f"--descriptor_set_out={out}", str(proto))
+            expected = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+            _strip_json_names(expected)  # protoc leaves them out of generated Python
+            try:
+                module = importlib.import_module(f"{PB_PACKAGE}.{proto.stem}_pb2")
+            except ImportError:
+                stale.append(f"{proto.stem}_pb2 (missing)")
+                continue
+            actual = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+            if actual != expected:
+                stale.append(f"{proto.stem}_pb2")
+    return stale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check that the generated code is current")
+    args = parser.parse_args()
+    if not args.check:
+        generate()
+        return
+    sys.path.insert(0, str(ROOT))
+    stale = stale_modules()
+    if stale:
+        print("stale generated code: " + ", ".join(stale) + "; run python scripts/gen_proto.py", file=sys.stderr)
+        raise SystemExit(1)
+    print("generated code is current")
+
+
+if __name__ == "__main__":
+    main()
