@@ -25,9 +25,6 @@ class MemoryValueStore:
         self._max_age_ns = int(max_record_age.total_seconds()) * timestamps.NS_PER_SECOND
         self._records: dict[bytes, Record] = {}
 
-    def __len__(self) -> int:
-        return len(self._records)
-
     async def get(self, key: bytes) -> Record | None:
         record = self._records.get(key)
         if record is not None and self._too_old(record):
@@ -43,6 +40,17 @@ class MemoryValueStore:
         stored = Record(record.key, record.value, timestamps.format_ns(self._now_ns()))
         self._records[record.key] = stored
         return stored
+
+    async def count(self) -> int:
+        """Records held, including any past MAX_RECORD_AGE that ``sweep`` has not removed yet."""
+        return len(self._records)
+
+    async def sweep(self) -> int:
+        """Delete every record older than MAX_RECORD_AGE; return how many went."""
+        old = [key for key, record in self._records.items() if self._too_old(record)]
+        for key in old:
+            del self._records[key]
+        return len(old)
 
     def _now_ns(self) -> int:
         return int(self._clock() * timestamps.NS_PER_SECOND)
