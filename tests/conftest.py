@@ -12,8 +12,10 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +68,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine to completion, also from a fixture set up inside a running loop."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
 async def _pg_admin(url: str, *statements: str) -> None:
     import asyncpg
     from sqlalchemy.engine import make_url
@@ -85,11 +93,11 @@ def _pg_scratch_database(pg_url: str) -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     name = f"dhtstore_t_{secrets.token_hex(6)}"
-    asyncio.run(_pg_admin(pg_url, f'CREATE DATABASE "{name}"'))
+    _run(_pg_admin(pg_url, f'CREATE DATABASE "{name}"'))
     try:
         yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(_pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _run(_pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +111,7 @@ def _pg_migrated_url(pg_url: str) -> Iterator[str]:
     from dhtstore.data.schema import create_or_upgrade
 
     for url in _pg_scratch_database(pg_url):
-        asyncio.run(create_or_upgrade(url))
+        _run(create_or_upgrade(url))
         yield url
 
 
@@ -114,7 +122,7 @@ def pg_store_url(_pg_migrated_url: str) -> str:
     from dhtstore.data.schema import head_revision
 
     tables = ", ".join(t.name for t in metadata.sorted_tables)
-    asyncio.run(
+    _run(
         _pg_admin(
             _pg_migrated_url,
             f"TRUNCATE {tables} CASCADE",
@@ -130,7 +138,7 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dhtstore.data.schema import create_or_upgrade
 
     directory = tmp_path_factory.mktemp("sqlite-template")
-    asyncio.run(create_or_upgrade(default_store_url(directory)))
+    _run(create_or_upgrade(default_store_url(directory)))
     return directory / "dhtstore.db"
 
 

@@ -8,7 +8,7 @@ record, as go does. Re-announcing a (key, provider) refreshes it; it never dupli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from ..network.api import PeerInfo
@@ -33,11 +33,14 @@ class ProviderStoreStats:
 
 @runtime_checkable
 class ProviderStore(Protocol):
-    async def add_provider(self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = ()) -> None:
+    async def add_provider(
+        self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
+    ) -> None:
         """Record that ``provider`` provides ``key``; returns once the record is durable.
 
         Raises ValueError (naming the problem) for a key that is not a multihash or is
         over 80 bytes, or an address list over the size limit; nothing is written then.
+        ``ttl`` (default and maximum: PROVIDE_VALIDITY, 48 h) shortens the record's life.
         """
         ...
 

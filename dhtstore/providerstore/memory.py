@@ -1,0 +1,79 @@
+"""An in-memory ProviderStore with the SQL store's semantics, for simulations and tests.
+
+Time comes from an injectable clock (seconds since the epoch), so a simulation can run
+48 hours of expiry in no time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from ..amino import PROVIDER_ADDR_TTL
+from ..peerid import PeerId
+from .api import ProviderRecord, ProviderStoreStats
+from .validation import check_addrs, check_key, check_provider, check_ttl, make_record
+
+HOUR = 3600
+
+
+class MemoryProviderStore:
+    def __init__(self, clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._records: dict[bytes, dict[bytes, tuple[int, int]]] = {}  # key -> peer -> (received, expires)
+        self._addrs: dict[bytes, tuple[tuple[bytes, ...], int]] = {}  # peer -> (addrs, expire_at)
+        self._addr_ttl = int(PROVIDER_ADDR_TTL.total_seconds())
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    async def add_provider(
+        self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
+    ) -> None:
+        key, peer, addrs, lifetime = check_key(key), check_provider(provider), check_addrs(addrs), check_ttl(ttl)
+        now = self._now()
+        self._records.setdefault(key, {})[peer] = (now, now + lifetime)
+        if addrs:
+            self._addrs[peer] = (addrs, now + self._addr_ttl)
+
+    async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
+        key = check_key(key)
+        now = self._now()
+        out = [
+            make_record(key, peer, received, expires, self._live_addrs(peer, now))
+            for peer, (received, expires) in self._records.get(key, {}).items()
+            if expires > now
+        ]
+        self._rng.shuffle(out)  # as go does: spread load over providers
+        return out if limit is None else out[:limit]
+
+    def _live_addrs(self, peer: bytes, now: int) -> tuple[bytes, ...]:
+        addrs, expire_at = self._addrs.get(peer, ((), 0))
+        return addrs if expire_at > now else ()
+
+    async def sweep_expired(self) -> int:
+        now = self._now()
+        deleted = 0
+        for key in list(self._records):
+            peers = self._records[key]
+            for peer in [p for p, (_, expires) in peers.items() if expires <= now]:
+                del peers[peer]
+                deleted += 1
+            if not peers:
+                del self._records[key]
+        for peer in [p for p, (_, expire_at) in self._addrs.items() if expire_at <= now]:
+            del self._addrs[peer]
+        return deleted
+
+    async def stats(self) -> ProviderStoreStats:
+        now = self._now()
+        live = [(k, p, e) for k, peers in self._records.items() for p, (_, e) in peers.items() if e > now]
+        return ProviderStoreStats(
+            records=len(live),
+            keys=len({k for k, _, _ in live}),
+            providers=len({p for _, p, _ in live}),
+            expiring_within_hour=sum(1 for _, _, e in live if e <= now + HOUR),
+        )

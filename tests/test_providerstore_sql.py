@@ -1,0 +1,173 @@
+"""The SQL provider store's own promises: group commit, durability across kill -9, a
+second process writing the same SQLite file, a cache that never shows stale sets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import anyio
+import pytest
+from sqlalchemy import func, select
+
+from dhtstore.data.engine import StoreError, make_engine
+from dhtstore.data.models import PeerRow, ProviderRecordRow
+from dhtstore.providerstore.sql import SqlProviderStore, open_provider_store
+
+from dhtstore.crypto.keys import PrivateKey
+from dhtstore.multihash import SHA2_256, Multihash
+from dhtstore.peerid import PeerId
+
+pytestmark = pytest.mark.anyio
+
+ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001
+_PEERS = [PrivateKey.generate().peer_id() for _ in range(8)]
+
+
+def mh(i: int) -> bytes:
+    return Multihash(SHA2_256, hashlib.sha256(str(i).encode()).digest()).to_bytes()
+
+
+def peer(i: int) -> PeerId:
+    return _PEERS[i]
+
+
+async def _count(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(ProviderRecordRow))).scalar_one()
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_adds_share_transactions(store_url: str) -> None:
+    async with open_provider_store(store_url) as store:
+        async with anyio.create_task_group() as tg:
+            for i in range(600):
+                tg.start_soon(store.add_provider, mh(i), peer(i % 8), (ADDR,))
+        assert store.counters["records_written"] == 600
+        assert store.counters["transactions"] <= 20
+        assert (await store.stats()).records == 600
+    assert await _count(store_url) == 600
+
+
+async def test_reannounce_while_queued_is_one_row(sqlite_store_url: str) -> None:
+    async with open_provider_store(sqlite_store_url) as store:
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(store.add_provider, mh(1), peer(0), (ADDR,))
+        assert [r.provider.addrs for r in await store.get_providers(mh(1))] == [(ADDR,)]
+    assert await _count(sqlite_store_url) == 1
+
+
+async def test_reads_never_cache_a_stale_set(store_url: str) -> None:
+    async with open_provider_store(store_url, cache_size=4) as store:
+        await store.add_provider(mh(0), peer(0))
+
+        async def reader() -> None:
+            for _ in range(30):
+                await store.get_providers(mh(0))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(reader)
+            for p in range(1, 8):
+                tg.start_soon(store.add_provider, mh(0), peer(p))
+        assert {r.provider.peer_id for r in await store.get_providers(mh(0))} == {peer(p) for p in range(8)}
+
+
+async def test_cached_addresses_follow_new_announcements(sqlite_store_url: str) -> None:
+    other = bytes.fromhex("047f000002060fa2")
+    async with open_provider_store(sqlite_store_url) as store:
+        await store.add_provider(mh(1), peer(0), (ADDR,))
+        assert (await store.get_providers(mh(1)))[0].provider.addrs == (ADDR,)
+        await store.add_provider(mh(2), peer(0), (other,))  # same peer, new addresses
+        assert (await store.get_providers(mh(1)))[0].provider.addrs == (other,)
+
+
+async def test_leaving_commits_queued_records_and_refuses_later_adds(sqlite_store_url: str) -> None:
+    engine = make_engine(sqlite_store_url)
+    results: list[str] = []
+    try:
+        store = SqlProviderStore(engine, linger=0.05)
+        async with store:
+
+            async def add(i: int) -> None:
+                await store.add_provider(mh(i), peer(0))
+                results.append("ok")
+
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(add, i)
+                await anyio.sleep(0)  # all queued, none committed yet
+        assert results == ["ok"] * 20
+        with pytest.raises(StoreError, match="not running"):
+            await store.add_provider(mh(99), peer(0))
+    finally:
+        await engine.dispose()
+    assert await _count(sqlite_store_url) == 20
+
+
+async def test_peer_text_columns_are_base58(sqlite_store_url: str) -> None:
+    async with open_provider_store(sqlite_store_url) as store:
+        await store.add_provider(mh(1), peer(0))
+    engine = make_engine(sqlite_store_url)
+    async with engine.connect() as conn:
+        text_id = (await conn.execute(select(PeerRow.peer_id_text))).scalar_one()
+        key_b58 = (await conn.execute(select(ProviderRecordRow.key_b58))).scalar_one()
+    await engine.dispose()
+    assert text_id == peer(0).to_base58()
+    assert key_b58.startswith("Qm")  # sha2-256 multihash in base58btc = the CIDv0 form
+
+
+WRITER = textwrap.dedent(
+    """
+    import hashlib, sys, anyio
+    from dhtstore.crypto.keys import PrivateKey
+    from dhtstore.multihash import SHA2_256, Multihash
+    from dhtstore.providerstore.sql import open_provider_store
+
+    def mh(i):
+        return Multihash(SHA2_256, hashlib.sha256(str(i).encode()).digest()).to_bytes()
+
+    PEERS = [PrivateKey.generate().peer_id() for _ in range(8)]
+
+    async def main(url, first, n):
+        async with open_provider_store(url) as store:
+            async with anyio.create_task_group() as tg:
+                for i in range(first, first + n):
+                    tg.start_soon(store.add_provider, mh(i), PEERS[i % 8])
+            print("committed", flush=True)
+            await anyio.sleep(3600)  # killed here
+
+    anyio.run(main, sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    """
+)
+
+
+def _start_writer(url: str, first: int, n: int) -> subprocess.Popen[str]:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, str(first), str(n)], cwd=repo, stdout=subprocess.PIPE, text=True
+    )
+
+
+async def test_records_survive_kill_9_and_a_second_process_writes_alongside(sqlite_store_url: str) -> None:
+    child = _start_writer(sqlite_store_url, 0, 300)
+    try:
+        async with open_provider_store(sqlite_store_url) as store:  # this process writes at the same time
+            async with anyio.create_task_group() as tg:
+                for i in range(1000, 1300):
+                    tg.start_soon(store.add_provider, mh(i), peer(i % 8))
+        assert child.stdout is not None
+        line = await anyio.to_thread.run_sync(child.stdout.readline)
+        assert line.strip() == "committed"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    assert await _count(sqlite_store_url) == 600
