@@ -1,0 +1,266 @@
+"""``KademliaRouter``: the DHT operations built on the iterative lookup.
+
+It implements the Protocols of ``dhtstore.dht`` and ``dhtstore.ipfs`` (find closest
+peers, find a peer, get/set a value, find providers, provide, find peers by feature),
+so the packages' free functions take this fast path. Every operation hands a
+``LookupStats`` to ``on_lookup``, and every peer contacted is reported to
+``reporter`` so the node can keep its routing table current.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import anyio
+
+from .. import amino
+from ..kadkey import Key
+from ..network.api import KadMessenger, Message, MessageType, NetworkError, PeerInfo, Record
+from ..peerid import PeerId
+from ..records.api import RecordError, Validator
+from ..routingtable.api import RoutingTable
+from .api import LookupObserver, LookupStats, PeerReporter, RoutingError
+from .query import QueryOutcome, QueryState, ReplyHandler, _is_valid_peer_id, run_query
+
+log = logging.getLogger(__name__)
+
+
+def feature_key(feature: str | bytes) -> bytes:
+    """The provider key under which peers announce a feature: the sha2-256 multihash of
+    its name, as go-libp2p's routing discovery does for a namespace."""
+    import hashlib
+
+    from ..multihash import SHA2_256, Multihash
+
+    raw = feature.encode() if isinstance(feature, str) else feature
+    return Multihash(SHA2_256, hashlib.sha256(raw).digest()).to_bytes()
+
+
+class KademliaRouter:
+    def __init__(
+        self,
+        local: PeerInfo,
+        table: RoutingTable,
+        messenger: KadMessenger,
+        validator: Validator | None = None,
+        *,
+        k: int = amino.BUCKET_SIZE,
+        alpha: int = amino.CONCURRENCY,
+        beta: int = amino.RESILIENCY,
+        request_timeout: float = amino.READ_MESSAGE_TIMEOUT,
+        put_timeout: float = amino.PUT_OPERATION_TIMEOUT,
+        reporter: PeerReporter | None = None,
+        on_lookup: LookupObserver | None = None,
+    ):
+        self.local = local
+        self.table = table
+        self.messenger = messenger
+        self.validator = validator
+        self.k, self.alpha, self.beta = k, alpha, beta
+        self.request_timeout = request_timeout
+        self.put_timeout = put_timeout
+        self.reporter = reporter
+        self.on_lookup = on_lookup
+
+    # -- dht.DHT ---------------------------------------------------------------
+
+    async def find_closest_peers(self, key: bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
+        """The ``n`` closest peers to ``Key.hash(key)`` that answered us, closest first."""
+        outcome = await self._lookup("find_closest_peers", MessageType.FIND_NODE, key, Key.hash(key), width=n)
+        self._observe(outcome.stats)
+        return outcome.state.closest_queried(n)
+
+    # -- dht.FindPeerDHT -------------------------------------------------------
+
+    async def find_peer(self, peer_id: PeerId) -> PeerInfo | None:
+        """The peer with its addresses, or None; stops as soon as someone names it."""
+        known = self.table.get(peer_id)
+        if known is not None and known.addrs:
+            return known
+        found: list[PeerInfo] = []
+
+        def on_reply(peer: PeerInfo, reply: Message) -> bool:
+            if peer.peer_id == peer_id:
+                found.append(peer)
+            for info in reply.closer_peers[: amino.MAX_CLOSER_PEERS]:
+                if isinstance(info, PeerInfo) and info.peer_id == peer_id and info.addrs:
+                    found.append(info)
+            return bool(found)
+
+        outcome = await self._lookup(
+            "find_peer", MessageType.FIND_NODE, peer_id.to_bytes(), Key.for_peer(peer_id), on_reply=on_reply
+        )
+        self._observe(outcome.stats)
+        return found[0] if found else None
+
+    # -- dht.ValueDHT ----------------------------------------------------------
+
+    async def get_value(self, key: bytes, quorum: int = 0) -> Record | None:
+        """The best valid record for ``key``; stops after ``quorum`` valid answers (0: the
+        whole lookup). Entry correction: the best record is PUT back to peers that
+        returned another one, and to those among the k closest that returned none."""
+        validator = self._require_validator()
+        started = anyio.current_time()
+        answers: dict[PeerId, bytes | None] = {}
+        valid: list[bytes] = []
+
+        def on_reply(peer: PeerInfo, reply: Message) -> bool:
+            value = None
+            record = reply.record
+            if record is not None and record.key == key:
+                try:
+                    validator.validate(key, record.value)
+                except RecordError as exc:
+                    log.debug("get_value: invalid record from %s: %s", peer.peer_id, exc)
+                else:
+                    value = record.value
+                    valid.append(value)
+            answers[peer.peer_id] = value
+            return quorum > 0 and len(valid) >= quorum
+
+        outcome = await self._lookup("get_value", MessageType.GET_VALUE, key, Key.for_record(key), on_reply=on_reply)
+        if not valid:
+            self._observe(outcome.stats)
+            return None
+        best = valid[validator.select(key, valid)]
+        top = {p.peer_id for p in outcome.state.closest_queried(self.k)}
+        stale = [
+            pid for pid, value in answers.items() if (value is not None and value != best) or (value is None and pid in top)
+        ]
+        by_id = {p.peer_id: p for p in outcome.state.closest_queried(len(answers))}
+        corrected = await self._put_to([by_id[pid] for pid in stale if pid in by_id], Record(key, best))
+        self._observe(_with_extra_messages(outcome.stats, len(stale), started))
+        log.debug("get_value: corrected %d of %d stale holders", corrected, len(stale))
+        return Record(key, best)
+
+    async def set_value(self, key: bytes, value: bytes) -> int:
+        """Validate, then PUT_VALUE to the k closest peers; returns how many stored it."""
+        validator = self._require_validator()
+        validator.validate(key, value)
+        started = anyio.current_time()
+        outcome = await self._lookup("set_value", MessageType.FIND_NODE, key, Key.for_record(key))
+        targets = outcome.state.closest_queried(self.k)
+        stored = await self._put_to(targets, Record(key, value))
+        self._observe(_with_extra_messages(outcome.stats, len(targets), started))
+        return stored
+
+    # -- ipfs.FindProvidersDHT -------------------------------------------------
+
+    async def find_providers(self, key: bytes, count: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
+        """Providers of the multihash ``key``; stops once ``count`` are known. A provider
+        first seen without addresses takes them when it shows up again with some."""
+        providers: dict[PeerId, PeerInfo] = {}
+
+        def on_reply(peer: PeerInfo, reply: Message) -> bool:
+            for info in reply.provider_peers[: amino.MAX_CLOSER_PEERS]:
+                pid = info.peer_id if isinstance(info, PeerInfo) else None
+                if not isinstance(pid, PeerId) or not _is_valid_peer_id(pid.to_bytes()):
+                    continue
+                known = providers.get(pid)
+                if known is None or (info.addrs and not known.addrs):
+                    providers[pid] = info
+            return len(providers) >= count
+
+        outcome = await self._lookup(
+            "find_providers", MessageType.GET_PROVIDERS, key, Key.for_multihash(key), on_reply=on_reply
+        )
+        self._observe(outcome.stats)
+        return list(providers.values())[:count]
+
+    async def find_feature_peers(self, feature: str | bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
+        return await self.find_providers(feature_key(feature), n)
+
+    # -- ipfs.ProvideDHT -------------------------------------------------------
+
+    async def provide(self, provider: PeerInfo, key: bytes) -> int:
+        """ADD_PROVIDER(key, provider) to the k closest peers. No reply is awaited (go
+        sends it fire-and-forget); returns to how many peers it was sent."""
+        started = anyio.current_time()
+        outcome = await self._lookup("provide", MessageType.FIND_NODE, key, Key.for_multihash(key))
+        targets = outcome.state.closest_queried(self.k)
+        message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(provider,))
+        sent = 0
+
+        async def send(peer: PeerInfo) -> None:
+            nonlocal sent
+            try:
+                with anyio.fail_after(self.put_timeout):
+                    await self.messenger.send(peer, message)
+                sent += 1
+            except (NetworkError, TimeoutError) as exc:
+                log.debug("provide: ADD_PROVIDER to %s failed: %s", peer.peer_id, exc)
+
+        async with anyio.create_task_group() as tg:
+            for peer in targets:
+                tg.start_soon(send, peer)
+        self._observe(_with_extra_messages(outcome.stats, len(targets), started))
+        return sent
+
+    # -- internals -------------------------------------------------------------
+
+    async def _lookup(
+        self,
+        operation: str,
+        kind: MessageType,
+        wire_key: bytes,
+        target: Key,
+        *,
+        width: int | None = None,
+        on_reply: ReplyHandler | None = None,
+    ) -> QueryOutcome:
+        k = max(width or self.k, self.k)
+        state = QueryState(
+            target,
+            self.table.local_closest_peers(target, k),
+            self.local.peer_id,
+            k=k,
+            alpha=self.alpha,
+            beta=self.beta,
+        )
+        message = Message(kind, key=wire_key)
+        return await run_query(
+            operation,
+            state,
+            self.messenger,
+            lambda _peer: message,
+            on_reply,
+            timeout=self.request_timeout,
+            reporter=self.reporter,
+        )
+
+    async def _put_to(self, peers: list[PeerInfo], record: Record) -> int:
+        message = Message(MessageType.PUT_VALUE, key=record.key, record=record)
+        stored = 0
+
+        async def put(peer: PeerInfo) -> None:
+            nonlocal stored
+            try:
+                with anyio.fail_after(self.put_timeout):
+                    reply = await self.messenger.request(peer, message)
+            except (NetworkError, TimeoutError) as exc:
+                log.debug("PUT_VALUE to %s failed: %s", peer.peer_id, exc)
+                return
+            if reply.record is not None and reply.record.value == record.value:
+                stored += 1
+
+        async with anyio.create_task_group() as tg:
+            for peer in peers:
+                tg.start_soon(put, peer)
+        return stored
+
+    def _require_validator(self) -> Validator:
+        if self.validator is None:
+            raise RoutingError("this router has no record validator")
+        return self.validator
+
+    def _observe(self, stats: LookupStats) -> None:
+        if self.on_lookup is not None:
+            self.on_lookup(stats)
+
+
+def _with_extra_messages(stats: LookupStats, extra: int, started: float) -> LookupStats:
+    """The lookup's stats plus the PUT_VALUE/ADD_PROVIDER messages sent after it."""
+    return dataclasses.replace(
+        stats, messages_sent=stats.messages_sent + extra, duration=anyio.current_time() - started
+    )

@@ -1,0 +1,1 @@
+"""Who we know, by XOR distance. ``api.RoutingTable`` is the contract; ``kbuckets.KBucketTable`` the implementation."""

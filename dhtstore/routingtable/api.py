@@ -1,0 +1,53 @@
+"""The routing-table module's presentation tier: who we know, ordered by XOR distance.
+
+A table holds DHT *servers* only; which peers qualify (identify says they serve the
+kad protocol, the lookup check passes) is the node's decision, not the table's. The
+table decides where a peer fits: k-buckets by common prefix length with our own key,
+seniority (a full bucket keeps its live peers), an optional IP-diversity limit.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..kadkey import Key
+from ..network.api import PeerInfo
+from ..peerid import PeerId
+
+
+@runtime_checkable
+class RoutingTable(Protocol):
+    @property
+    def local_key(self) -> Key: ...
+
+    def local_closest_peers(self, key: Key, n: int) -> list[PeerInfo]:
+        """The ``n`` known peers closest to ``key``, closest first (exact)."""
+        ...
+
+    def add(self, peer: PeerInfo, now: float) -> bool:
+        """Insert or refresh ``peer``; False when it does not fit (full bucket, IP limit)."""
+        ...
+
+    def remove(self, peer_id: PeerId) -> bool:
+        """Drop the peer; False when it was not in the table."""
+        ...
+
+    def mark_useful(self, peer_id: PeerId, now: float) -> None:
+        """The peer answered a query usefully: it stays, and counts as live."""
+        ...
+
+    def mark_failed(self, peer_id: PeerId) -> None:
+        """The peer failed a liveness check: the next newcomer to its bucket replaces it."""
+        ...
+
+    def last_useful(self, peer_id: PeerId) -> float | None:
+        """When the peer last proved useful (the clock given to ``add``/``mark_useful``)."""
+        ...
+
+    def get(self, peer_id: PeerId) -> PeerInfo | None: ...
+
+    def peers(self) -> list[PeerInfo]: ...
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, peer_id: object) -> bool: ...

@@ -1,0 +1,28 @@
+"""IP groups for the routing table's diversity filter (ipfs/specs kad-dht, go's
+``peerdiversity``): IPv4 grouped by /16, IPv6 by /32.
+
+Go groups IPv6 by the announcing ASN; without an ASN database a /32 (the usual size
+of one provider's allocation) is the closest stand-in we can compute offline.
+"""
+
+from __future__ import annotations
+
+from .. import varint
+
+_IP4 = 0x04
+_IP6 = 0x29
+
+
+def ip_groups(addrs: tuple[bytes, ...]) -> frozenset[bytes]:
+    """The groups of a peer's binary multiaddrs; addresses that are not IP are ignored."""
+    groups = set()
+    for addr in addrs:
+        try:
+            code, pos = varint.decode_exact(addr)
+        except varint.VarintError:
+            continue
+        if code == _IP4 and len(addr) >= pos + 4:
+            groups.add(b"4" + addr[pos : pos + 2])
+        elif code == _IP6 and len(addr) >= pos + 16:
+            groups.add(b"6" + addr[pos : pos + 4])
+    return frozenset(groups)

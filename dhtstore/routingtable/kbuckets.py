@@ -1,0 +1,172 @@
+"""A k-bucket routing table: bucket i holds peers whose key shares exactly i leading
+bits with ours (libp2p kad-dht spec, go-libp2p-kbucket).
+
+Seniority: a full bucket keeps its peers; a newcomer takes the place of a peer only
+after that peer failed a liveness check (``mark_failed``). Long-lived peers are the
+likeliest to stay online, and an attacker cannot flush a bucket by offering new ids.
+
+``local_closest_peers`` is exact without scanning the table. For a target t sharing c
+bits with our key, every peer in bucket c agrees with t on c+1 bits, so it is closer
+than any peer in a deeper bucket (those differ from t at bit c), and those in turn are
+closer than any in bucket c-1, c-2, … (which differ from t at bits c-1, c-2, …). So
+the answer is read off bucket c, then the deeper buckets together, then the shallower
+ones in order, sorting only the few entries of each group.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .. import amino
+from ..kadkey import BITS, Key
+from ..network.api import PeerInfo
+from ..peerid import PeerId
+from .ipgroups import ip_groups
+
+
+class _Entry:
+    __slots__ = ("info", "key", "cpl", "last_useful", "failed", "groups")
+
+    def __init__(self, info: PeerInfo, key: int, cpl: int, now: float, groups: frozenset[bytes]):
+        self.info = info
+        self.key = key
+        self.cpl = cpl
+        self.last_useful = now
+        self.failed = False
+        self.groups = groups
+
+
+class KBucketTable:
+    """The routing table of one node. Not thread-safe; owned by one event loop."""
+
+    def __init__(
+        self,
+        local_key: Key,
+        *,
+        bucket_size: int = amino.BUCKET_SIZE,
+        ip_diversity: bool = False,
+        max_per_group: int = amino.MAX_PEERS_PER_IP_GROUP,
+        max_per_group_per_bucket: int = amino.MAX_PEERS_PER_IP_GROUP_PER_CPL,
+    ):
+        self._local_key = local_key
+        self._local = local_key.value
+        self._k = bucket_size
+        self._buckets: list[dict[PeerId, _Entry]] = [{} for _ in range(BITS)]
+        self._entries: dict[PeerId, _Entry] = {}
+        self._deepest = -1  # highest bucket index that may be non-empty
+        self._ip_diversity = ip_diversity
+        self._max_group = max_per_group
+        self._max_group_bucket = max_per_group_per_bucket
+        self._group_count: Counter[bytes] = Counter()
+        self._bucket_group_count: Counter[tuple[int, bytes]] = Counter()
+
+    @property
+    def local_key(self) -> Key:
+        return self._local_key
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._entries
+
+    def get(self, peer_id: PeerId) -> PeerInfo | None:
+        entry = self._entries.get(peer_id)
+        return entry.info if entry else None
+
+    def peers(self) -> list[PeerInfo]:
+        return [e.info for e in self._entries.values()]
+
+    def bucket_sizes(self) -> list[int]:
+        """Sizes of buckets 0 … the deepest non-empty one."""
+        return [len(self._buckets[i]) for i in range(self._deepest + 1)]
+
+    def add(self, peer: PeerInfo, now: float) -> bool:
+        entry = self._entries.get(peer.peer_id)
+        if entry is not None:
+            if peer.addrs and peer.addrs != entry.info.addrs:
+                entry.info = peer
+            return True
+        key = Key.for_peer(peer.peer_id).value
+        if key == self._local:
+            return False
+        cpl = BITS - (key ^ self._local).bit_length()
+        bucket = self._buckets[cpl]
+        groups = ip_groups(peer.addrs) if self._ip_diversity else frozenset()
+        evicted = None
+        if len(bucket) >= self._k:
+            evicted = next((e for e in bucket.values() if e.failed), None)
+            if evicted is None:
+                return False
+            self._drop(evicted)
+        if groups and not self._groups_have_room(cpl, groups):
+            if evicted is not None:
+                self._insert(evicted)
+            return False
+        self._insert(_Entry(peer, key, cpl, now, groups))
+        return True
+
+    def remove(self, peer_id: PeerId) -> bool:
+        entry = self._entries.get(peer_id)
+        if entry is None:
+            return False
+        self._drop(entry)
+        return True
+
+    def mark_useful(self, peer_id: PeerId, now: float) -> None:
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            entry.last_useful = now
+            entry.failed = False
+
+    def mark_failed(self, peer_id: PeerId) -> None:
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            entry.failed = True
+
+    def last_useful(self, peer_id: PeerId) -> float | None:
+        entry = self._entries.get(peer_id)
+        return entry.last_useful if entry else None
+
+    def local_closest_peers(self, key: Key, n: int) -> list[PeerInfo]:
+        if n <= 0:
+            return []
+        t = key.value
+        c = BITS - (t ^ self._local).bit_length()
+        buckets = self._buckets
+        found: list[_Entry] = []
+        if c < BITS and buckets[c]:
+            found.extend(sorted(buckets[c].values(), key=lambda e: e.key ^ t))
+        if len(found) < n and c < self._deepest:
+            deeper = [e for j in range(c + 1, self._deepest + 1) for e in buckets[j].values()]
+            deeper.sort(key=lambda e: e.key ^ t)
+            found.extend(deeper)
+        j = min(c, self._deepest + 1) - 1
+        while len(found) < n and j >= 0:
+            if buckets[j]:
+                found.extend(sorted(buckets[j].values(), key=lambda e: e.key ^ t))
+            j -= 1
+        return [e.info for e in found[:n]]
+
+    def _groups_have_room(self, cpl: int, groups: frozenset[bytes]) -> bool:
+        return all(
+            self._group_count[g] < self._max_group and self._bucket_group_count[(cpl, g)] < self._max_group_bucket
+            for g in groups
+        )
+
+    def _insert(self, entry: _Entry) -> None:
+        self._buckets[entry.cpl][entry.info.peer_id] = entry
+        self._entries[entry.info.peer_id] = entry
+        self._deepest = max(self._deepest, entry.cpl)
+        for g in entry.groups:
+            self._group_count[g] += 1
+            self._bucket_group_count[(entry.cpl, g)] += 1
+
+    def _drop(self, entry: _Entry) -> None:
+        del self._buckets[entry.cpl][entry.info.peer_id]
+        del self._entries[entry.info.peer_id]
+        for g in entry.groups:
+            self._group_count[g] -= 1
+            self._bucket_group_count[(entry.cpl, g)] -= 1
+        while self._deepest >= 0 and not self._buckets[self._deepest]:
+            self._deepest -= 1

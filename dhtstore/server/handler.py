@@ -1,0 +1,185 @@
+"""The Kademlia request handler, behaving as go-libp2p-kad-dht's ``handlers.go``.
+
+One ``handle`` call per decoded request: the reply, None for ADD_PROVIDER (go sends
+none and go clients wait for none), or InvalidRequest, on which the network layer
+resets the stream. Every request is counted by type and outcome in ``counters``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Callable
+
+from .. import amino, multihash
+from ..kadkey import Key
+from ..network.api import Message, MessageType, PeerInfo, Record
+from ..peerid import PeerId, PeerIdError
+from ..providerstore.api import ProviderStore
+from ..records.api import RecordError, Validator, ValueStore
+from ..routingtable.api import RoutingTable
+from .api import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+AddressBook = Callable[[PeerId], tuple[bytes, ...]]
+"""Known addresses of a peer (the peerstore); empty when unknown."""
+
+# Bytes of a GET_PROVIDERS reply that are not provider entries: header, key, closer
+# peers are measured exactly; this is the margin for protobuf framing.
+_FRAMING_MARGIN = 1024
+
+
+def _no_addresses(_peer: PeerId) -> tuple[bytes, ...]:
+    return ()
+
+
+class KademliaHandler:
+    def __init__(
+        self,
+        local: PeerInfo,
+        table: RoutingTable,
+        providers: ProviderStore,
+        values: ValueStore,
+        validator: Validator,
+        *,
+        address_book: AddressBook = _no_addresses,
+        k: int = amino.BUCKET_SIZE,
+        max_message_size: int = amino.MAX_MESSAGE_SIZE,
+        rng: random.Random | None = None,
+    ):
+        self.local = local
+        self.table = table
+        self.providers = providers
+        self.values = values
+        self.validator = validator
+        self.address_book = address_book
+        self.k = k
+        self.max_message_size = max_message_size
+        self._rng = rng or random.Random()
+        self.counters: Counter[tuple[str, str]] = Counter()
+
+    async def handle(self, sender: PeerInfo, request: Message) -> Message | None:
+        try:
+            kind = MessageType(request.type)
+        except ValueError:
+            self.counters[("unknown", "invalid")] += 1
+            raise InvalidRequest(f"unknown message type {request.type!r}") from None
+        handler = self._handlers[kind]
+        try:
+            reply = await handler(self, sender, request)
+        except InvalidRequest as exc:
+            self.counters[(kind.name, "invalid")] += 1
+            log.debug("invalid %s from %s: %s", kind.name, sender.peer_id, exc)
+            raise
+        self.counters[(kind.name, "ok")] += 1
+        return reply
+
+    async def _find_node(self, sender: PeerInfo, request: Message) -> Message:
+        if not request.key:
+            raise InvalidRequest("FIND_NODE with an empty key")
+        closer = self._closer_peers(Key.hash(request.key), sender.peer_id)
+        target = self._known_target(request.key, sender.peer_id)
+        if target is not None and all(p.peer_id != target.peer_id for p in closer):
+            closer.append(target)
+        return Message(MessageType.FIND_NODE, key=request.key, closer_peers=tuple(closer))
+
+    async def _get_value(self, sender: PeerInfo, request: Message) -> Message:
+        if not request.key:
+            raise InvalidRequest("GET_VALUE with an empty key")
+        record = await self.values.get(request.key)  # the store applies the age check
+        closer = self._closer_peers(Key.for_record(request.key), sender.peer_id)
+        return Message(MessageType.GET_VALUE, key=request.key, record=record, closer_peers=tuple(closer))
+
+    async def _put_value(self, sender: PeerInfo, request: Message) -> Message:
+        record = request.record
+        if record is None:
+            raise InvalidRequest("PUT_VALUE without a record")
+        if record.key != request.key:
+            raise InvalidRequest("PUT_VALUE whose message key differs from the record key")
+        try:
+            self.validator.validate(record.key, record.value)
+        except RecordError as exc:
+            raise InvalidRequest(f"invalid record: {exc}") from None
+        kept = await self.values.put(Record(record.key, record.value))
+        if kept.value != record.value:
+            # go refuses the put when the stored record is better ("old record is newer").
+            raise InvalidRequest("the stored record is better than the one offered")
+        return Message(MessageType.PUT_VALUE, key=request.key, record=record)
+
+    async def _add_provider(self, sender: PeerInfo, request: Message) -> None:
+        try:
+            multihash.check_key(request.key)
+        except multihash.MultihashError as exc:
+            raise InvalidRequest(f"ADD_PROVIDER key: {exc}") from None
+        own = [p for p in request.provider_peers if p.peer_id == sender.peer_id and p.addrs]
+        foreign = sum(1 for p in request.provider_peers if p.peer_id != sender.peer_id)
+        if foreign:
+            self.counters[("ADD_PROVIDER", "foreign_provider_ignored")] += foreign
+        if not own:
+            raise InvalidRequest("ADD_PROVIDER with no entry for the sender that carries addresses")
+        addrs = tuple(dict.fromkeys(a for p in own for a in p.addrs))
+        try:
+            await self.providers.add_provider(request.key, sender.peer_id, addrs)
+        except ValueError as exc:
+            raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
+        return None
+
+    async def _get_providers(self, sender: PeerInfo, request: Message) -> Message:
+        if not request.key or len(request.key) > multihash.MAX_KEY_BYTES:
+            raise InvalidRequest(f"GET_PROVIDERS key of {len(request.key)} bytes")
+        try:
+            records = await self.providers.get_providers(request.key)
+        except ValueError as exc:  # not a multihash
+            raise InvalidRequest(f"GET_PROVIDERS key: {exc}") from None
+        found = [r.provider for r in records]
+        self._rng.shuffle(found)
+        closer = self._closer_peers(Key.for_multihash(request.key), sender.peer_id)
+        budget = self.max_message_size - _FRAMING_MARGIN - len(request.key) - sum(map(_peer_size, closer))
+        providers = []
+        for info in found:
+            budget -= _peer_size(info)
+            if budget < 0:
+                break
+            providers.append(info)
+        return Message(
+            MessageType.GET_PROVIDERS, key=request.key, closer_peers=tuple(closer), provider_peers=tuple(providers)
+        )
+
+    async def _ping(self, sender: PeerInfo, request: Message) -> Message:
+        return Message(MessageType.PING)
+
+    _handlers = {
+        MessageType.FIND_NODE: _find_node,
+        MessageType.GET_VALUE: _get_value,
+        MessageType.PUT_VALUE: _put_value,
+        MessageType.ADD_PROVIDER: _add_provider,
+        MessageType.GET_PROVIDERS: _get_providers,
+        MessageType.PING: _ping,
+    }
+
+    def _closer_peers(self, target: Key, requester: PeerId) -> list[PeerInfo]:
+        """The k closest servers we know, never ourselves nor the requester."""
+        peers = self.table.local_closest_peers(target, self.k + 1)
+        return [p for p in peers if p.peer_id != requester and p.peer_id != self.local.peer_id][: self.k]
+
+    def _known_target(self, key: bytes, requester: PeerId) -> PeerInfo | None:
+        """The FIND_NODE target itself when we know where it is (spec: "Discovering
+        non-DHT Servers"); never the requester, which knows its own addresses."""
+        try:
+            target = PeerId.from_bytes(key)
+        except PeerIdError:
+            return None
+        if target == requester:
+            return None
+        if target == self.local.peer_id:
+            return self.local
+        known = self.table.get(target)
+        addrs = known.addrs if known is not None and known.addrs else self.address_book(target)
+        return PeerInfo(target, addrs) if addrs else None
+
+
+def _peer_size(info: PeerInfo) -> int:
+    """Upper bound of one Message.Peer's protobuf size."""
+    return 8 + len(info.peer_id.to_bytes()) + sum(len(a) + 3 for a in info.addrs)

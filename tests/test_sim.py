@@ -1,0 +1,172 @@
+"""The simulated network: lookups at scale, faults, determinism (issue 3's 500-node tests)."""
+
+import random
+
+import pytest
+
+from dhtstore import multihash
+from dhtstore.kadkey import Key
+from dhtstore.network.api import MessageType, Record
+from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimulationStalled, run_virtual
+
+
+@pytest.fixture(scope="module")
+def net500() -> SimNetwork:
+    return SimNetwork(SimConfig(nodes=500, seed=11))
+
+
+def accuracy(net: SimNetwork, keys: list[bytes], lookers: list[int]) -> float:
+    async def main() -> int:
+        exact = 0
+        for key, i in zip(keys, lookers):
+            node = net.node(i)
+            peers = await node.router.find_closest_peers(key, 20)
+            exact += [p.peer_id for p in peers] == net.true_closest(Key.hash(key), 20, exclude=node.peer_id)
+        return exact
+
+    return run_virtual(main) / len(keys)
+
+
+def test_find_closest_peers_is_exact_for_99_percent_of_keys(net500):
+    rng = random.Random(1)
+    keys = [rng.randbytes(32) for _ in range(200)]
+    lookers = [rng.randrange(500) for _ in keys]
+    assert accuracy(net500, keys, lookers) >= 0.99
+
+
+def test_lookup_reports_its_cost(net500):
+    node = net500.node(3)
+    before = net500.message_count()
+    run_virtual(node.router.find_closest_peers, b"cost", 20)
+    stats = node.lookups[-1]
+    assert stats.operation == "find_closest_peers" and stats.completed
+    assert stats.messages_sent == net500.message_count() - before
+    assert stats.peers_responded == stats.messages_sent and stats.peers_failed == 0
+    assert 0 < stats.duration < 10 and 0 <= stats.hops <= 6
+
+
+def test_provided_cid_is_found_from_every_other_node_tried(net500):
+    mh = multihash.from_cid("bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y")
+    provider = net500.node(7)
+
+    async def main() -> list[bool]:
+        sent = await provider.router.provide(provider.info, mh)
+        assert sent == 20
+        found = []
+        for i in range(0, 500, 25):
+            if i == 7:
+                continue
+            providers = await net500.node(i).router.find_providers(mh, 1)
+            found.append([p.peer_id for p in providers] == [provider.peer_id] and providers[0].addrs == provider.info.addrs)
+        return found
+
+    assert all(run_virtual(main))
+    holders = net500.true_closest(Key.for_multihash(mh), 20, exclude=provider.peer_id)
+    assert net500.messages[MessageType.ADD_PROVIDER] >= 20
+    stored = [bool(run_virtual(net500.by_id[p].providers.get_providers, mh)) for p in holders]
+    assert sum(stored) >= 19
+
+
+def test_get_value_with_quorum_returns_newest_and_corrects_stale_holders():
+    net = SimNetwork(SimConfig(nodes=500, seed=12))
+    key = b"/sim/record"
+    old, new = SequenceValidator.encode(1, b"old"), SequenceValidator.encode(2, b"new")
+    writer, reader = net.node(1), net.node(2)
+    holders = [net.by_id[p] for p in net.true_closest(Key.for_record(key), 20)]
+
+    async def main():
+        assert await writer.router.set_value(key, old) >= 19
+        # the new value reaches only 5 of the holders
+        for node in holders[:5]:
+            await node.values.put(Record(key, new))
+        record = await reader.router.get_value(key, quorum=16)
+        return record
+
+    record = run_virtual(main)
+    assert record is not None and record.value == new
+    stats = reader.lookups[-1]
+    assert stats.operation == "get_value"
+
+    async def held() -> list[bytes | None]:
+        return [(r.value if (r := await node.values.get(key)) else None) for node in holders if node is not reader]
+
+    values = run_virtual(held)
+    # every holder the reader heard from now has the newest record
+    assert values.count(new) >= 16
+
+
+def test_lookups_with_30_percent_unresponsive_still_return_20_live_closest():
+    net = SimNetwork(SimConfig(nodes=500, seed=13, unresponsive=0.3))
+    rng = random.Random(2)
+    live = [n for n in net.nodes if n.responsive]
+    keys = [rng.randbytes(32) for _ in range(20)]
+    lookers = [rng.choice(live).index for _ in keys]
+
+    async def main() -> list[tuple[list, list]]:
+        results = []
+        for key, i in zip(keys, lookers):
+            node = net.node(i)
+            peers = await node.router.find_closest_peers(key, 20)
+            results.append(([p.peer_id for p in peers], net.true_closest(Key.hash(key), 20, exclude=node.peer_id)))
+        return results
+
+    found = 0
+    for got, truth in run_virtual(main):
+        assert len(got) == 20 and all(net.by_id[p].responsive for p in got)
+        assert set(truth[:10]) <= set(got)  # the closest half, always
+        found += len(set(got) & set(truth))
+    # the farthest live ones are missed only when every peer that knew them is silent
+    assert found / (20 * len(keys)) >= 0.95
+
+
+def run_trace(seed: int) -> tuple:
+    net = SimNetwork(SimConfig(nodes=300, seed=seed, loss=0.05, unresponsive=0.1))
+
+    async def main():
+        out = []
+        for i in range(10):
+            peers = await net.node(i).router.find_closest_peers(bytes([i]) * 8, 20)
+            out.append(tuple(p.peer_id for p in peers))
+        return out
+
+    peers = run_virtual(main)
+    stats = [(s.messages_sent, s.hops, s.duration) for n in net.nodes[:10] for s in n.lookups]
+    return peers, stats, dict(net.messages)
+
+
+def test_same_seed_same_run():
+    assert run_trace(5) == run_trace(5)
+    assert run_trace(5) != run_trace(6)
+
+
+def test_virtual_time_jumps_and_a_deadlock_is_reported():
+    import anyio
+
+    async def sleeper() -> float:
+        await anyio.sleep(3600)
+        return anyio.current_time()
+
+    assert run_virtual(sleeper) == pytest.approx(3600)
+
+    async def stuck() -> None:
+        await anyio.Event().wait()
+
+    with pytest.raises(SimulationStalled):
+        run_virtual(stuck)
+
+
+def test_churn_and_newcomers():
+    net = SimNetwork(SimConfig(nodes=300, seed=14))
+    down, up = net.churn(0.2)
+    assert len(down) == 60 and up == [] and sum(n.online for n in net.nodes) == 240
+    down2, up2 = net.churn(0.1)
+    assert len(down2) == 24 and len(up2) == 24 and sum(n.online for n in net.nodes) == 240
+    newcomer = net.add_node()
+    looker = next(n for n in net.nodes if n.online and n is not newcomer)
+
+    async def main():
+        # the newcomer looks itself up: the nodes it talks to add it to their tables
+        await newcomer.router.find_closest_peers(newcomer.peer_id.to_bytes(), 20)
+        return await looker.router.find_peer(newcomer.peer_id)
+
+    assert run_virtual(main) == newcomer.info
