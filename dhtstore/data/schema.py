@@ -93,7 +93,7 @@ async def open_store(url: str, **engine_kwargs: object) -> AsyncEngine:
     engine = make_engine(parsed, **engine_kwargs)
     try:
         async with engine.connect() as conn:
-            found, has_tables = await conn.run_sync(lambda c: (current_revision(c), bool(inspect(c).get_table_names())))
+            found, has_tables = await conn.run_sync(lambda c: (current_revision(c), bool(set(inspect(c).get_table_names()) - {"alembic_version"})))
         check_revision(redact(url), found, has_tables)
     except StoreError:
         await engine.dispose()

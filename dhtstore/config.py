@@ -1,0 +1,143 @@
+"""The node's data directory: its config file (TOML), identity key and default store.
+
+Layout of a data directory (default ``~/.dhtstore``)::
+
+    config.toml    listen addresses, mode, protocol, bootstrap peers, store URL
+    identity.key   the node's Ed25519 private key (libp2p PrivateKey protobuf), mode 0600
+    dhtstore.db    the SQLite store, unless config.toml names another store
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .amino import LAN_PROTOCOL_ID, PROTOCOL_ID
+from .crypto.keys import KeyFormatError, PrivateKey
+
+DEFAULT_DATA_DIR = Path("~/.dhtstore")
+CONFIG_FILE_NAME = "config.toml"
+IDENTITY_FILE_NAME = "identity.key"
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+MODES = ("auto", "server", "client")
+PROTOCOLS = (PROTOCOL_ID, LAN_PROTOCOL_ID)
+
+# Kubo's default bootstrap peers for the public Amino DHT (kubo config/bootstrap_peers.go,
+# the same list kubo's sharness test t0120-bootstrap expects).
+AMINO_BOOTSTRAP_PEERS = (
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/dnsaddr/va1.bootstrap.libp2p.io/p2p/12D3KooWKnDdG3iXw9eTFijk3EWSunZcFi54Zka4wmtqtt6rPxc8",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+    "/ip4/104.131.131.82/udp/4001/quic-v1/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+)
+
+
+class ConfigError(Exception):
+    """A config or identity file that cannot be used; one line saying why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    mode: str = "auto"  # auto: server once publicly reachable, as go's ModeAuto
+    protocol: str = PROTOCOL_ID
+    bootstrap: tuple[str, ...] = AMINO_BOOTSTRAP_PEERS
+    store: str = ""  # a database URL; empty means dhtstore.db in the data directory
+    extra: dict[str, object] = field(default_factory=dict, compare=False)  # sections other modules own
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode = {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol = {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        for name, value in (("listen", self.listen), ("bootstrap", self.bootstrap)):
+            if not all(isinstance(a, str) and a.startswith("/") for a in value):
+                raise ConfigError(f"{name} must be a list of multiaddr strings (each starting with '/')")
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_list(values: tuple[str, ...]) -> str:
+    return "[\n" + "".join(f"  {_toml_str(v)},\n" for v in values) + "]"
+
+
+def render(config: Config) -> str:
+    """The config file text; ``load`` reads it back to an equal Config."""
+    return f"""# dhtstore node configuration (TOML).
+
+# Multiaddrs to listen on.
+listen = {_toml_list(config.listen)}
+
+# "server" answers DHT requests and advertises {PROTOCOL_ID}; "client" only queries;
+# "auto" starts as a client and becomes a server once publicly reachable.
+mode = {_toml_str(config.mode)}
+
+# "{PROTOCOL_ID}" (the public Amino DHT) or "{LAN_PROTOCOL_ID}" (Kubo's LAN DHT).
+protocol = {_toml_str(config.protocol)}
+
+# Peers to join the DHT through: the public Amino bootstrap list.
+bootstrap = {_toml_list(config.bootstrap)}
+
+# Where the node keeps its state: a database URL, e.g.
+# "postgresql+asyncpg://user@host/dbname". Empty: dhtstore.db in this directory.
+# --store / DHTSTORE_STORE override it.
+store = {_toml_str(config.store)}
+"""
+
+
+def load(path: Path) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}: run `dhtstore init`") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    known = {"listen", "mode", "protocol", "bootstrap", "store"}
+    try:
+        return Config(
+            listen=tuple(data.get("listen", DEFAULT_LISTEN)),
+            mode=data.get("mode", "auto"),
+            protocol=data.get("protocol", PROTOCOL_ID),
+            bootstrap=tuple(data.get("bootstrap", AMINO_BOOTSTRAP_PEERS)),
+            store=str(data.get("store", "")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except TypeError:
+        raise ConfigError(f"{path}: listen and bootstrap must be lists of strings") from None
+
+
+def write_new_identity(path: Path) -> PrivateKey:
+    """Generate an Ed25519 identity and write it, readable only by its owner.
+
+    Refuses (ConfigError) to overwrite an existing key: it is the node's identity.
+    """
+    key = PrivateKey.generate()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; refusing to replace the node's identity key") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.to_protobuf())
+    return key
+
+
+def read_identity(path: Path) -> PrivateKey:
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{path} is readable by others (mode {mode & 0o777:o}): run `chmod 600 {path}`")
+        return PrivateKey.from_protobuf(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"no identity key at {path}: run `dhtstore init`") from None
+    except KeyFormatError as exc:
+        raise ConfigError(f"{path} is not a libp2p private key: {exc}") from None
