@@ -21,7 +21,3 @@ def js_harness(node_bin: str) -> str:
         pytest.skip(reason)
     return node_bin
 
-
-@pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"

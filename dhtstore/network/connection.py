@@ -1,0 +1,420 @@
+"""One secured, multiplexed libp2p connection over TCP, and its streams.
+
+The I/O around the sans-I/O machines: ``upgrade`` runs multistream-select, Noise and
+multistream-select again on a fresh socket; ``Connection.run`` then reads the socket,
+decrypts, feeds yamux and dispatches its events to ``Stream`` objects, which are anyio
+byte streams (``receive`` raises EndOfStream after the remote's FIN and
+BrokenResourceError after a reset or a lost connection).
+
+Flow control: a stream's receive window is given back to the remote (``consume``)
+only as the application reads, and ``send`` waits for window when the remote's is
+exhausted, so neither side buffers more than one window per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+from multiaddr import Multiaddr
+
+from ..crypto.keys import PrivateKey, PublicKey
+from ..peerid import PeerId
+from . import yamux
+from .api import NEED_DATA, NetworkError, ProtocolViolation
+from .multistream import MultistreamDialer, MultistreamListener, NegotiationFailed, ProtocolAgreed
+from .noise import PROTOCOL_ID as NOISE_PROTOCOL
+from .noise import NoiseHandshake, NoiseTransport
+
+log = logging.getLogger(__name__)
+
+YAMUX_PROTOCOL = "/yamux/1.0.0"
+READ_SIZE = 64 * 1024
+GO_AWAY_NORMAL = 0
+GO_AWAY_PROTOCOL_ERROR = 1
+
+# Errors that end a connection or stream without being a bug of ours.
+CONNECTION_ERRORS = (
+    OSError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ProtocolViolation,
+)
+
+
+class NegotiationError(ProtocolViolation):
+    """The remote supports none of the protocols proposed, or closed mid-negotiation."""
+
+
+Send = Callable[[bytes], Awaitable[None]]
+Receive = Callable[[], Awaitable[bytes]]
+
+
+async def negotiate(machine: MultistreamDialer | MultistreamListener, send: Send, receive: Receive) -> ProtocolAgreed:
+    """Drive a multistream-select machine to agreement over ``send``/``receive``."""
+    while True:
+        event = machine.next_event()
+        out = machine.data_to_send()
+        if out:
+            await send(out)
+        if isinstance(event, ProtocolAgreed):
+            return event
+        if isinstance(event, NegotiationFailed):
+            raise NegotiationError(event.reason)
+        try:
+            data = await receive()
+        except anyio.EndOfStream:
+            raise NegotiationError("remote closed during protocol negotiation") from None
+        machine.receive_data(data)
+
+
+@dataclass(slots=True)
+class Upgraded:
+    """What ``upgrade`` hands to ``Connection``."""
+
+    transport: NoiseTransport
+    remote_peer: PeerId
+    remote_public_key: PublicKey
+    plaintext: bytes  # decrypted bytes already received past the muxer negotiation
+
+
+async def upgrade(
+    sock: anyio.abc.ByteStream, identity: PrivateKey, initiator: bool, expected_peer: PeerId | None
+) -> Upgraded:
+    """multistream(/noise) → Noise XX → multistream(/yamux/1.0.0) on a raw socket.
+
+    Raises ProtocolViolation subclasses for bad input and the anyio/OS errors of the
+    socket; the caller applies the handshake timeout.
+    """
+
+    async def raw_receive() -> bytes:
+        return await sock.receive(READ_SIZE)
+
+    security = MultistreamDialer([NOISE_PROTOCOL]) if initiator else MultistreamListener([NOISE_PROTOCOL])
+    agreed = await negotiate(security, sock.send, raw_receive)
+
+    handshake = NoiseHandshake(identity, initiator, expected_peer)
+    if agreed.leftover:
+        handshake.receive_data(agreed.leftover)
+    while True:
+        event = handshake.next_event()
+        out = handshake.data_to_send()
+        if out:
+            await sock.send(out)
+        if event is not NEED_DATA:
+            break
+        try:
+            handshake.receive_data(await raw_receive())
+        except anyio.EndOfStream:
+            raise NegotiationError("remote closed during the Noise handshake") from None
+    transport = handshake.transport()
+
+    async def secure_send(data: bytes) -> None:
+        await sock.send(transport.encrypt(data))
+
+    async def secure_receive() -> bytes:
+        while True:
+            plaintext = transport.decrypt_available()
+            if plaintext:
+                return plaintext
+            transport.receive_data(await raw_receive())
+
+    muxer = MultistreamDialer([YAMUX_PROTOCOL]) if initiator else MultistreamListener([YAMUX_PROTOCOL])
+    agreed = await negotiate(muxer, secure_send, secure_receive)
+    return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover)
+
+
+class _Signal:
+    """Wakes every current waiter; later waiters wait for the next ``fire``."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class Stream(anyio.abc.ByteStream):
+    """One yamux stream, after (or during) protocol negotiation."""
+
+    def __init__(self, connection: Connection, stream_id: int, initiator: bool):
+        self.connection = connection
+        self.stream_id = stream_id
+        self.initiator = initiator
+        self.protocol = ""  # set once negotiated
+        self._buffer = bytearray()
+        self._readable = _Signal()
+        self._writable = _Signal()
+        self._remote_closed = False  # FIN received
+        self._local_closed = False  # FIN sent
+        self._reset = False
+        self._credited_ahead = 0  # bytes put back by unread(): already credited to yamux
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self.connection.remote_peer
+
+    @property
+    def is_open(self) -> bool:
+        return not self._reset and not (self._local_closed and self._remote_closed)
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        while not self._buffer:
+            if self._reset or self.connection.closed:
+                raise anyio.BrokenResourceError
+            if self._remote_closed:
+                raise anyio.EndOfStream
+            await self._readable.wait()
+        chunk = bytes(self._buffer[:max_bytes])
+        del self._buffer[:max_bytes]
+        already = min(len(chunk), self._credited_ahead)
+        self._credited_ahead -= already
+        if len(chunk) > already:
+            await self.connection._consume(self.stream_id, len(chunk) - already)
+        return chunk
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes read past the end of protocol negotiation."""
+        self._buffer[:0] = data
+        self._credited_ahead += len(data)
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while True:
+            if self._reset or self.connection.closed:
+                raise anyio.BrokenResourceError
+            if self._local_closed:
+                raise anyio.ClosedResourceError
+            accepted = self.connection._muxer.send_data(self.stream_id, bytes(view))
+            view = view[accepted:]
+            await self.connection._flush()
+            if not view:
+                return
+            if accepted == 0:
+                await self._writable.wait()
+
+    async def send_eof(self) -> None:
+        if self._local_closed or self._reset or self.connection.closed:
+            return
+        self._local_closed = True
+        self.connection._muxer.close_stream(self.stream_id)
+        await self.connection._flush()
+        self.connection._forget_if_done(self)
+
+    async def aclose(self) -> None:
+        """Half-close (FIN); the stream is gone once the remote's FIN arrives too."""
+        try:
+            await self.send_eof()
+        except CONNECTION_ERRORS:
+            pass
+
+    async def reset(self) -> None:
+        """Abort both directions (RST)."""
+        if self._reset or self.connection.closed:
+            return
+        self._mark_reset()
+        self.connection._muxer.reset_stream(self.stream_id)
+        try:
+            await self.connection._flush()
+        except CONNECTION_ERRORS:
+            pass
+
+    def _mark_reset(self) -> None:
+        self._reset = True
+        self._readable.fire()
+        self._writable.fire()
+        self.connection._forget(self)
+
+    def _on_data(self, data: bytes) -> None:
+        self._buffer += data
+        self._readable.fire()
+
+    def _on_end(self) -> None:
+        self._remote_closed = True
+        self._readable.fire()
+        self.connection._forget_if_done(self)
+
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+class Connection:
+    """A connection to one peer; ``run`` must be running for it to make progress."""
+
+    def __init__(
+        self,
+        sock: anyio.abc.SocketStream,
+        upgraded: Upgraded,
+        *,
+        initiator: bool,
+        local_addr: Multiaddr,
+        remote_addr: Multiaddr,
+        max_streams: int,
+        on_inbound_stream: StreamHandler,
+    ):
+        self._sock = sock
+        self._transport = upgraded.transport
+        self._muxer = yamux.YamuxConnection(is_client=initiator, max_streams=max_streams)
+        self.remote_peer = upgraded.remote_peer
+        self.remote_public_key = upgraded.remote_public_key
+        self.initiator = initiator
+        self.local_addr = local_addr
+        self.remote_addr = remote_addr
+        self.opened_at = time.monotonic()
+        self.last_active = self.opened_at
+        self.closed = False
+        self._on_inbound_stream = on_inbound_stream
+        self._streams: dict[int, Stream] = {}
+        self._send_lock = anyio.Lock()
+        self._closed_event = anyio.Event()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._pending_plaintext = upgraded.plaintext
+        self.protocol_errors = 0
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    def __repr__(self) -> str:
+        direction = "out" if self.initiator else "in"
+        return f"<Connection {direction} {self.remote_peer} {self.remote_addr}>"
+
+    async def run(self) -> None:
+        """Read and dispatch until the connection ends; inbound stream handlers run
+        in a task group of their own, cancelled when the connection ends."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                try:
+                    await self._process(self._pending_plaintext + self._transport.decrypt_available())
+                    while not self.closed:
+                        data = await self._sock.receive(READ_SIZE)
+                        self._transport.receive_data(data)
+                        await self._process(self._transport.decrypt_available())
+                except ProtocolViolation as exc:
+                    self.protocol_errors += 1
+                    log.debug("%r: protocol error: %s", self, exc)
+                    await self._go_away(GO_AWAY_PROTOCOL_ERROR)
+                except CONNECTION_ERRORS as exc:
+                    log.debug("%r: closed: %s", self, type(exc).__name__)
+                finally:
+                    await self._shutdown()
+                    tg.cancel_scope.cancel()
+        finally:
+            self._closed_event.set()
+
+    async def open_stream(self) -> Stream:
+        """A new outbound stream; NetworkError when yamux's stream limits are reached."""
+        if self.closed:
+            raise anyio.BrokenResourceError
+        try:
+            stream_id = self._muxer.open_stream()
+        except yamux.StreamLimitError as exc:
+            raise NetworkError(f"cannot open a stream to {self.remote_peer}: {exc}") from None
+        stream = Stream(self, stream_id, initiator=True)
+        self._streams[stream_id] = stream
+        self.last_active = time.monotonic()
+        await self._flush()
+        return stream
+
+    async def ping(self) -> None:
+        """A yamux ping (keeps NATs open; not the libp2p ping protocol)."""
+        self._muxer.ping()
+        await self._flush()
+
+    async def close(self) -> None:
+        """Go away politely, close the socket and wait for ``run`` to finish."""
+        if not self.closed:
+            await self._go_away(GO_AWAY_NORMAL)
+            await self._shutdown()
+        if self._task_group is not None:
+            await self._closed_event.wait()
+
+    async def _process(self, plaintext: bytes) -> None:
+        if not plaintext:
+            return
+        self.last_active = time.monotonic()
+        self._muxer.receive_data(plaintext)
+        while (event := self._muxer.next_event()) is not NEED_DATA:
+            self._dispatch(event)
+        await self._flush()
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, yamux.StreamData):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_data(event.data)
+            else:  # stream we gave up on (reset or forgotten): keep the window open
+                self._muxer.consume(event.stream_id, len(event.data))
+        elif isinstance(event, yamux.StreamOpened):
+            self._accept_stream(event.stream_id)
+        elif isinstance(event, yamux.StreamEnded):
+            if (stream := self._streams.get(event.stream_id)) is not None:
+                stream._on_end()
+        elif isinstance(event, yamux.StreamReset):
+            if (stream := self._streams.get(event.stream_id)) is not None:
+                stream._mark_reset()
+        elif isinstance(event, yamux.StreamWritable):
+            if (stream := self._streams.get(event.stream_id)) is not None:
+                stream._writable.fire()
+        elif isinstance(event, yamux.GoAwayReceived):
+            log.debug("%r: remote went away (code %s)", self, event.code)
+            self.closed = True  # no new streams; run() ends and closes the socket
+
+    def _accept_stream(self, stream_id: int) -> None:
+        # yamux itself resets inbound streams past its max_streams
+        assert self._task_group is not None
+        stream = Stream(self, stream_id, initiator=False)
+        self._streams[stream_id] = stream
+        self._task_group.start_soon(self._on_inbound_stream, stream)
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            out = self._muxer.data_to_send()
+            if out and not self.closed:
+                await self._sock.send(self._transport.encrypt(out))
+
+    async def _consume(self, stream_id: int, n: int) -> None:
+        if self.closed:
+            return
+        self._muxer.consume(stream_id, n)
+        await self._flush()
+
+    def _forget(self, stream: Stream) -> None:
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+
+    def _forget_if_done(self, stream: Stream) -> None:
+        if stream._local_closed and stream._remote_closed:
+            self._forget(stream)
+
+    async def _go_away(self, code: int) -> None:
+        if self.closed:
+            return
+        try:
+            self._muxer.go_away(code)
+            with anyio.move_on_after(1):
+                await self._flush()
+        except CONNECTION_ERRORS:
+            pass
+
+    async def _shutdown(self) -> None:
+        self.closed = True
+        for stream in list(self._streams.values()):
+            stream._mark_reset()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._sock.aclose()
+            except CONNECTION_ERRORS:
+                pass

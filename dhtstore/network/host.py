@@ -1,0 +1,530 @@
+"""The libp2p host: TCP listeners and dials, one secured multiplexed connection per
+peer, protocol negotiation on every stream, and the built-in ping and identify
+services.
+
+Use::
+
+    async with Host(identity, ["/ip4/127.0.0.1/tcp/0"]) as host:
+        host.set_handler("/my/proto/1.0.0", handle)   # async def handle(stream) -> None
+        stream = await host.new_stream(peer_info, ["/my/proto/1.0.0"])
+        rtt = await host.ping(peer_info)
+
+Everything the host starts belongs to its task group; leaving the ``async with``
+closes every connection (yamux go-away, then the socket) and every listener.
+
+Bad input never escapes: a handshake that fails or stalls past its timeout closes
+that socket and is counted in ``host.stats``; a stream whose handler raises is reset.
+Limits (``HostLimits``): connections (refused past ``max_connections``, idle ones
+trimmed from ``high_water`` down to ``low_water``), handshakes in progress, streams
+per connection, and timeouts on handshakes, dials and stream negotiation.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+from multiaddr import Multiaddr
+
+from ..crypto.keys import PrivateKey
+from ..peerid import PeerId
+from . import multiaddrs
+from . import ping as ping_protocol
+from .api import NetworkError, PeerInfo
+from .connection import (
+    CONNECTION_ERRORS,
+    Connection,
+    Stream,
+    StreamHandler,
+    negotiate,
+    upgrade,
+)
+from .identify import IdentifyInfo
+from .identifyservice import IdentifyService
+from .limits import HostLimits
+from .multistream import MultistreamDialer, MultistreamListener
+
+__all__ = ["AGENT_VERSION", "DialError", "Host", "HostLimits", "PeerTarget", "Stream", "StreamHandler"]
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "dhtstore/0.1.0"
+MAX_DIAL_ADDRS = 8  # addresses tried per dial, in the order given
+MAX_ADDRESS_BOOK = 10_000  # peers whose addresses the host remembers (LRU)
+
+PeerTarget = PeerInfo | PeerId | Multiaddr | str
+IdentifyCallback = Callable[[PeerId, IdentifyInfo], Any]
+PeerCallback = Callable[[PeerId], Any]
+
+
+class DialError(NetworkError):
+    """No address of the peer could be dialled, or the peer is not who we expected."""
+
+
+class _PendingDial:
+    """The one dial in flight to a peer; later callers wait for its outcome."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.connection: Connection | None = None
+        self.error: Exception | None = None
+
+    async def wait(self) -> Connection:
+        await self.done.wait()
+        if self.connection is None:
+            raise self.error or DialError("dial failed")
+        return self.connection
+
+
+class Host:
+    def __init__(
+        self,
+        identity: PrivateKey,
+        listen_addrs: Iterable[str | Multiaddr] = (),
+        *,
+        limits: HostLimits = HostLimits(),
+        agent_version: str = AGENT_VERSION,
+    ):
+        self.identity = identity
+        self.peer_id = identity.peer_id()
+        self.limits = limits
+        self.agent_version = agent_version
+        self._requested_listen = [multiaddrs.parse(a) if isinstance(a, str) else a for a in listen_addrs]
+        self.listen_addrs: list[Multiaddr] = []  # bound addresses, known once started
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._handlers: dict[str, StreamHandler] = {}
+        self._connections: dict[PeerId, Connection] = {}
+        self._dials: dict[PeerId, _PendingDial] = {}
+        self._address_book: collections.OrderedDict[PeerId, tuple[bytes, ...]] = collections.OrderedDict()
+        self._on_identify: list[IdentifyCallback] = []
+        self._on_connect: list[PeerCallback] = []
+        self._on_disconnect: list[PeerCallback] = []
+        self._pending_handshakes = 0
+        self._trimming = False
+        self._closing = False
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.identify = IdentifyService(self)
+        self._handlers[ping_protocol.PROTOCOL_ID] = ping_protocol.handle_ping
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Host:
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+            for addr in self._requested_listen:
+                await self._listen(addr)
+            self._tg.start_soon(self._trim_loop)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closing = True
+        assert self._stack is not None and self._tg is not None
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            async with anyio.create_task_group() as closers:
+                for conn in list(self._connections.values()):
+                    closers.start_soon(conn.close)
+        self._tg.cancel_scope.cancel()
+        await self._stack.__aexit__(None, None, None)
+
+    async def _listen(self, addr: Multiaddr) -> None:
+        host, port = multiaddrs.tcp_endpoint(addr)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        bound_port = listener.extra(SocketAttribute.local_port)
+        self.listen_addrs.append(multiaddrs.from_tcp_endpoint(host, bound_port))
+        assert self._tg is not None
+        self._tg.start_soon(self._serve_listener, listener)
+
+    async def _serve_listener(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+        async with listener:
+            await listener.serve(self._accept)
+
+    # -- protocols and callbacks -------------------------------------------------
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols we accept inbound streams for, as identify advertises them."""
+        return sorted(self._handlers)
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``: ``handler(stream)`` runs for each inbound stream; the
+        stream is closed when it returns and reset if it raises."""
+        changed = protocol not in self._handlers
+        self._handlers[protocol] = handler
+        if changed:
+            self.identify.protocols_changed()
+
+    def remove_handler(self, protocol: str) -> None:
+        if self._handlers.pop(protocol, None) is not None:
+            self.identify.protocols_changed()
+
+    def on_identify(self, callback: IdentifyCallback) -> None:
+        """``callback(peer_id, info)`` after each identify or identify push from a peer."""
+        self._on_identify.append(callback)
+
+    def on_connect(self, callback: PeerCallback) -> None:
+        self._on_connect.append(callback)
+
+    def on_disconnect(self, callback: PeerCallback) -> None:
+        self._on_disconnect.append(callback)
+
+    # -- peers -------------------------------------------------------------------
+
+    def connection(self, peer: PeerId) -> Connection | None:
+        conn = self._connections.get(peer)
+        return conn if conn is not None and not conn.closed else None
+
+    def connected_peers(self) -> list[PeerId]:
+        return [p for p, c in self._connections.items() if not c.closed]
+
+    def peer_addrs(self, peer: PeerId) -> tuple[bytes, ...]:
+        """The addresses we know for ``peer`` (identify, or the last dial), binary."""
+        return self._address_book.get(peer, ())
+
+    def add_addrs(self, peer: PeerId, addrs: Iterable[bytes]) -> None:
+        """Remember addresses for ``peer`` (replacing what we had)."""
+        valid = tuple(a for a in addrs if multiaddrs.is_valid(a))
+        if not valid:
+            return
+        self._address_book.pop(peer, None)
+        self._address_book[peer] = valid
+        if len(self._address_book) > MAX_ADDRESS_BOOK:
+            self._address_book.popitem(last=False)
+
+    def advertised_addrs(self) -> list[bytes]:
+        """Our listen addresses as peers can dial them (unspecified hosts expanded)."""
+        out: list[bytes] = []
+        for addr in self.listen_addrs:
+            host, port = multiaddrs.tcp_endpoint(addr)
+            hosts = _interface_addresses(host) if host in ("0.0.0.0", "::") else [host]
+            out.extend(multiaddrs.from_tcp_endpoint(h, port).to_bytes() for h in hosts)
+        return out
+
+    # -- dialling ----------------------------------------------------------------
+
+    async def connect(self, target: PeerTarget) -> Connection:
+        """The connection to the target peer, dialling it if needed (one dial per peer
+        at a time: concurrent callers share it). Raises DialError."""
+        peer, addrs = self._resolve(target)
+        if (conn := self.connection(peer)) is not None:
+            return conn
+        if peer == self.peer_id:
+            raise DialError("refusing to dial ourselves")
+        if self._closing or self._tg is None:
+            raise DialError("host is not running")
+        pending = self._dials.get(peer)
+        if pending is None:
+            pending = _PendingDial()
+            self._dials[peer] = pending
+            self.start_soon(self._dial, peer, addrs, pending)
+        return await pending.wait()
+
+    async def new_stream(self, target: PeerTarget, protocols: Sequence[str]) -> Stream:
+        """A new stream to the peer, speaking the first of ``protocols`` it accepts.
+        Raises NetworkError (DialError if the peer cannot be reached)."""
+        conn = await self.connect(target)
+        try:
+            stream = await conn.open_stream()
+        except anyio.BrokenResourceError:
+            conn = await self.connect(target)  # it closed under us: one more try
+            try:
+                stream = await conn.open_stream()
+            except anyio.BrokenResourceError:
+                raise NetworkError(f"connection to {conn.remote_peer} closed while opening a stream") from None
+        try:
+            with anyio.fail_after(self.limits.negotiate_timeout):
+                agreed = await negotiate(MultistreamDialer(protocols), stream.send, stream.receive)
+        except (TimeoutError, *CONNECTION_ERRORS) as exc:
+            await stream.reset()
+            raise NetworkError(f"{conn.remote_peer} did not accept {list(protocols)}: {exc or type(exc).__name__}") from None
+        stream.protocol = agreed.protocol
+        stream.unread(agreed.leftover)
+        return stream
+
+    async def ping(self, target: PeerTarget, timeout: float = ping_protocol.PING_TIMEOUT) -> float:
+        """Round-trip time in seconds of one ``/ipfs/ping/1.0.0`` exchange."""
+        stream = await self.new_stream(target, [ping_protocol.PROTOCOL_ID])
+        try:
+            return await ping_protocol.ping(stream, timeout)
+        finally:
+            await stream.aclose()
+
+    def _resolve(self, target: PeerTarget) -> tuple[PeerId, tuple[bytes, ...]]:
+        if isinstance(target, PeerId):
+            return target, self.peer_addrs(target)
+        if isinstance(target, PeerInfo):
+            return target.peer_id, target.addrs or self.peer_addrs(target.peer_id)
+        try:
+            ma = multiaddrs.parse(target) if isinstance(target, str) else target
+        except multiaddrs.MultiaddrFormatError as exc:
+            raise DialError(str(exc)) from None
+        transport, peer = multiaddrs.split_peer_id(ma)
+        if peer is None:
+            raise DialError(f"cannot dial {ma}: it does not end in /p2p/<peer id>")
+        return peer, (transport.to_bytes(),)
+
+    async def _dial(self, peer: PeerId, addrs: tuple[bytes, ...], pending: _PendingDial) -> None:
+        errors: list[str] = []
+        try:
+            for raw in _dialable(addrs)[:MAX_DIAL_ADDRS]:
+                try:
+                    pending.connection = await self._dial_addr(peer, raw)
+                    self.add_addrs(peer, addrs)
+                    return
+                except DialError as exc:
+                    errors.append(str(exc))
+            pending.error = DialError(
+                f"cannot dial {peer}: " + ("; ".join(errors) if errors else "no TCP address known")
+            )
+            self.stats["dial_failures"] += 1
+        finally:
+            self._dials.pop(peer, None)
+            pending.done.set()
+
+    async def _dial_addr(self, peer: PeerId, raw: bytes) -> Connection:
+        addr = multiaddrs.parse(raw)
+        host, port = multiaddrs.tcp_endpoint(addr)
+        sock: anyio.abc.SocketStream | None = None
+        try:
+            with anyio.fail_after(self.limits.dial_timeout):
+                sock = await anyio.connect_tcp(host, port)
+                upgraded = await upgrade(sock, self.identity, True, peer)
+        except (TimeoutError, *CONNECTION_ERRORS) as exc:
+            if sock is not None:
+                await _close_quietly(sock)
+            raise DialError(f"{addr}: {exc or type(exc).__name__}") from None
+        conn = Connection(
+            sock,
+            upgraded,
+            initiator=True,
+            local_addr=_socket_addr(sock, SocketAttribute.local_address),
+            remote_addr=addr,
+            max_streams=self.limits.max_streams_per_connection,
+            on_inbound_stream=self._on_inbound_stream,
+        )
+        kept = self._add_connection(conn)
+        if kept is conn:
+            self.start_soon(self._run_connection, conn)
+        else:
+            await conn.close()
+        return kept
+
+    # -- accepting ---------------------------------------------------------------
+
+    async def _accept(self, sock: anyio.abc.SocketStream) -> None:
+        self.stats["inbound_sockets"] += 1
+        try:
+            await self._accept_connection(sock)
+        except Exception as exc:  # a bug must not take the listener down with it
+            self.stats["internal_errors"] += 1
+            log.warning("inbound connection failed unexpectedly: %s: %s", type(exc).__name__, exc)
+            log.debug("inbound connection failure", exc_info=True)
+        finally:
+            await _close_quietly(sock)
+
+    async def _accept_connection(self, sock: anyio.abc.SocketStream) -> None:
+        limits = self.limits
+        if (
+            self._closing
+            or len(self._connections) >= limits.max_connections
+            or self._pending_handshakes >= limits.max_pending_handshakes
+        ):
+            self.stats["refused_connections"] += 1
+            return
+        self._pending_handshakes += 1
+        try:
+            with anyio.fail_after(limits.handshake_timeout):
+                upgraded = await upgrade(sock, self.identity, False, None)
+        except TimeoutError:
+            self.stats["handshake_timeouts"] += 1
+            log.debug("inbound handshake timed out")
+            return
+        except CONNECTION_ERRORS as exc:
+            self.stats["handshake_failures"] += 1
+            log.debug("inbound handshake failed: %s: %s", type(exc).__name__, exc)
+            return
+        finally:
+            self._pending_handshakes -= 1
+        conn = Connection(
+            sock,
+            upgraded,
+            initiator=False,
+            local_addr=_socket_addr(sock, SocketAttribute.local_address),
+            remote_addr=_socket_addr(sock, SocketAttribute.remote_address),
+            max_streams=limits.max_streams_per_connection,
+            on_inbound_stream=self._on_inbound_stream,
+        )
+        if self._add_connection(conn) is conn:
+            await self._run_connection(conn)
+        else:
+            await conn.close()
+
+    # -- connection table --------------------------------------------------------
+
+    def _add_connection(self, conn: Connection) -> Connection:
+        """Register ``conn``, or return the connection kept instead of it.
+
+        Two connections to one peer happen when both dial at once: both sides keep
+        the one dialled by the smaller peer id, so they agree without talking.
+        """
+        peer = conn.remote_peer
+        existing = self.connection(peer)
+        if existing is not None:
+            def dialer(c: Connection) -> PeerId:
+                return self.peer_id if c.initiator else c.remote_peer
+
+            if dialer(conn) == dialer(existing) or dialer(existing) < dialer(conn):
+                self.stats["duplicate_connections"] += 1
+                return existing
+            self.stats["duplicate_connections"] += 1
+            self.start_soon(existing.close)
+        self._connections[peer] = conn
+        self.stats["connections_opened"] += 1
+        if len(self._connections) > self.limits.high_water and not self._trimming:
+            self.start_soon(self.trim)
+        return conn
+
+    async def _run_connection(self, conn: Connection) -> None:
+        peer = conn.remote_peer
+        self.start_soon(self.identify.identify_peer, conn)
+        _notify(self._on_connect, peer)
+        try:
+            await conn.run()
+        finally:
+            if self._connections.get(peer) is conn:
+                del self._connections[peer]
+                _notify(self._on_disconnect, peer)
+
+    async def trim(self) -> None:
+        """Close idle connections, least recently active first, down to ``low_water``,
+        if there are more than ``high_water``. Busy or young connections stay."""
+        if self._trimming or len(self._connections) <= self.limits.high_water:
+            return
+        self._trimming = True
+        try:
+            now = time.monotonic()
+            idle = sorted(
+                (c for c in self._connections.values() if c.num_streams == 0 and now - c.opened_at > self.limits.idle_grace),
+                key=lambda c: c.last_active,
+            )
+            excess = len(self._connections) - self.limits.low_water
+            for conn in idle[:excess]:
+                self.stats["trimmed_connections"] += 1
+                await conn.close()
+        finally:
+            self._trimming = False
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.limits.trim_interval)
+            await self.trim()
+
+    # -- inbound streams ---------------------------------------------------------
+
+    async def _on_inbound_stream(self, stream: Stream) -> None:
+        try:
+            with anyio.fail_after(self.limits.negotiate_timeout):
+                agreed = await negotiate(
+                    MultistreamListener(self._handlers.__contains__), stream.send, stream.receive
+                )
+            handler = self._handlers.get(agreed.protocol)
+            if handler is None:  # removed while we negotiated
+                await stream.reset()
+                return
+            stream.protocol = agreed.protocol
+            stream.unread(agreed.leftover)
+            await handler(stream)
+            await stream.aclose()
+        except TimeoutError:
+            self.stats["stream_negotiation_timeouts"] += 1
+            await stream.reset()
+        except CONNECTION_ERRORS as exc:
+            self.stats["stream_errors"] += 1
+            log.debug("inbound stream %s from %s: %s: %s", stream.protocol, stream.remote_peer, type(exc).__name__, exc)
+            await stream.reset()
+        except Exception as exc:  # a handler's bug resets its stream, not the connection
+            self.stats["handler_errors"] += 1
+            log.warning("handler for %s failed: %s: %s", stream.protocol or "?", type(exc).__name__, exc)
+            log.debug("handler failure", exc_info=True)
+            await stream.reset()
+
+    def _notify_identify(self, peer: PeerId, info: IdentifyInfo) -> None:
+        self.add_addrs(peer, info.listen_addrs)
+        _notify(self._on_identify, peer, info)
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a background task in the host's task group (cancelled on close); an
+        exception it raises is logged and counted, and does not stop the host."""
+        if self._tg is not None and not self._closing:
+            self._tg.start_soon(self._guarded, func, *args)
+
+    async def _guarded(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await func(*args)
+        except Exception as exc:
+            self.stats["internal_errors"] += 1
+            log.warning("background task %s failed: %s: %s", getattr(func, "__name__", func), type(exc).__name__, exc)
+            log.debug("background task failure", exc_info=True)
+
+
+def _notify(callbacks: list[Callable[..., Any]], *args: Any) -> None:
+    for callback in callbacks:
+        try:
+            callback(*args)
+        except Exception:  # a subscriber's bug must not break the connection
+            log.warning("callback %r failed", callback, exc_info=True)
+
+
+def _dialable(addrs: Iterable[bytes]) -> list[bytes]:
+    """The /ip4|ip6/…/tcp/… addresses among ``addrs`` (a /p2p suffix is dropped)."""
+    out = []
+    for raw in addrs:
+        try:
+            transport, _ = multiaddrs.split_peer_id(multiaddrs.parse(raw))
+            multiaddrs.tcp_endpoint(transport)
+        except multiaddrs.MultiaddrFormatError:
+            continue
+        if (b := transport.to_bytes()) not in out:
+            out.append(b)
+    return out
+
+
+def _socket_addr(sock: anyio.abc.SocketStream, attribute: Any) -> Multiaddr:
+    address = sock.extra(attribute)
+    return multiaddrs.from_tcp_endpoint(address[0], address[1])
+
+
+def _interface_addresses(unspecified: str) -> list[str]:
+    """Loopback plus this machine's addresses of the unspecified address's family."""
+    family = socket.AF_INET6 if unspecified == "::" else socket.AF_INET
+    found = ["::1" if family == socket.AF_INET6 else "127.0.0.1"]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM)
+    except OSError:
+        return found
+    for info in infos:
+        host = str(info[4][0]).split("%")[0]
+        if host not in found:
+            found.append(host)
+    return found
+
+
+async def _close_quietly(sock: anyio.abc.AsyncResource) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await sock.aclose()
+        except CONNECTION_ERRORS:
+            pass

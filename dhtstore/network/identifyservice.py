@@ -1,0 +1,147 @@
+"""The identify protocols on the host (libp2p specs, identify/README.md).
+
+- ``/ipfs/id/1.0.0``: on every new connection we open a stream and the remote sends
+  its Identify message and closes; we answer the remote's stream the same way.
+- ``/ipfs/id/push/1.0.0``: when our protocols change (a handler set or removed, such
+  as the kad protocol when the node turns server) we push our message to every
+  connected peer; pushes from peers update what we know (missing fields unchanged).
+
+What a peer tells us is checked (the public key must match the connection's peer)
+and handed to the host's ``on_identify`` callbacks, from which the node learns a
+peer's protocols (is it a DHT server?) and listen addresses.
+
+Framing and limits are ``network.identify``'s: we read a stream to its end (at most
+``MAX_STREAM_BYTES``) and hand it all to ``parse_identify``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..peerid import PeerId
+from .api import NetworkError
+from .connection import CONNECTION_ERRORS, Connection, Stream
+from .identify import (
+    DEFAULT_PROTOCOL_VERSION,
+    MAX_STREAM_BYTES,
+    PROTOCOL_ID,
+    PUSH_PROTOCOL_ID,
+    IdentifyError,
+    IdentifyInfo,
+    build_identify,
+    parse_identify,
+)
+
+if TYPE_CHECKING:
+    from .host import Host
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 10.0  # seconds for one identify exchange
+PUSH_DEBOUNCE = 0.05  # seconds: several handler changes in a row make one push
+
+
+class IdentifyService:
+    def __init__(self, host: Host):
+        self._host = host
+        self._infos: dict[PeerId, IdentifyInfo] = {}
+        self._push_scheduled = False
+        # Registered directly: these are fixed, and must not trigger a push.
+        host._handlers[PROTOCOL_ID] = self._handle_identify
+        host._handlers[PUSH_PROTOCOL_ID] = self._handle_push
+        host.on_disconnect(self._forget)
+
+    def info(self, peer: PeerId) -> IdentifyInfo | None:
+        """What the connected ``peer`` last told us, or None."""
+        return self._infos.get(peer)
+
+    def _forget(self, peer: PeerId) -> None:
+        self._infos.pop(peer, None)
+
+    def our_message(self, conn: Connection) -> bytes:
+        host = self._host
+        return build_identify(
+            host.identity.public_key(),
+            listen_addrs=host.advertised_addrs(),
+            protocols=host.protocols,
+            observed_addr=conn.remote_addr.to_bytes(),
+            agent_version=host.agent_version,
+            protocol_version=DEFAULT_PROTOCOL_VERSION,
+        )
+
+    async def identify_peer(self, conn: Connection) -> None:
+        """Ask the peer of a new connection who it is (runs once per connection)."""
+        host = self._host
+        try:
+            with anyio.fail_after(TIMEOUT):
+                stream = await host.new_stream(conn.remote_peer, [PROTOCOL_ID])
+                try:
+                    data = await _read_messages(stream)
+                finally:
+                    await stream.aclose()
+            info = parse_identify(data, conn.remote_peer)
+        except (TimeoutError, NetworkError, *CONNECTION_ERRORS) as exc:
+            host.stats["identify_failures"] += 1
+            log.debug("identify of %s failed: %s: %s", conn.remote_peer, type(exc).__name__, exc)
+            return
+        self._store(conn.remote_peer, info)
+
+    def protocols_changed(self) -> None:
+        """Schedule one push of our new protocol list to every connected peer."""
+        if self._push_scheduled:
+            return
+        self._push_scheduled = True
+        self._host.start_soon(self._push_all)
+
+    async def _push_all(self) -> None:
+        await anyio.sleep(PUSH_DEBOUNCE)
+        self._push_scheduled = False
+        async with anyio.create_task_group() as tg:
+            for peer in self._host.connected_peers():
+                tg.start_soon(self._push, peer)
+
+    async def _push(self, peer: PeerId) -> None:
+        conn = self._host.connection(peer)
+        info = self._infos.get(peer)
+        if conn is None or info is None or PUSH_PROTOCOL_ID not in info.protocols:
+            return  # js-libp2p, for one, does not take pushes unless configured to
+        try:
+            with anyio.fail_after(TIMEOUT):
+                stream = await self._host.new_stream(peer, [PUSH_PROTOCOL_ID])
+                await stream.send(self.our_message(conn))
+                await stream.aclose()
+        except (TimeoutError, NetworkError, *CONNECTION_ERRORS) as exc:
+            log.debug("identify push to %s failed: %s", peer, type(exc).__name__)
+
+    async def _handle_identify(self, stream: Stream) -> None:
+        with anyio.fail_after(TIMEOUT):
+            await stream.send(self.our_message(stream.connection))
+
+    async def _handle_push(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        with anyio.fail_after(TIMEOUT):
+            data = await _read_messages(stream)
+        pushed = parse_identify(data, peer)
+        previous = self._infos.get(peer)
+        self._store(peer, previous.updated_by(pushed) if previous is not None else pushed)
+
+    def _store(self, peer: PeerId, info: IdentifyInfo) -> None:
+        if self._host.connection(peer) is None:
+            return  # gone meanwhile
+        self._infos[peer] = info
+        self._host._notify_identify(peer, info)
+
+
+async def _read_messages(stream: Stream) -> bytes:
+    """Everything the peer writes on an identify stream, up to its end."""
+    data = bytearray()
+    while True:
+        try:
+            data += await stream.receive()
+        except anyio.EndOfStream:
+            return bytes(data)
+        if len(data) > MAX_STREAM_BYTES:
+            raise IdentifyError(f"identify stream over {MAX_STREAM_BYTES} bytes")

@@ -1,0 +1,105 @@
+"""The libp2p ``KadMessenger``: Kademlia requests over ``/ipfs/kad/1.0.0`` streams.
+
+As go-libp2p-kad-dht's ``messageSender`` does, one outbound stream per peer is kept
+and reused for request after request (one at a time per peer: a request waits for
+the previous reply on that stream). A reused stream that turns out dead (reset,
+closed) is replaced and the request retried once on a fresh stream; a timeout is
+not retried. Replies are read with a 10 s timeout.
+
+``send`` (ADD_PROVIDER) writes the message and returns without waiting: go's server
+never answers it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anyio
+
+from ..amino import PROTOCOL_ID, READ_MESSAGE_TIMEOUT
+from ..peerid import PeerId
+from .api import Message, NetworkError, PeerInfo
+from .connection import CONNECTION_ERRORS, Stream
+from .host import Host
+from .kadcodec import FrameDecoder, KadCodecError, encode_frame
+
+log = logging.getLogger(__name__)
+
+
+class _PeerSender:
+    """The reusable outbound stream to one peer, and the lock that serialises its use."""
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.stream: Stream | None = None
+        self.decoder = FrameDecoder()
+        self.uses = 0  # requests sent on the current stream
+
+    async def drop(self) -> None:
+        stream, self.stream = self.stream, None
+        self.decoder = FrameDecoder()
+        self.uses = 0
+        if stream is not None:
+            await stream.reset()
+
+
+class LibP2PKadMessenger:
+    """Implements ``network.api.KadMessenger`` over a ``Host``."""
+
+    def __init__(
+        self, host: Host, protocols: Sequence[str] = (PROTOCOL_ID,), *, timeout: float = READ_MESSAGE_TIMEOUT
+    ):
+        self._host = host
+        self._protocols = list(protocols)
+        self._timeout = timeout
+        self._senders: dict[PeerId, _PeerSender] = {}
+        host.on_disconnect(self._forget)
+
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        return await self._exchange(peer, message, expect_reply=True)  # type: ignore[return-value]
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        await self._exchange(peer, message, expect_reply=False)
+
+    def _forget(self, peer: PeerId) -> None:
+        self._senders.pop(peer, None)  # its stream died with the connection
+
+    async def _exchange(self, peer: PeerInfo, message: Message, expect_reply: bool) -> Message | None:
+        frame = encode_frame(message)
+        sender = self._senders.setdefault(peer.peer_id, _PeerSender())
+        async with sender.lock:
+            for attempt in range(2):
+                fresh = sender.stream is None
+                if fresh:
+                    sender.stream = await self._host.new_stream(peer, self._protocols)
+                try:
+                    return await self._on_stream(sender, frame, message, expect_reply)
+                except TimeoutError:
+                    await sender.drop()
+                    raise NetworkError(f"{peer.peer_id} did not answer {message.type.name} in {self._timeout} s") from None
+                except KadCodecError as exc:
+                    await sender.drop()
+                    raise NetworkError(f"{peer.peer_id} sent a bad reply to {message.type.name}: {exc}") from None
+                except CONNECTION_ERRORS as exc:
+                    await sender.drop()
+                    if fresh or attempt:
+                        raise NetworkError(
+                            f"{peer.peer_id}: stream failed during {message.type.name}: {type(exc).__name__}"
+                        ) from None
+                    log.debug("reused stream to %s failed (%s); retrying on a new one", peer.peer_id, exc)
+        raise AssertionError("unreachable")
+
+    async def _on_stream(self, sender: _PeerSender, frame: bytes, message: Message, expect_reply: bool) -> Message | None:
+        stream = sender.stream
+        assert stream is not None
+        with anyio.fail_after(self._timeout):
+            await stream.send(frame)
+            sender.uses += 1
+            if not expect_reply:
+                return None
+            while (reply := sender.decoder.next_message()) is None:
+                sender.decoder.receive_data(await stream.receive())
+        if reply.type != message.type:
+            raise KadCodecError(f"reply of type {reply.type.name} to a {message.type.name}")
+        return reply

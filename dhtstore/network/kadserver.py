@@ -1,0 +1,107 @@
+"""Serves inbound Kademlia streams with a ``server.api.RequestHandler``.
+
+Per stream (libp2p kad-dht spec, go ``dht_net.go``): several requests one after
+another; the stream is reset, with no answer, on a malformed frame or an
+``InvalidRequest``; a stream idle for 60 s is reset. A ``None`` reply (ADD_PROVIDER)
+sends nothing and the stream stays open for the next request.
+
+A per-peer token bucket (``PeerRateLimiter``) slows a flooding peer: its requests
+wait for its own tokens while other peers' streams are served at once. Every refusal
+is counted in ``KadServer.stats``; nothing a peer sends logs above DEBUG.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Sequence
+
+import anyio
+
+from ..amino import PROTOCOL_ID, STREAM_IDLE_TIMEOUT
+from ..server.api import InvalidRequest, RequestHandler
+from .api import PeerInfo
+from .connection import CONNECTION_ERRORS, Stream
+from .host import Host
+from .kadcodec import FrameDecoder, KadCodecError, encode_frame
+from .limits import PeerRateLimiter
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS_PER_STREAM = 100_000  # a bound on one stream's loop; the peer can open another
+HANDLER_TIMEOUT = 30.0  # seconds for our handler to answer one request
+
+
+class KadServer:
+    """Call ``start()`` to serve (and advertise, through identify) the kad protocols,
+    ``stop()`` to stop: a DHT server does, a client does not."""
+
+    def __init__(
+        self,
+        host: Host,
+        handler: RequestHandler,
+        protocols: Sequence[str] = (PROTOCOL_ID,),
+        *,
+        limiter: PeerRateLimiter | None = None,
+        idle_timeout: float = STREAM_IDLE_TIMEOUT,
+    ):
+        self._host = host
+        self._handler = handler
+        self.protocols = list(protocols)
+        self.limiter = limiter or PeerRateLimiter()
+        self._idle_timeout = idle_timeout
+        self.stats: collections.Counter[str] = collections.Counter()
+        host.on_disconnect(self.limiter.forget)
+
+    def start(self) -> None:
+        for protocol in self.protocols:
+            self._host.set_handler(protocol, self.serve_stream)
+
+    def stop(self) -> None:
+        for protocol in self.protocols:
+            self._host.remove_handler(protocol)
+
+    async def serve_stream(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        decoder = FrameDecoder()
+        for _ in range(MAX_REQUESTS_PER_STREAM):
+            try:
+                with anyio.fail_after(self._idle_timeout):
+                    while (request := decoder.next_message()) is None:
+                        decoder.receive_data(await stream.receive())
+            except TimeoutError:
+                self.stats["idle_streams_reset"] += 1
+                await stream.reset()
+                return
+            except anyio.EndOfStream:
+                if decoder.in_frame:
+                    self.stats["truncated_frames"] += 1
+                return  # the client is done with this stream
+            except KadCodecError as exc:
+                self.stats["malformed_requests"] += 1
+                log.debug("malformed kad request from %s: %s", peer, exc)
+                await stream.reset()
+                return
+            self.stats["requests"] += 1
+            self.stats["skipped_peers"] += request.skipped_peers
+            await self.limiter.acquire(peer)
+            sender = PeerInfo(peer, self._host.peer_addrs(peer))
+            try:
+                with anyio.fail_after(HANDLER_TIMEOUT):
+                    reply = await self._handler.handle(sender, request)
+            except InvalidRequest as exc:
+                self.stats["invalid_requests"] += 1
+                log.debug("invalid %s request from %s: %s", request.type.name, peer, exc)
+                await stream.reset()
+                return
+            except TimeoutError:
+                self.stats["handler_timeouts"] += 1
+                await stream.reset()
+                return
+            if reply is not None:
+                try:
+                    await stream.send(encode_frame(reply))
+                except CONNECTION_ERRORS:
+                    return
+                self.stats["replies"] += 1
+        await stream.reset()

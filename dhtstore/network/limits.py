@@ -1,0 +1,76 @@
+"""Resource limits of the host, and the per-peer request rate limiter of the kad server.
+
+Defaults follow go-libp2p's connection manager where it has one (low/high water, a
+grace period for new connections) and are sized for one process on a small machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import anyio
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimits:
+    max_connections: int = 512  # hard cap: inbound connections past it are refused
+    high_water: int = 384  # above this, idle connections are trimmed ...
+    low_water: int = 256  # ... down to this
+    idle_grace: float = 30.0  # a connection younger than this, or busy, is never trimmed
+    trim_interval: float = 10.0
+    max_pending_handshakes: int = 64  # inbound handshakes in progress; more are refused
+    handshake_timeout: float = 10.0  # TCP accept to muxer ready
+    dial_timeout: float = 15.0  # TCP connect + handshake, per address
+    max_streams_per_connection: int = 256  # open yamux streams, both directions
+    negotiate_timeout: float = 10.0  # multistream-select on one stream
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_water <= self.high_water <= self.max_connections:
+            raise ValueError("need 0 <= low_water <= high_water <= max_connections")
+
+
+class PeerRateLimiter:
+    """A token bucket per peer: ``rate`` requests per second, bursts up to ``burst``.
+
+    ``acquire`` waits for the peer's next token, so a flooding peer is slowed to
+    ``rate`` (its requests queue in its own stream) while every other peer keeps its
+    own budget. Buckets of at most ``max_peers`` peers are kept, least recently used
+    evicted (an evicted peer starts again with a full bucket).
+    """
+
+    def __init__(
+        self, rate: float = 200.0, burst: float = 400.0, max_peers: int = 4096, clock: Callable[[], float] = time.monotonic
+    ):
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._max_peers = max_peers
+        self._clock = clock
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # peer -> (tokens, at)
+        self.throttled = 0  # requests that had to wait
+
+    def delay(self, peer: Hashable) -> float:
+        """Take one token for ``peer``; return how long the caller must wait before using it."""
+        now = self._clock()
+        tokens, at = self._buckets.pop(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate) - 1
+        self._buckets[peer] = (tokens, now)
+        if len(self._buckets) > self._max_peers:
+            self._buckets.popitem(last=False)
+        if tokens >= 0:
+            return 0.0
+        self.throttled += 1
+        return -tokens / self.rate
+
+    async def acquire(self, peer: Hashable) -> None:
+        wait = self.delay(peer)
+        if wait > 0:
+            await anyio.sleep(wait)
+
+    def forget(self, peer: Hashable) -> None:
+        self._buckets.pop(peer, None)
+

@@ -1,0 +1,300 @@
+"""The libp2p host over loopback TCP: dialling, streams, identify, limits, shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from dhtstore.crypto.keys import PrivateKey
+from dhtstore.network import multiaddrs
+from dhtstore.network.api import NetworkError, PeerInfo
+from dhtstore.network.connection import Stream
+from dhtstore.network.host import DialError, Host, HostLimits
+from dhtstore.network.identify import IdentifyInfo
+
+pytestmark = pytest.mark.anyio
+
+ECHO = "/test/echo/1.0.0"
+
+
+async def echo(stream: Stream) -> None:
+    try:
+        while True:
+            await stream.send(await stream.receive())
+    except anyio.EndOfStream:
+        pass
+
+
+def addr_of(host: Host, index: int = 0) -> str:
+    return str(multiaddrs.with_peer_id(host.listen_addrs[index], host.peer_id))
+
+
+@pytest.fixture
+async def hosts() -> AsyncIterator[list[Host]]:
+    """Three running hosts on 127.0.0.1, each serving the echo protocol."""
+    async with AsyncExitStack() as stack:
+        out = []
+        for _ in range(3):
+            host = await stack.enter_async_context(Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"]))
+            host.set_handler(ECHO, echo)
+            out.append(host)
+        yield out
+
+
+async def test_listens_on_ip4_and_ip6_and_dials_both() -> None:
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/0"]) as server:
+        server.set_handler(ECHO, echo)
+        assert [str(a).split("/")[1] for a in server.listen_addrs] == ["ip4", "ip6"]
+        for index in (0, 1):
+            async with Host(PrivateKey.generate()) as client:
+                stream = await client.new_stream(addr_of(server, index), [ECHO])
+                await stream.send(b"hello")
+                assert await stream.receive() == b"hello"
+                conn = client.connection(server.peer_id)
+                assert conn is not None and conn.remote_addr == server.listen_addrs[index]
+
+
+async def test_dial_checks_the_peer_id_in_the_address(hosts: list[Host]) -> None:
+    a, b, c = hosts
+    wrong = str(multiaddrs.with_peer_id(b.listen_addrs[0], c.peer_id))
+    with pytest.raises(DialError, match="not the dialled"):
+        await a.connect(wrong)
+    with pytest.raises(DialError, match="/p2p/"):
+        await a.connect(str(b.listen_addrs[0]))
+    assert a.connection(b.peer_id) is None and a.connection(c.peer_id) is None
+
+
+async def test_concurrent_dials_share_one_connection(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    conns = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(lambda: _append(conns, a.connect(addr_of(b))))
+    assert len({id(c) for c in conns}) == 1
+    assert b.stats["inbound_sockets"] == 1
+
+
+async def _append(out: list, awaitable) -> None:  # type: ignore[no-untyped-def]
+    out.append(await awaitable)
+
+
+async def test_simultaneous_dials_both_ways_settle_on_one_connection(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.connect, addr_of(b))
+        tg.start_soon(b.connect, addr_of(a))
+    with anyio.fail_after(5):
+        while True:
+            ca, cb = a.connection(b.peer_id), b.connection(a.peer_id)
+            if ca and cb and not ca.closed and not cb.closed and ca.initiator != cb.initiator:
+                break
+            await anyio.sleep(0.01)
+    stream = await a.new_stream(b.peer_id, [ECHO])
+    await stream.send(b"x")
+    assert await stream.receive() == b"x"
+
+
+async def test_stream_negotiates_the_first_protocol_the_peer_accepts(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    stream = await a.new_stream(addr_of(b), ["/test/unknown/1.0.0", ECHO])
+    assert stream.protocol == ECHO
+    with pytest.raises(NetworkError, match="did not accept"):
+        await a.new_stream(b.peer_id, ["/test/unknown/1.0.0"])
+
+
+async def test_one_mebibyte_through_one_stream_with_back_pressure(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    stream = await a.new_stream(addr_of(b), [ECHO])
+    payload = bytes(range(256)) * 4096  # 1 MiB, more than four yamux windows
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            received.extend(await stream.receive())
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_all)
+            await stream.send(payload)
+    assert received == payload
+    await stream.send_eof()
+    with pytest.raises(anyio.EndOfStream):
+        await stream.receive()  # the echo handler returns: its side closes too
+
+
+async def test_a_failing_handler_resets_its_stream_only(hosts: list[Host], caplog: pytest.LogCaptureFixture) -> None:
+    a, b, _ = hosts
+
+    async def broken(stream: Stream) -> None:
+        raise RuntimeError("handler bug")
+
+    b.set_handler("/test/broken/1.0.0", broken)
+    stream = await a.new_stream(addr_of(b), ["/test/broken/1.0.0"])
+    with pytest.raises(anyio.BrokenResourceError):
+        await stream.receive()
+    assert b.stats["handler_errors"] == 1
+    echo_stream = await a.new_stream(b.peer_id, [ECHO])  # same connection still fine
+    await echo_stream.send(b"ok")
+    assert await echo_stream.receive() == b"ok"
+    assert a.connection(b.peer_id) is not None
+
+
+async def test_identify_both_ways_with_protocols_and_listen_addrs(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    seen: dict[str, IdentifyInfo] = {}
+    got_both = anyio.Event()
+
+    def record(name: str):  # type: ignore[no-untyped-def]
+        def callback(peer, info: IdentifyInfo) -> None:  # type: ignore[no-untyped-def]
+            seen[name] = info
+            if len(seen) == 2:
+                got_both.set()
+
+        return callback
+
+    a.on_identify(record("a"))
+    b.on_identify(record("b"))
+    await a.connect(addr_of(b))
+    with anyio.fail_after(5):
+        await got_both.wait()
+    assert seen["a"].peer_id == b.peer_id and seen["b"].peer_id == a.peer_id
+    assert set(seen["a"].protocols) == set(b.protocols) and ECHO in seen["a"].protocols
+    assert seen["a"].listen_addrs == tuple(x.to_bytes() for x in b.listen_addrs)
+    assert seen["b"].agent_version == a.agent_version
+    assert a.peer_addrs(b.peer_id) == seen["a"].listen_addrs
+    assert a.identify.info(b.peer_id) == seen["a"]
+
+
+async def test_identify_push_when_protocols_change(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    updates: list[IdentifyInfo] = []
+    changed = anyio.Event()
+
+    def on_identify(peer, info: IdentifyInfo) -> None:  # type: ignore[no-untyped-def]
+        updates.append(info)
+        if "/test/new/1.0.0" in info.protocols:
+            changed.set()
+
+    a.on_identify(on_identify)
+    await a.connect(addr_of(b))
+    with anyio.fail_after(5):
+        while not updates:
+            await anyio.sleep(0.01)
+        b.set_handler("/test/new/1.0.0", echo)
+        await changed.wait()
+    b.remove_handler("/test/new/1.0.0")
+    with anyio.fail_after(5):
+        while "/test/new/1.0.0" in a.identify.info(b.peer_id).protocols:  # type: ignore[union-attr]
+            await anyio.sleep(0.01)
+
+
+async def test_streams_past_the_limit_are_refused() -> None:
+    limits = HostLimits(max_streams_per_connection=2)
+    release = anyio.Event()
+
+    async def hold(stream: Stream) -> None:
+        await release.wait()
+
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        server.set_handler("/test/hold/1.0.0", hold)
+        async with Host(PrivateKey.generate()) as client:
+            await client.connect(addr_of(server))
+            with anyio.fail_after(5):  # identify's stream may still be open: wait for it
+                while server.connection(client.peer_id).num_streams:  # type: ignore[union-attr]
+                    await anyio.sleep(0.01)
+            held = [await client.new_stream(server.peer_id, ["/test/hold/1.0.0"]) for _ in range(2)]
+            with pytest.raises(NetworkError):
+                await client.new_stream(server.peer_id, ["/test/hold/1.0.0"])
+            release.set()
+            assert len(held) == 2
+
+
+async def test_connections_past_the_limit_are_refused() -> None:
+    limits = HostLimits(max_connections=1, high_water=1, low_water=1)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        async with Host(PrivateKey.generate()) as first, Host(PrivateKey.generate()) as second:
+            await first.connect(addr_of(server))
+            with pytest.raises(DialError):
+                await second.connect(addr_of(server))
+            assert server.stats["refused_connections"] == 1
+
+
+async def test_idle_connections_are_trimmed_to_the_low_water_mark() -> None:
+    limits = HostLimits(max_connections=10, high_water=2, low_water=1, idle_grace=0.0)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(3)]
+            for client in clients:
+                await client.connect(addr_of(server))
+            with anyio.fail_after(5):
+                while any(c.num_streams for c in server._connections.values()):  # identify done
+                    await anyio.sleep(0.01)
+            await server.trim()
+            assert len(server.connected_peers()) == 1
+            assert server.stats["trimmed_connections"] == 2
+
+
+async def test_a_stalled_handshake_is_dropped_after_its_timeout() -> None:
+    limits = HostLimits(handshake_timeout=0.2)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        host, port = multiaddrs.tcp_endpoint(server.listen_addrs[0])
+        async with await anyio.connect_tcp(host, port) as sock:
+            with anyio.fail_after(5):
+                data = b""
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    while True:  # the multistream header, then the close
+                        data += await sock.receive()
+        assert server.stats["handshake_timeouts"] == 1
+
+
+async def test_after_1000_garbage_connections_a_real_peer_is_served(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    garbage = [b"", b"\xff" * 64, b"\x13/multistream/1.0.0\n\x07/noise\n" + b"\x00\x20" + b"\x00" * 32]
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as server:
+        server.set_handler(ECHO, echo)
+        host, port = multiaddrs.tcp_endpoint(server.listen_addrs[0])
+        for i in range(1000):
+            async with await anyio.connect_tcp(host, port) as sock:
+                if garbage[i % 3]:
+                    await sock.send(garbage[i % 3])
+                await sock.send_eof()
+                reader = BufferedByteReceiveStream(sock)
+                with anyio.fail_after(5):
+                    try:
+                        while await reader.receive():
+                            pass
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        pass
+        async with Host(PrivateKey.generate()) as client:
+            stream = await client.new_stream(addr_of(server), [ECHO])
+            await stream.send(b"still here")
+            assert await stream.receive() == b"still here"
+        failures = server.stats["handshake_failures"]
+        assert failures == 1000
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_closing_the_host_closes_its_connections() -> None:
+    gone = anyio.Event()
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as server:
+        server.on_disconnect(lambda peer: gone.set())
+        async with Host(PrivateKey.generate()) as client:
+            await client.connect(addr_of(server))
+        with anyio.fail_after(5):
+            await gone.wait()
+        assert server.connected_peers() == []
+
+
+async def test_new_stream_to_a_peer_info_uses_its_addresses(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    info = PeerInfo(b.peer_id, tuple(x.to_bytes() for x in b.listen_addrs))
+    stream = await a.new_stream(info, [ECHO])
+    await stream.send(b"hi")
+    assert await stream.receive() == b"hi"
+    with pytest.raises(DialError, match="no TCP address"):
+        await a.connect(PeerInfo(PrivateKey.generate().peer_id()))
