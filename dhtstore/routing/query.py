@@ -51,7 +51,7 @@ class _Candidate:
 
 
 @lru_cache(maxsize=1 << 16)
-def _is_valid_peer_id(raw: bytes) -> bool:
+def is_valid_peer_id(raw: bytes) -> bool:
     try:
         PeerId.from_bytes(raw)
     except PeerIdError:
@@ -127,7 +127,7 @@ class QueryState:
                 not isinstance(pid, PeerId)
                 or pid in seen
                 or pid == self._local
-                or not _is_valid_peer_id(pid.to_bytes())
+                or not is_valid_peer_id(pid.to_bytes())
             ):
                 self.skipped_peers += 1
                 continue

@@ -15,26 +15,17 @@ import logging
 import anyio
 
 from .. import amino
+from ..dht.fanout import ask_each, send_each
+from ..dht.functions import feature_key
 from ..kadkey import Key
-from ..network.api import KadMessenger, Message, MessageType, NetworkError, PeerInfo, Record
+from ..network.api import KadMessenger, Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId
 from ..records.api import RecordError, Validator
 from ..routingtable.api import RoutingTable
 from .api import LookupObserver, LookupStats, PeerReporter, RoutingError
-from .query import QueryOutcome, QueryState, ReplyHandler, _is_valid_peer_id, run_query
+from .query import QueryOutcome, QueryState, ReplyHandler, is_valid_peer_id, run_query
 
 log = logging.getLogger(__name__)
-
-
-def feature_key(feature: str | bytes) -> bytes:
-    """The provider key under which peers announce a feature: the sha2-256 multihash of
-    its name, as go-libp2p's routing discovery does for a namespace."""
-    import hashlib
-
-    from ..multihash import SHA2_256, Multihash
-
-    raw = feature.encode() if isinstance(feature, str) else feature
-    return Multihash(SHA2_256, hashlib.sha256(raw).digest()).to_bytes()
 
 
 class KademliaRouter:
@@ -151,11 +142,14 @@ class KademliaRouter:
         """Providers of the multihash ``key``; stops once ``count`` are known. A provider
         first seen without addresses takes them when it shows up again with some."""
         providers: dict[PeerId, PeerInfo] = {}
+        skipped = 0
 
         def on_reply(peer: PeerInfo, reply: Message) -> bool:
-            for info in reply.provider_peers[: amino.MAX_CLOSER_PEERS]:
+            nonlocal skipped
+            for info in reply.provider_peers:
                 pid = info.peer_id if isinstance(info, PeerInfo) else None
-                if not isinstance(pid, PeerId) or not _is_valid_peer_id(pid.to_bytes()):
+                if not isinstance(pid, PeerId) or not is_valid_peer_id(pid.to_bytes()):
+                    skipped += 1
                     continue
                 known = providers.get(pid)
                 if known is None or (info.addrs and not known.addrs):
@@ -165,7 +159,7 @@ class KademliaRouter:
         outcome = await self._lookup(
             "find_providers", MessageType.GET_PROVIDERS, key, Key.for_multihash(key), on_reply=on_reply
         )
-        self._observe(outcome.stats)
+        self._observe(dataclasses.replace(outcome.stats, skipped_peers=outcome.stats.skipped_peers + skipped))
         return list(providers.values())[:count]
 
     async def find_feature_peers(self, feature: str | bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
@@ -180,20 +174,7 @@ class KademliaRouter:
         outcome = await self._lookup("provide", MessageType.FIND_NODE, key, Key.for_multihash(key))
         targets = outcome.state.closest_queried(self.k)
         message = Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(provider,))
-        sent = 0
-
-        async def send(peer: PeerInfo) -> None:
-            nonlocal sent
-            try:
-                with anyio.fail_after(self.put_timeout):
-                    await self.messenger.send(peer, message)
-                sent += 1
-            except (NetworkError, TimeoutError) as exc:
-                log.debug("provide: ADD_PROVIDER to %s failed: %s", peer.peer_id, exc)
-
-        async with anyio.create_task_group() as tg:
-            for peer in targets:
-                tg.start_soon(send, peer)
+        sent = await send_each(self.messenger, targets, message, self.put_timeout)
         self._observe(_with_extra_messages(outcome.stats, len(targets), started))
         return sent
 
@@ -230,24 +211,10 @@ class KademliaRouter:
         )
 
     async def _put_to(self, peers: list[PeerInfo], record: Record) -> int:
+        """PUT_VALUE to each peer; returns how many echoed the record (accepted it)."""
         message = Message(MessageType.PUT_VALUE, key=record.key, record=record)
-        stored = 0
-
-        async def put(peer: PeerInfo) -> None:
-            nonlocal stored
-            try:
-                with anyio.fail_after(self.put_timeout):
-                    reply = await self.messenger.request(peer, message)
-            except (NetworkError, TimeoutError) as exc:
-                log.debug("PUT_VALUE to %s failed: %s", peer.peer_id, exc)
-                return
-            if reply.record is not None and reply.record.value == record.value:
-                stored += 1
-
-        async with anyio.create_task_group() as tg:
-            for peer in peers:
-                tg.start_soon(put, peer)
-        return stored
+        replies = await ask_each(self.messenger, peers, message, self.put_timeout)
+        return sum(1 for _, reply in replies if reply.record is not None and reply.record.value == record.value)
 
     def _require_validator(self) -> Validator:
         if self.validator is None:

@@ -1,0 +1,214 @@
+"""The Kademlia request handler: go-libp2p-kad-dht's handlers.go rules, with the real
+stores and the Amino record validator."""
+
+import datetime
+import random
+
+import pytest
+
+from dhtstore import amino
+from dhtstore.crypto.keys import PrivateKey
+from dhtstore.kadkey import Key
+from dhtstore.network.api import Message, MessageType, PeerInfo, Record
+from dhtstore.peerid import PeerId
+from dhtstore.providerstore.memory import MemoryProviderStore
+from dhtstore.records import ipns, pk
+from dhtstore.records.memory import MemoryValueStore
+from dhtstore.records.validators import NamespacedValidator
+from dhtstore.routingtable.kbuckets import KBucketTable
+from dhtstore.server.api import InvalidRequest, RequestHandler
+from dhtstore.server.handler import KademliaHandler
+
+pytestmark = pytest.mark.anyio
+
+PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
+MH = b"\x12\x20" + bytes(range(32))
+rng = random.Random(41)
+
+
+def ip4(last: int) -> bytes:
+    return bytes([0x04, 10, 1, 2, last & 0xFF, 0x06, 0x0F, 0xA1])
+
+
+def new_peer(last: int = 1) -> PeerInfo:
+    return PeerInfo(PeerId(PREFIX + rng.randbytes(32)), (ip4(last),))
+
+
+class Node:
+    def __init__(self, table_size: int = 60):
+        self.me = new_peer(254)
+        self.table = KBucketTable(Key.for_peer(self.me.peer_id))
+        self.known = [new_peer(i) for i in range(table_size)]
+        for p in self.known:
+            self.table.add(p, 0.0)
+        self.address_book: dict[PeerId, tuple[bytes, ...]] = {}
+        self.validator = NamespacedValidator()
+        self.values = MemoryValueStore(self.validator)
+        self.providers = MemoryProviderStore()
+        self.handler = KademliaHandler(
+            self.me,
+            self.table,
+            self.providers,
+            self.values,
+            self.validator,
+            address_book=lambda p: self.address_book.get(p, ()),
+            rng=random.Random(1),
+        )
+
+
+@pytest.fixture
+def node() -> Node:
+    return Node()
+
+
+async def test_implements_the_api(node):
+    assert isinstance(node.handler, RequestHandler)
+
+
+async def test_find_node_returns_k_closest_without_us_or_the_requester(node):
+    requester = node.known[0]
+    reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=b"some key"))
+    ids = [p.peer_id for p in reply.closer_peers]
+    assert len(ids) == amino.BUCKET_SIZE
+    assert requester.peer_id not in ids and node.me.peer_id not in ids
+    expected = [p.peer_id for p in node.table.local_closest_peers(Key.hash(b"some key"), 21) if p != requester][:20]
+    assert ids == expected
+    # even when it asks for itself, the requester is not told about itself
+    reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=requester.peer_id.to_bytes()))
+    assert requester.peer_id not in [p.peer_id for p in reply.closer_peers]
+
+
+async def test_find_node_includes_a_known_target_even_outside_the_table(node):
+    outsider = new_peer(77)
+    node.address_book[outsider.peer_id] = outsider.addrs
+    reply = await node.handler.handle(node.known[1], Message(MessageType.FIND_NODE, key=outsider.peer_id.to_bytes()))
+    assert outsider in reply.closer_peers
+    unknown = new_peer(78)
+    reply = await node.handler.handle(node.known[1], Message(MessageType.FIND_NODE, key=unknown.peer_id.to_bytes()))
+    assert unknown.peer_id not in [p.peer_id for p in reply.closer_peers]
+
+
+async def test_find_node_with_empty_key_is_invalid(node):
+    with pytest.raises(InvalidRequest):
+        await node.handler.handle(node.known[0], Message(MessageType.FIND_NODE))
+    assert node.handler.counters[("FIND_NODE", "invalid")] == 1
+
+
+def pk_record() -> tuple[bytes, bytes]:
+    key = PrivateKey.generate()
+    return pk.routing_key(key.peer_id()), key.public_key().to_protobuf()
+
+
+async def test_put_value_validates_stores_and_echoes(node):
+    key, value = pk_record()
+    request = Message(MessageType.PUT_VALUE, key=key, record=Record(key, value), closer_peers=(node.known[3],))
+    reply = await node.handler.handle(node.known[0], request)
+    assert reply == Message(MessageType.PUT_VALUE, key=key, record=Record(key, value))
+    got = await node.handler.handle(node.known[0], Message(MessageType.GET_VALUE, key=key))
+    assert got.record.value == value and got.record.time_received  # stamped by the receiver
+    assert len(got.closer_peers) == 20
+    assert node.handler.counters[("PUT_VALUE", "ok")] == 1
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["keys differ", "no record", "forged", "unknown namespace", "oversized ipns"],
+)
+async def test_put_value_refusals_leave_the_store_untouched(node, case):
+    key, value = pk_record()
+    other_key, _ = pk_record()
+    request = {
+        "keys differ": Message(MessageType.PUT_VALUE, key=other_key, record=Record(key, value)),
+        "no record": Message(MessageType.PUT_VALUE, key=key),
+        "forged": Message(MessageType.PUT_VALUE, key=other_key, record=Record(other_key, value)),
+        "unknown namespace": Message(MessageType.PUT_VALUE, key=b"/foo/bar", record=Record(b"/foo/bar", b"x")),
+        "oversized ipns": Message(
+            MessageType.PUT_VALUE, key=b"/ipns/" + PREFIX, record=Record(b"/ipns/" + PREFIX, b"\x00" * 20_000)
+        ),
+    }[case]
+    with pytest.raises(InvalidRequest):
+        await node.handler.handle(node.known[0], request)
+    assert await node.values.count() == 0
+    assert node.handler.counters[("PUT_VALUE", "invalid")] == 1
+
+
+async def test_put_value_refuses_an_older_ipns_record(node):
+    key = PrivateKey.generate()
+    routing_key = ipns.routing_key(key.peer_id())
+    eol = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    newer, older = ipns.create(key, b"/ipfs/new", 2, eol), ipns.create(key, b"/ipfs/old", 1, eol)
+    await node.handler.handle(node.known[0], Message(MessageType.PUT_VALUE, key=routing_key, record=Record(routing_key, newer)))
+    with pytest.raises(InvalidRequest):
+        await node.handler.handle(
+            node.known[0], Message(MessageType.PUT_VALUE, key=routing_key, record=Record(routing_key, older))
+        )
+    assert (await node.values.get(routing_key)).value == newer
+
+
+async def test_get_value_of_an_unknown_key_gives_closer_peers_only(node):
+    reply = await node.handler.handle(node.known[0], Message(MessageType.GET_VALUE, key=b"/pk/nothing"))
+    assert reply.record is None and len(reply.closer_peers) == 20
+
+
+async def test_add_provider_keeps_only_the_senders_entry_with_addresses(node):
+    sender, other = node.known[5], node.known[6]
+    request = Message(MessageType.ADD_PROVIDER, key=MH, provider_peers=(other, sender))
+    assert await node.handler.handle(sender, request) is None  # no reply, as go
+    records = await node.providers.get_providers(MH)
+    assert [r.provider for r in records] == [sender]
+    assert node.handler.counters[("ADD_PROVIDER", "foreign_provider_ignored")] == 1
+
+
+@pytest.mark.parametrize(
+    "key, entries",
+    [
+        (MH, "other"),  # only another peer named
+        (MH, "no addrs"),  # the sender without addresses
+        (b"\x12\x20" + b"\x01" * 79, "sender"),  # over 80 bytes
+        (b"", "sender"),
+        (b"\xff\xff\xff", "sender"),  # not a multihash
+    ],
+)
+async def test_add_provider_refusals(node, key, entries):
+    sender = node.known[5]
+    provider_peers = {
+        "other": (node.known[6],),
+        "no addrs": (PeerInfo(sender.peer_id),),
+        "sender": (sender,),
+    }[entries]
+    with pytest.raises(InvalidRequest):
+        await node.handler.handle(sender, Message(MessageType.ADD_PROVIDER, key=key, provider_peers=provider_peers))
+    assert (await node.providers.stats()).records == 0
+
+
+async def test_get_providers_returns_providers_and_closer_peers(node):
+    for p in node.known[:5]:
+        await node.handler.handle(p, Message(MessageType.ADD_PROVIDER, key=MH, provider_peers=(p,)))
+    reply = await node.handler.handle(node.known[9], Message(MessageType.GET_PROVIDERS, key=MH))
+    assert {p.peer_id for p in reply.provider_peers} == {p.peer_id for p in node.known[:5]}
+    assert len(reply.closer_peers) == 20 and node.known[9] not in reply.closer_peers
+
+
+async def test_get_providers_is_shuffled_and_trimmed_to_the_message_limit():
+    node = Node(table_size=25)
+    node.handler.max_message_size = 20_000
+    many = [new_peer(i) for i in range(400)]
+    for p in many:
+        await node.providers.add_provider(MH, p.peer_id, p.addrs)
+    first = await node.handler.handle(node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    second = await node.handler.handle(node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    assert 100 < len(first.provider_peers) < 400
+    assert [p.peer_id for p in first.provider_peers] != [p.peer_id for p in second.provider_peers]
+
+
+@pytest.mark.parametrize("key", [b"", b"\x12\x20" + b"\x01" * 79, b"\xff\xff"])
+async def test_get_providers_with_a_bad_key_is_invalid(node, key):
+    with pytest.raises(InvalidRequest):
+        await node.handler.handle(node.known[0], Message(MessageType.GET_PROVIDERS, key=key))
+
+
+async def test_ping_answers_and_everything_is_counted(node):
+    assert await node.handler.handle(node.known[0], Message(MessageType.PING)) == Message(MessageType.PING)
+    with pytest.raises(InvalidRequest):
+        await node.handler.handle(node.known[0], Message(9))  # type: ignore[arg-type]
+    assert node.handler.counters[("PING", "ok")] == 1 and node.handler.counters[("unknown", "invalid")] == 1
