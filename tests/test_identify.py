@@ -115,3 +115,9 @@ def test_push_updates_only_the_fields_it_carries():
     assert updated.protocols == ("/a", "/b", "/ipfs/kad/1.0.0")
     assert updated.listen_addrs == (ADDR4,) and updated.agent_version == "agent/1"
     assert updated.peer_id == key.peer_id()
+
+
+def test_versions_that_are_not_utf8_are_skipped():
+    body = b"\x2a\x02\xff\xfe" + b"\x32\x03abc"  # protocolVersion (5) invalid, agentVersion (6) "abc"
+    info = parse_identify(varint.encode(len(body)) + body)
+    assert info.protocol_version is None and info.agent_version == "abc" and info.skipped == 1

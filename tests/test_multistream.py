@@ -139,3 +139,13 @@ def test_dialer_refuses_invalid_protocol_ids():
         MultistreamDialer(["/a\n"])
     with pytest.raises(ValueError):
         MultistreamDialer(["/" + "a" * MAX_MESSAGE_LENGTH])
+
+
+def test_error_is_sticky():
+    listener = MultistreamListener({"/p"})
+    listener.receive_data(b"\x00" + encode_message(PROTOCOL_ID))
+    with pytest.raises(MultistreamError) as first:
+        listener.next_event()
+    with pytest.raises(MultistreamError) as again:
+        listener.next_event()
+    assert again.value is first.value

@@ -206,8 +206,12 @@ def test_tampered_transport_frame_fails(identities):
     wire = bytearray(d.encrypt(b"payload"))
     wire[5] ^= 1
     l.receive_data(bytes(wire))
-    with pytest.raises(NoiseError):
+    with pytest.raises(NoiseError) as first:
         l.decrypt_available()
+    l.receive_data(d.encrypt(b"valid, but the session is dead"))
+    with pytest.raises(NoiseError) as again:
+        l.decrypt_available()
+    assert again.value is first.value
     short = NoiseHandshake(identities[KeyType.Ed25519], initiator=True)
     short_peer = NoiseHandshake(identities[KeyType.Ed25519], initiator=False)
     handshake(short, short_peer)

@@ -247,3 +247,15 @@ def test_partial_frames_need_data():
         server.receive_data(bytes([byte]))
         events += drain(server)
     assert events == [StreamOpened(1), StreamData(1, b"abc"), StreamEnded(1)]
+
+
+def test_error_is_sticky():
+    server = YamuxConnection(is_client=False)
+    server.receive_data(bytes([1]) + bytes(11) + frame(FrameType.PING, Flag.SYN, 0, 1))
+    with pytest.raises(YamuxError) as first:
+        server.next_event()
+    with pytest.raises(YamuxError) as again:
+        server.next_event()
+    assert again.value is first.value
+    server.go_away(GoAwayCode.PROTOCOL_ERROR)
+    assert server.data_to_send() == frame(FrameType.GO_AWAY, 0, 0, 1)

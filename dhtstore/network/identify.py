@@ -11,7 +11,7 @@ do not fit.
 
 The host reads the whole stream (at most ``MAX_STREAM_BYTES``) and calls
 ``parse_identify(data, remote_peer)``. Invalid listen addresses, an invalid observed
-address and invalid protocol ids are skipped and counted in ``IdentifyInfo.skipped``;
+address, invalid protocol ids and versions that are not UTF-8 are skipped and counted in ``IdentifyInfo.skipped``;
 a public key that does not parse or is not the connection's peer, an oversized or
 malformed message raise ``IdentifyError``.
 
@@ -151,26 +151,25 @@ def parse_identify(data: bytes, remote_peer: PeerId | None = None) -> IdentifyIn
         else:
             skipped += 1
 
+    versions = {}
+    for name in ("protocolVersion", "agentVersion"):
+        value = getattr(message, name) if message.HasField(name) else None
+        if value is not None and not isinstance(value, str):  # invalid UTF-8 comes back as bytes
+            value = None
+            skipped += 1
+        versions[name] = value
+
     return IdentifyInfo(
         public_key=public_key,
         peer_id=peer_id,
         listen_addrs=tuple(listen_addrs),
         protocols=tuple(protocols),
         observed_addr=observed_addr,
-        protocol_version=_text_field(message, "protocolVersion"),
-        agent_version=_text_field(message, "agentVersion"),
+        protocol_version=versions["protocolVersion"],
+        agent_version=versions["agentVersion"],
         signed_peer_record=bytes(message.signedPeerRecord) if message.HasField("signedPeerRecord") else None,
         skipped=skipped,
     )
-
-
-def _text_field(message: identify_pb2.Identify, name: str) -> str | None:
-    if not message.HasField(name):
-        return None
-    value = getattr(message, name)
-    if not isinstance(value, str):
-        raise IdentifyError(f"identify {name} is not valid UTF-8")
-    return value
 
 
 def _split_messages(data: bytes) -> list[bytes]:

@@ -19,6 +19,7 @@ protocol bytes before the echo comes back, as js-libp2p does), and must be hande
 Bad input (a line over ``MAX_MESSAGE_LENGTH``, a missing newline, invalid UTF-8, a
 wrong header, an answer that is neither the proposal nor ``na``, too many proposals)
 raises ``MultistreamError``; a length over the limit is refused from the varint alone.
+After an error every further ``next_event`` raises it again.
 The listener answers ``na`` to ``ls`` (allowed by the spec; we do not list protocols).
 """
 
@@ -93,6 +94,7 @@ class _Negotiator:
         self._outbox = bytearray()
         self._finished: Event | None = None
         self._seen_header = False
+        self._error: MultistreamError | None = None  # once broken, always broken (as h11)
 
     def receive_data(self, data: bytes) -> None:
         if self._finished is not None:
@@ -109,6 +111,15 @@ class _Negotiator:
         return self._finished is not None
 
     def next_event(self) -> Event | NeedData:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except MultistreamError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> Event | NeedData:
         if self._finished is not None:
             return self._finished
         while True:

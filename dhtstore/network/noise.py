@@ -20,7 +20,8 @@ Use (h11 style, no sockets):
     transport.receive_data(sock.recv()); plaintext = transport.decrypt_available()
 
 A wrong signature, a peer id other than ``expected_peer``, an unparsable key or payload,
-a failed decryption or any malformed frame raises ``NoiseError``. Only primitives from
+a failed decryption or any malformed frame raises ``NoiseError``; after one, every
+further ``next_event``/``decrypt_available`` raises it again. Only primitives from
 ``cryptography`` are used: X25519, ChaCha20-Poly1305, SHA-256 and HMAC.
 """
 
@@ -327,6 +328,7 @@ class NoiseTransport:
         self._receive = receive
         self._reader = _FrameReader()
         self._reader.feed(received)
+        self._error: NoiseError | None = None
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """Frames for ``plaintext``, split into pieces of at most MAX_PLAINTEXT_LENGTH."""
@@ -341,10 +343,13 @@ class NoiseTransport:
 
     def decrypt_available(self) -> bytes:
         """The plaintext of every complete frame received so far (b"" if none)."""
-        frames = self._reader.frames()
-        if len(frames) == 1:
-            return self._receive.decrypt_with_ad(b"", frames[0])
-        return b"".join(self._receive.decrypt_with_ad(b"", frame) for frame in frames)
+        if self._error is not None:
+            raise self._error
+        try:
+            return b"".join([self._receive.decrypt_with_ad(b"", frame) for frame in self._reader.frames()])
+        except NoiseError as exc:
+            self._error = exc
+            raise
 
 
 def _select_muxer(initiator_muxers: Sequence[str], responder_muxers: Sequence[str]) -> str | None:
@@ -375,6 +380,7 @@ class NoiseHandshake:
         self._reader = _FrameReader()
         self._outbox = bytearray()
         self._result: HandshakeComplete | None = None
+        self._error: NoiseError | None = None
         if initiator:
             self._outbox += _frame(self._state.write_message(b""))
 
@@ -406,11 +412,17 @@ class NoiseHandshake:
         return out
 
     def next_event(self) -> HandshakeComplete | NeedData:
-        while self._result is None:
-            frame = self._reader.next_frame()
-            if frame is None:
-                return NEED_DATA
-            self._on_frame(frame)
+        if self._error is not None:
+            raise self._error
+        try:
+            while self._result is None:
+                frame = self._reader.next_frame()
+                if frame is None:
+                    return NEED_DATA
+                self._on_frame(frame)
+        except NoiseError as exc:
+            self._error = exc
+            raise
         return self._result
 
     def transport(self) -> NoiseTransport:

@@ -35,8 +35,9 @@ traffic, then retry).
 Errors: any frame the spec forbids (bad version or type, data over the window, a frame
 for a stream that was never opened, a SYN for an existing or wrong-parity id, data after
 the remote's FIN, session frames on a stream id) raises ``YamuxError``; the host should
-then ``go_away(GoAwayCode.PROTOCOL_ERROR)`` and close. Frames for streams that existed
-but are gone (reset or fully closed) are dropped, since they may have been in flight.
+then ``go_away(GoAwayCode.PROTOCOL_ERROR)``, send, and close, and ``next_event`` keeps
+raising the same error. Frames for streams that existed but are gone (reset or fully
+closed) are dropped, since they may have been in flight.
 Local calls on a stream that is not writable raise ``StreamClosedError``, which does not
 mean the connection is broken.
 """
@@ -204,6 +205,7 @@ class YamuxConnection:
         self._events: deque[Event] = deque()
         self.local_going_away = False
         self.remote_going_away = False
+        self._error: YamuxError | None = None
 
     # -- bytes in and out -------------------------------------------------------
 
@@ -216,9 +218,15 @@ class YamuxConnection:
         return out
 
     def next_event(self) -> Event | NeedData:
-        while not self._events:
-            if not self._read_frame():
-                return NEED_DATA
+        if self._error is not None:
+            raise self._error
+        try:
+            while not self._events:
+                if not self._read_frame():
+                    return NEED_DATA
+        except YamuxError as exc:
+            self._error = exc
+            raise
         return self._events.popleft()
 
     # -- local operations ---------------------------------------------------------
