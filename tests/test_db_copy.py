@@ -203,3 +203,4 @@ async def test_refusals(sqlite_store_url: str, tmp_path: Path) -> None:
         await engine.dispose()
     with pytest.raises(StoreError, match="f00d.*newer"):
         await copy_store(sqlite_store_url, newer)
+

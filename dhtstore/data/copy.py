@@ -218,20 +218,9 @@ async def _table_sum(engine: AsyncEngine, table: Table, batch_size: int) -> tupl
 
 
 def _row_digest(row: Sequence[Any]) -> int:
-    """SHA-256 of a row's values in an encoding that is the same from either database."""
-    h = hashlib.sha256()
-    for value in row:
-        if value is None:
-            h.update(b"N")
-        elif isinstance(value, bool | int):
-            h.update(b"I%d;" % value)
-        elif isinstance(value, str):
-            data = value.encode()
-            h.update(b"S%d:" % len(data) + data)
-        else:
-            data = bytes(value)
-            h.update(b"B%d:" % len(data) + data)
-    return int.from_bytes(h.digest(), "big")
+    """SHA-256 of a row's values. ``repr`` of the tuple is injective over the column
+    types here (int, str, bytes, None) and both drivers return the same Python types."""
+    return int.from_bytes(hashlib.sha256(repr(tuple(row)).encode()).digest(), "big")
 
 
 async def _reset_sequences(conn: AsyncConnection, tables: Sequence[Table]) -> None:
