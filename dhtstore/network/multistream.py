@@ -21,6 +21,12 @@ wrong header, an answer that is neither the proposal nor ``na``, too many propos
 raises ``MultistreamError``; a length over the limit is refused from the varint alone.
 After an error every further ``next_event`` raises it again.
 The listener answers ``na`` to ``ls`` (allowed by the spec; we do not list protocols).
+
+Interface notes: ``finished`` tells whether the final event has been produced (it is
+then returned by every ``next_event``, and ``receive_data`` refuses more bytes);
+``MultistreamDialer.proposing`` is the protocol awaiting an answer; a dialer that wants
+to save a round trip (one protocol, as js-libp2p does) may write protocol bytes right
+after ``data_to_send()`` without waiting for ``ProtocolAgreed``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,13 @@ Use (h11 style, no sockets):
     sock.send(transport.encrypt(b"..."))
     transport.receive_data(sock.recv()); plaintext = transport.decrypt_available()
 
+Interface notes (for the host): the transport is read with ``decrypt_available()``
+(there is no transport ``next_event``). Early muxer negotiation (Noise extensions,
+connections/inlined-muxer-negotiation.md): give ``stream_muxers=["/yamux/1.0.0"]``;
+when ``selected_muxer`` is set after the handshake, skip the multistream round for the
+muxer. js-libp2p 3.x offers ``/yamux/1.0.0`` this way; with a peer that offers nothing,
+``selected_muxer`` is None and multistream picks the muxer as usual.
+
 A wrong signature, a peer id other than ``expected_peer``, an unparsable key or payload,
 a failed decryption or any malformed frame raises ``NoiseError``; after one, every
 further ``next_event``/``decrypt_available`` raises it again. Only primitives from

@@ -40,6 +40,11 @@ raising the same error. Frames for streams that existed but are gone (reset or f
 closed) are dropped, since they may have been in flight.
 Local calls on a stream that is not writable raise ``StreamClosedError``, which does not
 mean the connection is broken.
+
+Interface notes: ``is_client`` is True on the connection's dialer (odd ids), as in go,
+js and rust. Besides the calls above: ``send_window(stream_id)`` (bytes the peer will
+take now), ``stream_ids`` (open streams), ``local_going_away``/``remote_going_away``.
+Receive-side flow control is ``consume`` (no separate ``acknowledge``).
 """
 
 from __future__ import annotations
