@@ -1,0 +1,256 @@
+"""The node: wires the modules into one running DHT peer with the user-facing calls.
+
+    async with Node.start(NodeOptions(identity=key, store_url=url, mode="server")) as node:
+        await node.start_provide(["bafy…"])
+        providers = await node.find_providers("bafy…")
+
+What starts, in order, each owned by the node's exit stack and task group: the store
+(checked to be at the code's schema revision), the provider store's writer and sweep,
+the libp2p host, the routing table (primed from the newest snapshot), the Kademlia
+server (server mode only: the kad protocol is neither advertised nor served by a
+client), routing-table upkeep (bootstrap, admission, refresh), periodic snapshots and
+the reprovider. Leaving the ``async with`` writes a final snapshot and stops
+everything, with nothing half-written.
+
+Without a ``store_url`` (the one-shot client commands) the stores are in memory and
+nothing is persisted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+import anyio.abc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import amino, ipfs
+from .crypto.keys import PrivateKey
+from .data.schema import open_store
+from .kadkey import Key
+from .network.api import PeerInfo, Record
+from .network.host import Host, HostLimits
+from .network.kadmessenger import LibP2PKadMessenger
+from .network.kadserver import KadServer
+from .peerid import PeerId
+from .providerstore.memory import MemoryProviderStore
+from .providerstore.sql import SqlProviderStore
+from .records.api import RecordError
+from .records.memory import MemoryValueStore
+from .records.sql import SqlValueStore
+from .records.validators import NamespacedValidator
+from .routing.api import LookupStats
+from .routing.router import KademliaRouter
+from .routingtable.kbuckets import KBucketTable
+from .routingtable.snapshots import load_latest_snapshot, save_snapshot
+from .server.handler import KademliaHandler
+from .upkeep import TableUpkeep
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["server", "client"]
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    identity: PrivateKey
+    store_url: str | None = None  # None: in-memory stores, nothing persisted
+    listen: Sequence[str] = ("/ip4/0.0.0.0/tcp/4001",)
+    bootstrap: Sequence[str] = ()
+    mode: Mode = "server"
+    protocol: str = amino.PROTOCOL_ID
+    allow_private_addrs: bool = False  # LAN and loopback peers in the routing table
+    ip_diversity: bool = True
+    snapshot_interval: float = 300.0
+    limits: HostLimits = field(default_factory=HostLimits)
+    reprovide: bool = True  # run the reprovider on the store's provide list
+
+
+class Node:
+    def __init__(self, options: NodeOptions, host: Host, engine: AsyncEngine | None):
+        self.options = options
+        self.host = host
+        self.engine = engine
+        self.peer_id: PeerId = host.peer_id
+        self.started_at = time.time()
+        self.lookups: Counter[str] = Counter()
+        self.validator = NamespacedValidator()
+        self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
+        self.messenger = LibP2PKadMessenger(host, [options.protocol])
+        self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
+        self.router = KademliaRouter(
+            self.local, self.table, self.messenger, self.validator, reporter=self._report, on_lookup=self._observe
+        )
+        self.upkeep = TableUpkeep(
+            self.router,
+            protocols=[options.protocol],
+            ping=host.ping,
+            connect=host.connect,
+            allow_private_addrs=options.allow_private_addrs,
+        )
+        self.upkeep.bootstrap_peers = list(options.bootstrap)
+        host.on_identify(self.upkeep.on_identify)
+        # Set in start(): they need the store's lifecycle.
+        self.providers: SqlProviderStore | MemoryProviderStore
+        self.values: SqlValueStore | MemoryValueStore
+        self.handler: KademliaHandler
+        self.kadserver: KadServer
+        self.reprovider = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, options: NodeOptions) -> AsyncIterator[Node]:
+        async with AsyncExitStack() as stack:
+            engine = None
+            if options.store_url is not None:
+                engine = await open_store(options.store_url)
+                stack.push_async_callback(engine.dispose)
+            host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits))
+            node = cls(options, host, engine)
+            if engine is not None:
+                node.providers = await stack.enter_async_context(SqlProviderStore(engine))
+                node.values = SqlValueStore(engine, node.validator)
+            else:
+                node.providers = MemoryProviderStore()
+                node.values = MemoryValueStore(node.validator)
+            node.handler = KademliaHandler(
+                node.local, node.table, node.providers, node.values, node.validator, address_book=host.peer_addrs
+            )
+            node.kadserver = KadServer(host, node.handler, [options.protocol])
+            if options.mode == "server":
+                node.kadserver.start()
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(node._shutdown, tg)
+            await node._restore_snapshot()
+            await tg.start(node.upkeep.run)
+            if engine is not None:
+                tg.start_soon(node._snapshot_loop)
+                await node._start_reprovider(stack, tg)
+            yield node
+
+    async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.engine is not None:
+                try:
+                    await self.save_snapshot()
+                except Exception as exc:  # the store may be the reason we are stopping
+                    log.warning("final routing-table snapshot not written: %s", exc)
+        tg.cancel_scope.cancel()
+
+    async def _start_reprovider(self, stack: AsyncExitStack, tg: anyio.abc.TaskGroup) -> None:
+        """Hook for the reprovider (provider module)."""
+
+    # -- routing table ---------------------------------------------------------------
+
+    def _report(self, peer: PeerInfo, responded: bool) -> None:
+        if responded:
+            self.table.mark_useful(peer.peer_id, time.monotonic())
+        else:
+            self.table.mark_failed(peer.peer_id)
+
+    def _observe(self, stats: LookupStats) -> None:
+        self.lookups[stats.operation] += 1
+
+    async def save_snapshot(self) -> None:
+        assert self.engine is not None
+        await save_snapshot(self.engine, self.peer_id, self.table.peers())
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.options.snapshot_interval)
+            try:
+                await self.save_snapshot()
+            except Exception as exc:
+                log.warning("routing-table snapshot failed: %s", exc)
+
+    async def _restore_snapshot(self) -> None:
+        """Re-check the peers of the newest snapshot: each is dialled, and identify
+        decides (as for any peer) whether it enters the table."""
+        if self.engine is None:
+            return
+        peers = await load_latest_snapshot(self.engine, self.peer_id)
+        for peer in peers:
+            self.host.add_addrs(peer.peer_id, peer.addrs)
+        self.upkeep.bootstrap_peers.extend(
+            f"{addr}/p2p/{peer.peer_id}" for peer in peers for addr in _printable(peer.addrs[:1])
+        )
+        if peers:
+            log.info("loaded %d peers from the routing-table snapshot", len(peers))
+
+    # -- user-facing calls -----------------------------------------------------------
+
+    async def closest_peers(self, key: bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
+        return await self.router.find_closest_peers(key, n)
+
+    async def find_peer(self, peer: PeerId) -> PeerInfo | None:
+        return await self.router.find_peer(peer)
+
+    async def find_providers(self, cid: str | bytes, count: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
+        return await ipfs.find_providers(self.router, cid, count)
+
+    async def provide_once(self, cid: str | bytes) -> int:
+        """Announce us as a provider of ``cid`` once (not added to the provide list)."""
+        return await ipfs.provide(self.router, self._self_info(), cid)
+
+    async def get_value(self, key: bytes, quorum: int = 0) -> Record | None:
+        return await self.router.get_value(key, quorum)
+
+    async def put_value(self, key: bytes, value: bytes) -> int:
+        """Validate, keep locally, and PUT to the closest peers; returns how many took it."""
+        self.validator.validate(key, value)
+        await self.values.put(Record(key, value))
+        return await self.router.set_value(key, value)
+
+    async def start_provide(self, cids: Iterable[str | bytes]):  # type: ignore[no-untyped-def]
+        return await self._require_reprovider().start_provide(cids)
+
+    async def stop_provide(self, cids: Iterable[str | bytes]) -> int:
+        return await self._require_reprovider().stop_provide(cids)
+
+    def provide_list(self, after: bytes | None = None, limit: int | None = None):  # type: ignore[no-untyped-def]
+        return self._require_reprovider().provide_list(after, limit)
+
+    def _require_reprovider(self):  # type: ignore[no-untyped-def]
+        if self.reprovider is None:
+            raise RuntimeError("this node has no provide list: start it with a store and reprovide=True")
+        return self.reprovider
+
+    def _self_info(self) -> PeerInfo:
+        return PeerInfo(self.peer_id, tuple(self.host.advertised_addrs()))
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        served = Counter()
+        for (kind, outcome), n in self.handler.counters.items():
+            served[f"{kind.lower()}_{outcome}"] += n
+        return {
+            "peer_id": str(self.peer_id),
+            "mode": self.options.mode,
+            "uptime_s": int(time.time() - self.started_at),
+            "routing_table": len(self.table),
+            "connected_peers": len(self.host.connected_peers()),
+            "requests": dict(served),
+            "lookups": dict(self.lookups),
+            "errors": {**dict(self.kadserver.stats), **{k: v for k, v in self.host.stats.items()}},
+        }
+
+
+def _printable(addrs: Iterable[bytes]) -> list[str]:
+    from .network import multiaddrs
+
+    out = []
+    for raw in addrs:
+        try:
+            out.append(str(multiaddrs.parse(raw)))
+        except multiaddrs.MultiaddrFormatError:
+            continue
+    return out

@@ -1,0 +1,221 @@
+"""Routing-table upkeep: who enters the table, who leaves, and keeping it full.
+
+The rules are go-libp2p-kad-dht's and the spec's (facts sheet 1.4, 1.6):
+- A peer enters when identify says it serves our kad protocol and it has a usable
+  address (public ones only, unless private addresses are allowed, as on a LAN or in
+  tests). Once the table holds k peers, a newcomer must first answer a FIND_NODE for
+  its own id with at least one peer (go's lookupCheck, from the 2023 unresponsive-
+  nodes incident). A peer that stops advertising the protocol leaves.
+- Refresh every 10 minutes: ping peers not heard from in the last 5 minutes and drop
+  those that do not answer; a random-key lookup for each bucket up to the last
+  non-empty one; then a lookup of our own id.
+- Bootstrap from the configured peers at start, and again whenever the table holds
+  fewer than 10 peers (checked every 2 minutes, as go's periodic bootstrap).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Sequence
+
+import anyio
+import anyio.abc
+
+from . import amino
+from .kadkey import Key
+from .network import multiaddrs
+from .network.api import Message, MessageType, NetworkError, PeerInfo
+from .network.identify import IdentifyInfo
+from .peerid import PeerId
+from .routing.api import RoutingError
+from .routing.router import KademliaRouter
+
+log = logging.getLogger(__name__)
+
+PING_AFTER = 5 * 60.0  # seconds without hearing from a peer before refresh pings it
+BOOTSTRAP_CHECK_INTERVAL = 120.0
+MIN_TABLE_SIZE = 10  # below this the node bootstraps again
+MAX_REFRESH_CPL = 15  # a random key with a longer shared prefix costs 2^16+ hashes to find
+ADMISSION_CONCURRENCY = 256  # go's LookupCheckConcurrency
+DIAL_TIMEOUT = 15.0
+
+Pinger = Callable[[PeerInfo], Awaitable[float]]
+Connector = Callable[[str], Awaitable[object]]
+
+
+def is_public_addr(addr: bytes) -> bool:
+    """True for an /ip4 or /ip6 TCP address that is globally routable."""
+    try:
+        host, _ = multiaddrs.tcp_endpoint(multiaddrs.split_peer_id(multiaddrs.parse(addr))[0])
+        return ipaddress.ip_address(host).is_global
+    except (multiaddrs.MultiaddrFormatError, ValueError):
+        return False
+
+
+def random_preimage_with_cpl(local: Key, cpl: int, rng: Callable[[int], bytes] = os.urandom) -> bytes:
+    """A peer-id-shaped key (sha2-256 multihash) whose Kad key shares exactly ``cpl`` bits with ``local``."""
+    if not 0 <= cpl <= MAX_REFRESH_CPL:
+        raise ValueError(f"cpl {cpl} outside 0..{MAX_REFRESH_CPL}")
+    for _ in range(1 << (cpl + 6)):  # expected 2^(cpl+1) tries; failing this bound is ~e^-32
+        candidate = b"\x12\x20" + rng(32)
+        if Key.hash(candidate).common_prefix_length(local) == cpl:
+            return candidate
+    raise RuntimeError("no random key found for the bucket")  # pragma: no cover
+
+
+class TableUpkeep:
+    def __init__(
+        self,
+        router: KademliaRouter,
+        *,
+        protocols: Collection[str],
+        ping: Pinger,
+        connect: Connector,
+        allow_private_addrs: bool = False,
+        lookup_check: bool = True,
+        refresh_interval: float = amino.REFRESH_INTERVAL.total_seconds(),
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.router = router
+        self.table = router.table
+        self.protocols = frozenset(protocols)
+        self._ping = ping
+        self._connect = connect
+        self.allow_private_addrs = allow_private_addrs
+        self.lookup_check = lookup_check
+        self.refresh_interval = refresh_interval
+        self._clock = clock
+        self._admitting: set[PeerId] = set()
+        self._limit = anyio.CapacityLimiter(ADMISSION_CONCURRENCY)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.bootstrap_peers: list[str] = []
+        self.counters: Counter[str] = Counter()
+
+    # -- admission ---------------------------------------------------------------
+
+    def usable_addrs(self, addrs: Sequence[bytes]) -> tuple[bytes, ...]:
+        if self.allow_private_addrs:
+            return tuple(addrs)
+        return tuple(a for a in addrs if is_public_addr(a))
+
+    def on_identify(self, peer: PeerId, info: IdentifyInfo) -> None:
+        """Host callback: decide, in the background, whether ``peer`` belongs in the table."""
+        if not self.protocols.intersection(info.protocols):
+            if self.table.remove(peer):
+                self.counters["removed_not_server"] += 1
+            return
+        addrs = self.usable_addrs(info.listen_addrs)
+        if not addrs:
+            self.counters["refused_no_usable_addr"] += 1
+            return
+        candidate = PeerInfo(peer, addrs)
+        if peer in self.table:
+            self.table.add(candidate, self._clock())  # refreshes its addresses
+            self.table.mark_useful(peer, self._clock())
+            return
+        if self._tg is not None and peer not in self._admitting:
+            self._admitting.add(peer)
+            self._tg.start_soon(self._admit, candidate)
+
+    async def _admit(self, candidate: PeerInfo) -> None:
+        try:
+            async with self._limit:
+                if self.lookup_check and len(self.table) >= amino.BUCKET_SIZE and not await self._answers_lookup(candidate):
+                    self.counters["refused_lookup_check"] += 1
+                    return
+                if self.table.add(candidate, self._clock()):
+                    self.counters["admitted"] += 1
+                else:
+                    self.counters["refused_bucket_full"] += 1
+        finally:
+            self._admitting.discard(candidate.peer_id)
+
+    async def _answers_lookup(self, candidate: PeerInfo) -> bool:
+        request = Message(MessageType.FIND_NODE, key=candidate.peer_id.to_bytes())
+        try:
+            with anyio.fail_after(amino.REFRESH_QUERY_TIMEOUT):
+                reply = await self.router.messenger.request(candidate, request)
+        except (TimeoutError, NetworkError):
+            return False
+        return bool(reply.closer_peers)
+
+    # -- refresh and bootstrap -----------------------------------------------------
+
+    async def refresh(self) -> None:
+        await self._ping_stale_peers()
+        local = self.table.local_key
+        deepest = max((Key.for_peer(p.peer_id).common_prefix_length(local) for p in self.table.peers()), default=-1)
+        for cpl in range(min(deepest, MAX_REFRESH_CPL) + 1):
+            await self._lookup(random_preimage_with_cpl(local, cpl))
+        await self._lookup(self.router.local.peer_id.to_bytes())
+        self.counters["refreshes"] += 1
+
+    async def _ping_stale_peers(self) -> None:
+        now = self._clock()
+        stale = [p for p in self.table.peers() if now - (self.table.last_useful(p.peer_id) or 0) > PING_AFTER]
+
+        async def check(peer: PeerInfo) -> None:
+            try:
+                with anyio.fail_after(amino.PING_TIMEOUT):
+                    await self._ping(peer)
+            except (TimeoutError, NetworkError, OSError):
+                self.table.remove(peer.peer_id)
+                self.counters["removed_ping_failed"] += 1
+                return
+            self.table.mark_useful(peer.peer_id, self._clock())
+
+        async with anyio.create_task_group() as tg:
+            for peer in stale:
+                tg.start_soon(check, peer)
+
+    async def _lookup(self, key: bytes) -> None:
+        try:
+            with anyio.move_on_after(amino.REFRESH_QUERY_TIMEOUT * 6):
+                await self.router.find_closest_peers(key)
+        except RoutingError as exc:
+            log.debug("refresh lookup failed: %s", exc)
+
+    async def bootstrap(self, peers: Sequence[str] | None = None) -> int:
+        """Dial the bootstrap peers, then look up our own id. Returns how many were reached."""
+        peers = list(self.bootstrap_peers if peers is None else peers)
+        reached = 0
+
+        async def dial(addr: str) -> None:
+            nonlocal reached
+            try:
+                with anyio.fail_after(DIAL_TIMEOUT):
+                    await self._connect(addr)
+                reached += 1
+            except (TimeoutError, NetworkError, OSError, ValueError) as exc:
+                log.info("bootstrap peer %s unreachable: %s", addr, exc)
+
+        async with anyio.create_task_group() as tg:
+            for addr in peers:
+                tg.start_soon(dial, addr)
+        await anyio.sleep(0.2)  # let identify of the new connections admit them
+        if len(self.table):
+            await self._lookup(self.router.local.peer_id.to_bytes())
+        self.counters["bootstraps"] += 1
+        return reached
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Admit peers, bootstrap, and refresh until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await self.bootstrap()
+                next_refresh = self._clock() + self.refresh_interval
+                while True:
+                    await anyio.sleep(min(BOOTSTRAP_CHECK_INTERVAL, max(0.0, next_refresh - self._clock())))
+                    if len(self.table) < MIN_TABLE_SIZE and self.bootstrap_peers:
+                        await self.bootstrap()
+                    if self._clock() >= next_refresh:
+                        await self.refresh()
+                        next_refresh = self._clock() + self.refresh_interval
+            finally:
+                self._tg = None

@@ -1,0 +1,114 @@
+"""Real dhtstore nodes over loopback TCP, each with its own SQLite store."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import func, select
+
+from dhtstore import multihash
+from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.engine import default_store_url
+from dhtstore.data.models import RoutingSnapshotPeerRow
+from dhtstore.network import multiaddrs
+from dhtstore.node import Node, NodeOptions
+from dhtstore.records import pk
+
+pytestmark = pytest.mark.anyio
+
+CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+
+
+@pytest.fixture
+def make_store(_sqlite_template: Path, tmp_path: Path):
+    counter = iter(range(1000))
+
+    def make() -> str:
+        directory = tmp_path / f"store{next(counter)}"
+        directory.mkdir()
+        shutil.copyfile(_sqlite_template, directory / "dhtstore.db")
+        return default_store_url(directory)
+
+    return make
+
+
+def options(store: str | None, bootstrap: list[str] = (), mode: str = "server", identity=None) -> NodeOptions:
+    return NodeOptions(
+        identity=identity or PrivateKey.generate(),
+        store_url=store,
+        listen=["/ip4/127.0.0.1/tcp/0"],
+        bootstrap=bootstrap,
+        mode=mode,
+        allow_private_addrs=True,
+        ip_diversity=False,
+        reprovide=False,
+    )
+
+
+def address_of(node: Node) -> str:
+    return f"{node.host.listen_addrs[0]}/p2p/{node.peer_id}"
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.05)
+
+
+async def test_three_nodes_route_provide_and_store_values(make_store):
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Node.start(options(make_store())))
+        b = await stack.enter_async_context(Node.start(options(make_store(), [address_of(a)])))
+        c = await stack.enter_async_context(Node.start(options(make_store(), [address_of(a)])))
+        client = await stack.enter_async_context(Node.start(options(None, [address_of(a)], mode="client")))
+
+        await wait_until(lambda: b.peer_id in a.table and c.peer_id in a.table)
+        await b.closest_peers(b.peer_id.to_bytes())  # learns c through a
+        await wait_until(lambda: c.peer_id in b.table)
+        # A client-mode node neither serves nor advertises kad, so no one admits it.
+        assert client.peer_id not in a.table and client.peer_id not in b.table
+        assert "/ipfs/kad/1.0.0" not in client.host.protocols
+        assert "/ipfs/kad/1.0.0" in a.host.protocols
+
+        assert await c.provide_once(CID) >= 1
+        found = await client.find_providers(CID)
+        assert [p.peer_id for p in found] == [c.peer_id]
+        assert found[0].addrs, "provider addresses travel with the record"
+        mh = multihash.from_cid(CID)
+        assert [r.provider.peer_id for r in await a.providers.get_providers(mh)] == [c.peer_id]
+
+        located = await client.find_peer(b.peer_id)
+        assert located is not None and located.peer_id == b.peer_id
+        assert any(multiaddrs.is_loopback(multiaddrs.parse(x)) for x in located.addrs)
+
+        key = pk.routing_key(b.peer_id)
+        value = b.options.identity.public_key().to_protobuf()
+        # An Ed25519 peer id inlines its key, but /pk/ records are valid for it all the same.
+        assert await b.put_value(key, value) >= 1
+        record = await client.get_value(key)
+        assert record is not None and record.value == value
+
+        status = a.status()
+        assert status["routing_table"] >= 2
+        assert status["requests"].get("find_node_ok", 0) >= 1
+
+
+async def test_snapshot_is_written_at_shutdown_and_reloaded(make_store):
+    identity = PrivateKey.generate()
+    store = make_store()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Node.start(options(make_store())))
+        async with Node.start(options(store, [address_of(a)], identity=identity)) as b:
+            await wait_until(lambda: a.peer_id in b.table)
+            engine = b.engine
+        # A fresh start, with no bootstrap peers, finds its way back from the snapshot.
+        async with Node.start(options(store, [], identity=identity)) as b2:
+            async with b2.engine.connect() as conn:
+                count = (await conn.execute(select(func.count()).select_from(RoutingSnapshotPeerRow))).scalar()
+            assert count >= 1
+            await wait_until(lambda: a.peer_id in b2.table)
+    assert engine is not None
