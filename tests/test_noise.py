@@ -118,6 +118,7 @@ def test_handshake_between_all_key_types(identities, init_type, resp_type):
     assert l_event == HandshakeComplete(init_key.peer_id(), init_key.public_key())
     assert dialer.remote_peer == resp_key.peer_id() and listener.remote_public_key == init_key.public_key()
     d, l = dialer.transport(), listener.transport()
+    assert dialer.transport() is d  # one split only: a second would reuse nonces
     l.receive_data(d.encrypt(b"hello"))
     assert l.decrypt_available() == b"hello"
     d.receive_data(l.encrypt(b"world"))

@@ -388,6 +388,7 @@ class NoiseHandshake:
         self._outbox = bytearray()
         self._result: HandshakeComplete | None = None
         self._error: NoiseError | None = None
+        self._transport: NoiseTransport | None = None
         if initiator:
             self._outbox += _frame(self._state.write_message(b""))
 
@@ -411,7 +412,10 @@ class NoiseHandshake:
         return _select_muxer(ours, theirs) if self.initiator else _select_muxer(theirs, ours)
 
     def receive_data(self, data: bytes) -> None:
-        self._reader.feed(data)
+        if self._transport is not None:  # late bytes belong to the transport
+            self._transport.receive_data(data)
+        else:
+            self._reader.feed(data)
 
     def data_to_send(self) -> bytes:
         out = bytes(self._outbox)
@@ -433,10 +437,13 @@ class NoiseHandshake:
         return self._result
 
     def transport(self) -> NoiseTransport:
-        """The transport cipher pair; bytes received after the last handshake frame carry over."""
+        """The transport cipher pair; bytes received after the last handshake frame carry
+        over. Always the same object: a second split would reuse nonces."""
         self._completed()
-        send, receive = self._state.split()
-        return NoiseTransport(send, receive, self._reader.take_rest())
+        if self._transport is None:
+            send, receive = self._state.split()
+            self._transport = NoiseTransport(send, receive, self._reader.take_rest())
+        return self._transport
 
     def _completed(self) -> HandshakeComplete:
         if self._result is None:

@@ -63,6 +63,7 @@ HEADER_LENGTH = HEADER.size
 DEFAULT_WINDOW = 256 * 1024  # the initial window every stream starts with, by spec
 MAX_FRAME_PAYLOAD = 64 * 1024  # we split our data into frames no larger (as js-yamux)
 MAX_WINDOW = 2**32 - 1
+MAX_STREAM_ID = 2**32 - 1
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -247,7 +248,7 @@ class YamuxConnection:
             raise StreamLimitError(f"{self.max_streams} streams already open")
         if self._unacknowledged >= self.max_ack_backlog:
             raise StreamLimitError(f"{self.max_ack_backlog} streams await the peer's ACK")
-        if self._next_local_id > MAX_WINDOW:
+        if self._next_local_id > MAX_STREAM_ID:
             raise StreamLimitError("stream ids exhausted")
         stream_id = self._next_local_id
         self._next_local_id += 2
@@ -304,7 +305,7 @@ class YamuxConnection:
     def ping(self) -> int:
         """Send a ping; its PongReceived carries the returned opaque value."""
         opaque = self._next_ping
-        self._next_ping = self._next_ping % MAX_WINDOW + 1
+        self._next_ping = self._next_ping % (2**32 - 1) + 1  # opaque values are u32, never 0
         self._pings_in_flight.add(opaque)
         self._send_frame(FrameType.PING, Flag.SYN, 0, opaque)
         return opaque
