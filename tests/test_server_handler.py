@@ -73,16 +73,26 @@ async def test_find_node_returns_k_closest_without_us_or_the_requester(node):
     assert requester.peer_id not in ids and node.me.peer_id not in ids
     expected = [p.peer_id for p in node.table.local_closest_peers(Key.hash(b"some key"), 21) if p != requester][:20]
     assert ids == expected
-    # even when it asks for itself, the requester is not told about itself
+
+
+
+async def test_find_node_puts_the_target_first_even_when_it_is_the_requester_or_us(node):
+    requester = node.known[0]
     reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=requester.peer_id.to_bytes()))
-    assert requester.peer_id not in [p.peer_id for p in reply.closer_peers]
+    ids = [p.peer_id for p in reply.closer_peers]
+    assert ids[0] == requester.peer_id and ids.count(requester.peer_id) == 1 and len(ids) == 21
+    reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=node.me.peer_id.to_bytes()))
+    assert reply.closer_peers[0] == node.me
+    in_table = node.known[7]
+    reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=in_table.peer_id.to_bytes()))
+    assert reply.closer_peers[0] == in_table and len(reply.closer_peers) == 20
 
 
 async def test_find_node_includes_a_known_target_even_outside_the_table(node):
     outsider = new_peer(77)
     node.address_book[outsider.peer_id] = outsider.addrs
     reply = await node.handler.handle(node.known[1], Message(MessageType.FIND_NODE, key=outsider.peer_id.to_bytes()))
-    assert outsider in reply.closer_peers
+    assert reply.closer_peers[0] == outsider
     unknown = new_peer(78)
     reply = await node.handler.handle(node.known[1], Message(MessageType.FIND_NODE, key=unknown.peer_id.to_bytes()))
     assert unknown.peer_id not in [p.peer_id for p in reply.closer_peers]

@@ -20,6 +20,7 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from hashlib import sha256
 from typing import Callable
 
 import anyio
@@ -158,7 +159,8 @@ class QueryState:
     def _add(self, info: PeerInfo, depth: int) -> None:
         if info.peer_id == self._local or info.peer_id in self._by_id:
             return
-        c = _Candidate(info, Key.for_peer(info.peer_id).value ^ self._target, depth)
+        peer_key = int.from_bytes(sha256(info.peer_id.to_bytes()).digest(), "big")  # Key.for_peer, inlined: hot
+        c = _Candidate(info, peer_key ^ self._target, depth)
         self._by_id[info.peer_id] = c
         bisect.insort(self._ordered, c, key=lambda x: x.distance)
 

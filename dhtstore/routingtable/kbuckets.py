@@ -16,6 +16,7 @@ ones in order, sorting only the few entries of each group.
 from __future__ import annotations
 
 from collections import Counter
+from hashlib import sha256
 
 from .. import amino
 from ..kadkey import BITS, Key
@@ -51,9 +52,9 @@ class KBucketTable:
         self._local_key = local_key
         self._local = local_key.value
         self._k = bucket_size
-        self._buckets: list[dict[PeerId, _Entry]] = [{} for _ in range(BITS)]
+        # Buckets 0 … the deepest non-empty one; deeper ones do not exist yet.
+        self._buckets: list[dict[PeerId, _Entry]] = []
         self._entries: dict[PeerId, _Entry] = {}
-        self._deepest = -1  # highest bucket index that may be non-empty
         self._ip_diversity = ip_diversity
         self._max_group = max_per_group
         self._max_group_bucket = max_per_group_per_bucket
@@ -79,7 +80,7 @@ class KBucketTable:
 
     def bucket_sizes(self) -> list[int]:
         """Sizes of buckets 0 … the deepest non-empty one."""
-        return [len(self._buckets[i]) for i in range(self._deepest + 1)]
+        return [len(b) for b in self._buckets]
 
     def add(self, peer: PeerInfo, now: float) -> bool:
         entry = self._entries.get(peer.peer_id)
@@ -87,11 +88,11 @@ class KBucketTable:
             if peer.addrs and peer.addrs != entry.info.addrs:
                 entry.info = peer
             return True
-        key = Key.for_peer(peer.peer_id).value
+        key = int.from_bytes(sha256(peer.peer_id.to_bytes()).digest(), "big")  # Key.for_peer, inlined: hot
         if key == self._local:
             return False
         cpl = BITS - (key ^ self._local).bit_length()
-        bucket = self._buckets[cpl]
+        bucket = self._buckets[cpl] if cpl < len(self._buckets) else {}
         groups = ip_groups(peer.addrs) if self._ip_diversity else frozenset()
         evicted = None
         if len(bucket) >= self._k:
@@ -135,13 +136,13 @@ class KBucketTable:
         c = BITS - (t ^ self._local).bit_length()
         buckets = self._buckets
         found: list[_Entry] = []
-        if c < BITS and buckets[c]:
+        if c < len(buckets) and buckets[c]:
             found.extend(sorted(buckets[c].values(), key=lambda e: e.key ^ t))
-        if len(found) < n and c < self._deepest:
-            deeper = [e for j in range(c + 1, self._deepest + 1) for e in buckets[j].values()]
+        if len(found) < n and c + 1 < len(buckets):
+            deeper = [e for bucket in buckets[c + 1 :] for e in bucket.values()]
             deeper.sort(key=lambda e: e.key ^ t)
             found.extend(deeper)
-        j = min(c, self._deepest + 1) - 1
+        j = min(c, len(buckets)) - 1
         while len(found) < n and j >= 0:
             if buckets[j]:
                 found.extend(sorted(buckets[j].values(), key=lambda e: e.key ^ t))
@@ -155,9 +156,10 @@ class KBucketTable:
         )
 
     def _insert(self, entry: _Entry) -> None:
+        while len(self._buckets) <= entry.cpl:
+            self._buckets.append({})
         self._buckets[entry.cpl][entry.info.peer_id] = entry
         self._entries[entry.info.peer_id] = entry
-        self._deepest = max(self._deepest, entry.cpl)
         for g in entry.groups:
             self._group_count[g] += 1
             self._bucket_group_count[(entry.cpl, g)] += 1
@@ -168,5 +170,5 @@ class KBucketTable:
         for g in entry.groups:
             self._group_count[g] -= 1
             self._bucket_group_count[(entry.cpl, g)] -= 1
-        while self._deepest >= 0 and not self._buckets[self._deepest]:
-            self._deepest -= 1
+        while self._buckets and not self._buckets[-1]:
+            self._buckets.pop()

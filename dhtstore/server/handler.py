@@ -80,9 +80,10 @@ class KademliaHandler:
         if not request.key:
             raise InvalidRequest("FIND_NODE with an empty key")
         closer = self._closer_peers(Key.hash(request.key), sender.peer_id)
-        target = self._known_target(request.key, sender.peer_id)
-        if target is not None and all(p.peer_id != target.peer_id for p in closer):
-            closer.append(target)
+        target = self._known_target(request.key, sender)
+        if target is not None:
+            # go handleFindPeer: the target first, whenever we know its addresses
+            closer = [target] + [p for p in closer if p.peer_id != target.peer_id]
         return Message(MessageType.FIND_NODE, key=request.key, closer_peers=tuple(closer))
 
     async def _get_value(self, sender: PeerInfo, request: Message) -> Message:
@@ -160,21 +161,21 @@ class KademliaHandler:
     }
 
     def _closer_peers(self, target: Key, requester: PeerId) -> list[PeerInfo]:
-        """The k closest servers we know, never ourselves nor the requester."""
+        """The k closest servers we know with addresses, never ourselves nor the requester."""
         peers = self.table.local_closest_peers(target, self.k + 1)
-        return [p for p in peers if p.peer_id != requester and p.peer_id != self.local.peer_id][: self.k]
+        return [p for p in peers if p.addrs and p.peer_id != requester and p.peer_id != self.local.peer_id][: self.k]
 
-    def _known_target(self, key: bytes, requester: PeerId) -> PeerInfo | None:
-        """The FIND_NODE target itself when we know where it is (spec: "Discovering
-        non-DHT Servers"); never the requester, which knows its own addresses."""
+    def _known_target(self, key: bytes, sender: PeerInfo) -> PeerInfo | None:
+        """The FIND_NODE target itself when we know where it is, even when it is us, the
+        requester or a client (spec "Discovering non-DHT Servers"; go handleFindPeer)."""
         try:
             target = PeerId.from_bytes(key)
         except PeerIdError:
             return None
-        if target == requester:
-            return None
         if target == self.local.peer_id:
             return self.local
+        if target == sender.peer_id and sender.addrs:
+            return sender
         known = self.table.get(target)
         addrs = known.addrs if known is not None and known.addrs else self.address_book(target)
         return PeerInfo(target, addrs) if addrs else None
