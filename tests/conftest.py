@@ -121,14 +121,9 @@ def pg_store_url(_pg_migrated_url: str) -> str:
     from dhtstore.data.models import metadata
     from dhtstore.data.schema import head_revision
 
-    tables = ", ".join(t.name for t in metadata.sorted_tables)
-    _run(
-        _pg_admin(
-            _pg_migrated_url,
-            f"TRUNCATE {tables} CASCADE",
-            f"UPDATE alembic_version SET version_num = '{head_revision()}'",
-        )
-    )
+    # DELETE, not TRUNCATE: on near-empty tables it is several times faster.
+    empty = [f"DELETE FROM {t.name}" for t in reversed(metadata.sorted_tables)]
+    _run(_pg_admin(_pg_migrated_url, *empty, f"UPDATE alembic_version SET version_num = '{head_revision()}'"))
     return _pg_migrated_url
 
 

@@ -94,7 +94,7 @@ async def test_leaving_commits_queued_records_and_refuses_later_adds(sqlite_stor
     engine = make_engine(sqlite_store_url)
     results: list[str] = []
     try:
-        store = SqlProviderStore(engine, linger=0.05)
+        store = SqlProviderStore(engine)
         async with store:
 
             async def add(i: int) -> None:

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 HOUR = 3600
 RECENT_COMMITS = 64  # commits remembered to tell whether a read raced a write
+PEER_REFRESH = 60  # seconds: how stale peers.last_seen_at / addrs_expire_at may get
+GATHER_ROUNDS = 8  # event-loop turns a transaction waits for more records to join it
 
 
 @dataclass(slots=True)
@@ -83,7 +85,6 @@ class SqlProviderStore:
         cache_size: int = 256,
         addr_cache_size: int = 8192,
         max_batch: int = 2048,
-        linger: float = 0.002,
         sweep_interval: timedelta = PROVIDER_GC_INTERVAL,
         sweep_batch: int = 1000,
     ):
@@ -94,7 +95,12 @@ class SqlProviderStore:
         self._addrs: LRUCache[bytes, tuple[tuple[bytes, ...], int]] = LRUCache(addr_cache_size)
         self._addr_ttl = int(PROVIDER_ADDR_TTL.total_seconds())
         self._max_batch = max_batch
-        self._linger = linger
+        self._peer_text: LRUCache[bytes, str] = LRUCache(addr_cache_size)  # validated peer id -> base58
+        # peer -> (addresses, time) of the last ``peers`` row we wrote for it
+        self._peer_written: LRUCache[bytes, tuple[tuple[bytes, ...], int]] = LRUCache(addr_cache_size)
+        self._upsert_records = self._upsert(ProviderRecordRow, ["key_mh", "peer_id"], ["received_at", "expires_at"])
+        self._upsert_peer_addrs = self._upsert(PeerRow, ["peer_id"], ["addrs", "addrs_expire_at", "last_seen_at"])
+        self._upsert_peer_seen = self._upsert(PeerRow, ["peer_id"], ["last_seen_at"])
         self._sweep_interval = sweep_interval.total_seconds()
         self._sweep_batch = sweep_batch
         self._pending: dict[tuple[bytes, bytes], _Pending] = {}
@@ -133,7 +139,8 @@ class SqlProviderStore:
     async def add_provider(
         self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
     ) -> None:
-        key, peer, addrs, lifetime = check_key(key), check_provider(provider), check_addrs(addrs), check_ttl(ttl)
+        key, addrs, lifetime = check_key(key), check_addrs(addrs), check_ttl(ttl)
+        peer = self._checked_peer(provider)
         if self._task_group is None or self._closing:
             raise StoreError("provider store is not running (use it inside `async with`)")
         now = int(self._clock())
@@ -148,13 +155,20 @@ class SqlProviderStore:
         if pending.error is not None:
             raise StoreError(f"provider record not stored: {pending.error}") from None
 
+    def _checked_peer(self, provider: PeerId) -> bytes:
+        """check_provider, remembered: a server sees the same providers over and over."""
+        raw = provider.to_bytes() if isinstance(provider, PeerId) else None
+        if raw is None or raw not in self._peer_text:
+            raw = check_provider(provider)
+            self._peer_text[raw] = base58.b58encode(raw).decode()
+        return raw
+
     async def _writer(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                if not self._closing and len(self._pending) < self._max_batch:
-                    await anyio.sleep(self._linger)  # let concurrent callers join this transaction
+                await self._gather()
                 while self._pending:
                     batch = self._take(self._max_batch)
                     await self._commit(batch)
@@ -162,6 +176,16 @@ class SqlProviderStore:
                     return
         finally:
             self._writer_stopped.set()
+
+    async def _gather(self) -> None:
+        """Let callers that are ready to run queue their records before this transaction
+        starts: yield to the event loop until the queue stops growing (no wall-clock wait,
+        so a lone caller is not delayed)."""
+        for _ in range(GATHER_ROUNDS):
+            before = len(self._pending)
+            await anyio.sleep(0)
+            if len(self._pending) == before or len(self._pending) >= self._max_batch:
+                return
 
     def _take(self, n: int) -> list[_Pending]:
         keys = list(self._pending)[:n]
@@ -173,8 +197,8 @@ class SqlProviderStore:
         try:
             with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
                 async with self._engine.begin() as conn:
-                    await self._upsert_peers(conn, batch)
-                    await conn.execute(self._insert(ProviderRecordRow, ["key_mh", "peer_id"], ["received_at", "expires_at"]), [
+                    peers_written = await self._upsert_peers(conn, batch)
+                    await conn.execute(self._upsert_records, [
                         {"key_mh": p.key, "peer_id": p.peer, "key_b58": base58.b58encode(p.key).decode(),
                          "received_at": p.received_at, "expires_at": p.expires_at}
                         for p in batch
@@ -187,33 +211,46 @@ class SqlProviderStore:
         else:
             self.counters["records_written"] += len(batch)
             self.counters["transactions"] += 1
-            self._after_commit(batch)
+            self._after_commit(batch, peers_written)
         for p in batch:
             p.done.set()
 
-    async def _upsert_peers(self, conn: Any, batch: list[_Pending]) -> None:
+    async def _upsert_peers(self, conn: Any, batch: list[_Pending]) -> list[_Pending]:
+        """Upsert the batch's providers into ``peers``; return the announcements written.
+
+        A peer whose same addresses we wrote less than PEER_REFRESH ago is skipped: a
+        server hears the same providers all the time, and their row barely changes.
+        """
         latest: dict[bytes, _Pending] = {}
         for p in batch:  # per peer: the latest announcement that carried addresses wins
             if p.addrs or p.peer not in latest:
                 latest[p.peer] = p
-        with_addrs, without = [], []
+        written, with_addrs, without = [], [], []
         for peer in sorted(latest):
             p = latest[peer]
-            row = {"peer_id": peer, "peer_id_text": base58.b58encode(peer).decode(),
+            last = self._peer_written.get(peer)
+            if last is not None and last[1] > p.received_at - PEER_REFRESH and (not p.addrs or last[0] == p.addrs):
+                continue
+            written.append(p)
+            row = {"peer_id": peer, "peer_id_text": self._peer_text.get(peer) or base58.b58encode(peer).decode(),
                    "addrs": pack_addrs(p.addrs), "addrs_expire_at": p.received_at + self._addr_ttl if p.addrs else 0,
                    "protocols": "", "agent": "", "first_seen_at": p.received_at, "last_seen_at": p.received_at}
             (with_addrs if p.addrs else without).append(row)
         if with_addrs:
-            await conn.execute(self._insert(PeerRow, ["peer_id"], ["addrs", "addrs_expire_at", "last_seen_at"]), with_addrs)
+            await conn.execute(self._upsert_peer_addrs, with_addrs)
         if without:
-            await conn.execute(self._insert(PeerRow, ["peer_id"], ["last_seen_at"]), without)
+            await conn.execute(self._upsert_peer_seen, without)
+        return written
 
-    def _insert(self, model: type, conflict: list[str], update: list[str]) -> Any:
+    def _upsert(self, model: type, conflict: list[str], update: list[str]) -> Any:
         insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         stmt = insert(model)
         return stmt.on_conflict_do_update(index_elements=conflict, set_={c: stmt.excluded[c] for c in update})
 
-    def _after_commit(self, batch: list[_Pending]) -> None:
+    def _after_commit(self, batch: list[_Pending], peers_written: list[_Pending]) -> None:
+        for p in peers_written:
+            last = self._peer_written.get(p.peer)
+            self._peer_written[p.peer] = (p.addrs or (last[0] if last else ()), p.received_at)
         self._commits += 1
         self._recent.append((self._commits, frozenset(p.key for p in batch) | {p.peer for p in batch}))
         for p in batch:
@@ -243,18 +280,26 @@ class SqlProviderStore:
         return [make_record(key, peer, r, e, addrs.get(peer, ())) for peer, r, e in live]
 
     async def _provider_set(self, key: bytes) -> dict[bytes, tuple[int, int]]:
+        """The key's providers, from the LRU or else (with their addresses) from one query."""
         cached = self._sets.get(key)
         if cached is not None:
             return cached.providers
         started = self._commits
-        query = select(ProviderRecordRow.peer_id, ProviderRecordRow.received_at, ProviderRecordRow.expires_at).where(
-            ProviderRecordRow.key_mh == key, ProviderRecordRow.expires_at > int(self._clock())
+        r, p = ProviderRecordRow, PeerRow
+        query = (
+            select(r.peer_id, r.received_at, r.expires_at, p.addrs, p.addrs_expire_at)
+            .outerjoin(p, p.peer_id == r.peer_id)
+            .where(r.key_mh == key, r.expires_at > int(self._clock()))
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        providers = {bytes(peer): (r, e) for peer, r, e in rows}
-        if providers and not self._written_since(started, (key,)):  # go caches only non-empty sets
-            self._sets[key] = _CachedSet(providers)
+        providers = {bytes(peer): (received, expires) for peer, received, expires, _, _ in rows}
+        if not self._written_since(started, (key, *providers)):  # else a commit raced this read
+            for peer, _, _, blob, addrs_expire_at in rows:
+                if blob is not None:
+                    self._addrs[bytes(peer)] = (unpack_addrs(bytes(blob)), addrs_expire_at)
+            if providers:  # as go: only non-empty sets are cached
+                self._sets[key] = _CachedSet(providers)
         return providers
 
     async def _live_addrs(self, peers: list[bytes], now: int) -> dict[bytes, tuple[bytes, ...]]:
