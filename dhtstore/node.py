@@ -33,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import amino, ipfs
 from .crypto.keys import PrivateKey
 from .data.schema import open_store
+from .data.stats import store_stats
 from .kadkey import Key
+from .metrics import Metrics
 from .network.api import PeerInfo, Record
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
@@ -55,6 +57,7 @@ from .upkeep import TableUpkeep
 log = logging.getLogger(__name__)
 
 Mode = Literal["server", "client"]
+STORE_STATS_INTERVAL = 60.0  # seconds between row counts for status and metrics
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class Node:
         self.peer_id: PeerId = host.peer_id
         self.started_at = time.time()
         self.lookups: Counter[str] = Counter()
+        self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
+        self.provide_gauges: dict[str, float] = {}  # set by the reprovider
+        self.metrics = Metrics(self)
         self.validator = NamespacedValidator()
         self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
@@ -133,8 +139,15 @@ class Node:
             await tg.start(node.upkeep.run)
             if engine is not None:
                 tg.start_soon(node._snapshot_loop)
+                tg.start_soon(node._store_stats_loop)
                 await node._start_reprovider(stack, tg)
-            yield node
+            body_error: Exception | None = None
+            try:
+                yield node
+            except Exception as exc:  # re-raised below, not wrapped in the task group's ExceptionGroup
+                body_error = exc
+        if body_error is not None:
+            raise body_error
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         with anyio.CancelScope(shield=True):
@@ -158,6 +171,7 @@ class Node:
 
     def _observe(self, stats: LookupStats) -> None:
         self.lookups[stats.operation] += 1
+        self.metrics.lookup_seconds.labels(stats.operation).observe(stats.duration)
 
     async def save_snapshot(self) -> None:
         assert self.engine is not None
@@ -170,6 +184,15 @@ class Node:
                 await self.save_snapshot()
             except Exception as exc:
                 log.warning("routing-table snapshot failed: %s", exc)
+
+    async def _store_stats_loop(self) -> None:
+        assert self.engine is not None
+        while True:
+            try:
+                self.store_rows = (await store_stats(self.engine)).rows
+            except Exception as exc:
+                log.warning("store statistics unavailable: %s", exc)
+            await anyio.sleep(STORE_STATS_INTERVAL)
 
     async def _restore_snapshot(self) -> None:
         """Re-check the peers of the newest snapshot: each is dialled, and identify
@@ -237,6 +260,7 @@ class Node:
             "mode": self.options.mode,
             "uptime_s": int(time.time() - self.started_at),
             "routing_table": len(self.table),
+            "provider_records": self.store_rows.get("provider_records"),
             "connected_peers": len(self.host.connected_peers()),
             "requests": dict(served),
             "lookups": dict(self.lookups),

@@ -42,6 +42,7 @@ MIN_TABLE_SIZE = 10  # below this the node bootstraps again
 MAX_REFRESH_CPL = 15  # a random key with a longer shared prefix costs 2^16+ hashes to find
 ADMISSION_CONCURRENCY = 256  # go's LookupCheckConcurrency
 DIAL_TIMEOUT = 15.0
+ADMISSION_WAIT = 5.0  # seconds a bootstrap waits for identify to admit a dialled peer
 
 Pinger = Callable[[PeerInfo], Awaitable[float]]
 Connector = Callable[[str], Awaitable[object]]
@@ -93,6 +94,7 @@ class TableUpkeep:
         self._limit = anyio.CapacityLimiter(ADMISSION_CONCURRENCY)
         self._tg: anyio.abc.TaskGroup | None = None
         self.bootstrap_peers: list[str] = []
+        self.bootstrapped = anyio.Event()  # set when the first bootstrap has ended
         self.counters: Counter[str] = Counter()
 
     # -- admission ---------------------------------------------------------------
@@ -188,15 +190,19 @@ class TableUpkeep:
             nonlocal reached
             try:
                 with anyio.fail_after(DIAL_TIMEOUT):
-                    await self._connect(addr)
+                    conn = await self._connect(addr)
                 reached += 1
             except (TimeoutError, NetworkError, OSError, ValueError) as exc:
                 log.info("bootstrap peer %s unreachable: %s", addr, exc)
+                return
+            # Identify runs on every new connection and admits the peer; give it a moment.
+            with anyio.move_on_after(ADMISSION_WAIT):
+                while conn.remote_peer not in self.table:  # type: ignore[attr-defined]
+                    await anyio.sleep(0.02)
 
         async with anyio.create_task_group() as tg:
             for addr in peers:
                 tg.start_soon(dial, addr)
-        await anyio.sleep(0.2)  # let identify of the new connections admit them
         if len(self.table):
             await self._lookup(self.router.local.peer_id.to_bytes())
         self.counters["bootstraps"] += 1
@@ -209,6 +215,7 @@ class TableUpkeep:
             task_status.started()
             try:
                 await self.bootstrap()
+                self.bootstrapped.set()
                 next_refresh = self._clock() + self.refresh_interval
                 while True:
                     await anyio.sleep(min(BOOTSTRAP_CHECK_INTERVAL, max(0.0, next_refresh - self._clock())))

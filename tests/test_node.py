@@ -75,11 +75,15 @@ async def test_three_nodes_route_provide_and_store_values(make_store):
         assert "/ipfs/kad/1.0.0" in a.host.protocols
 
         assert await c.provide_once(CID) >= 1
+        mh = multihash.from_cid(CID)
+        # ADD_PROVIDER gets no reply (as in go): wait until the servers have stored it.
+        with anyio.fail_after(10):
+            while not await a.providers.get_providers(mh) or not await b.providers.get_providers(mh):
+                await anyio.sleep(0.05)
+        assert [r.provider.peer_id for r in await a.providers.get_providers(mh)] == [c.peer_id]
         found = await client.find_providers(CID)
         assert [p.peer_id for p in found] == [c.peer_id]
         assert found[0].addrs, "provider addresses travel with the record"
-        mh = multihash.from_cid(CID)
-        assert [r.provider.peer_id for r in await a.providers.get_providers(mh)] == [c.peer_id]
 
         located = await client.find_peer(b.peer_id)
         assert located is not None and located.peer_id == b.peer_id

@@ -14,4 +14,5 @@ def main() -> None:
 # Sub-commands register themselves on import (one line per module).
 from . import init  # noqa: E402,F401
 from . import db  # noqa: E402,F401
+from . import run as _run  # noqa: E402,F401
 from . import copy  # noqa: E402,F401

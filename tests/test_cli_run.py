@@ -1,0 +1,92 @@
+"""`dhtstore run` as a real process, driven the way the README shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dhtstore.config import read_identity
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dhtstore(*args: str, data_dir: Path, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DHTSTORE_DATA_DIR": str(data_dir)}
+    env.pop("DHTSTORE_STORE", None)
+    return subprocess.run([sys.executable, "-m", "dhtstore", *args], env=env, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+class RunningNode:
+    def __init__(self, data_dir: Path, *args: str):
+        self.data_dir = data_dir
+        dhtstore("init", data_dir=data_dir)
+        self.peer_id = str(read_identity(data_dir / "identity.key").peer_id())
+        self.port = free_port()
+        self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        env = {**os.environ, "DHTSTORE_DATA_DIR": str(data_dir)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dhtstore", "run", "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--status-interval", "1", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(self.proc.stdout.read())
+                time.sleep(0.1)
+        raise AssertionError("node did not start listening")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        assert self.proc.returncode == 0, out
+        return out
+
+
+def test_run_serves_one_shot_clients_and_stops_cleanly(tmp_path):
+    a = RunningNode(tmp_path / "a", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWLU2znyJMtDiHArqAGbZn8CgUGp92kxDBtefftEEaHSZS")
+    b = RunningNode(tmp_path / "b", "--bootstrap", a.addr)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # bounded: b must reach a's table through identify
+            found = dhtstore("findpeer", b.peer_id, "--bootstrap", a.addr, "--json", "--timeout", "20", data_dir=tmp_path / "client", check=False)
+            if found.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)[0]["addrs"] == [f"/ip4/127.0.0.1/tcp/{b.port}"]
+
+        closest = dhtstore("closest", "hello", "--bootstrap", a.addr, "--json", data_dir=tmp_path / "client")
+        assert {p["id"] for p in json.loads(closest.stdout)} >= {a.peer_id, b.peer_id}
+
+        missing = dhtstore("findprovs", "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", "--bootstrap", a.addr, "--timeout", "20", data_dir=tmp_path / "client", check=False)
+        assert missing.returncode == 1 and missing.stdout == ""
+
+        bad = dhtstore("findprovs", "not-a-cid", "--bootstrap", a.addr, data_dir=tmp_path / "client", check=False)
+        assert bad.returncode != 0 and "not a CID" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        out_b = b.stop()
+        out_a = a.stop()
+    assert "status: table=" in out_a
+    assert "Traceback" not in out_a + out_b
+    with sqlite3.connect(tmp_path / "b" / "dhtstore.db") as db:
+        (peers,) = db.execute("select count(*) from routing_snapshot_peers").fetchone()
+    assert peers >= 1, "the shutdown snapshot holds b's table"
