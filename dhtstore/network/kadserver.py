@@ -64,6 +64,7 @@ class KadServer:
     async def serve_stream(self, stream: Stream) -> None:
         peer = stream.remote_peer
         decoder = FrameDecoder()
+        self.stats["streams"] += 1
         for _ in range(MAX_REQUESTS_PER_STREAM):
             try:
                 with anyio.fail_after(self._idle_timeout):

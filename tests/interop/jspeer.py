@@ -146,6 +146,13 @@ class JsPeer:
     async def routing_table(self) -> list[PeerId]:
         return [PeerId.from_string(p) for p in await self.command("routingTable")]
 
+    async def wait_in_routing_table(self, peer_id: PeerId, timeout: float = 20.0) -> None:
+        """Wait until js has taken ``peer_id`` into its routing table (js pings a new
+        contact first, so this lags the connection); TimeoutError if it never does."""
+        with anyio.fail_after(timeout):
+            while peer_id not in await self.routing_table():
+                await anyio.sleep(0.05)
+
     async def set_mode(self, mode: str) -> str:
         return await self.command("setMode", mode=mode)
 

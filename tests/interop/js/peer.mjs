@@ -102,8 +102,18 @@ const COMMANDS = {
     const conn = await node.dial(multiaddr(cmd.addr), { signal: signal(cmd) })
     return { peerId: conn.remotePeer.toString(), remoteAddr: conn.remoteAddr.toString() }
   },
-  // {addr | peerId} -> {rttMs}
-  ping: async (cmd) => ({ rttMs: await node.services.ping.ping(target(cmd), { signal: signal(cmd) }) }),
+  // {addr | peerId} -> {rttMs}. js allows one outbound ping stream per connection and
+  // kad-dht pings new contacts itself, so a clash is retried a few times.
+  ping: async (cmd) => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return { rttMs: await node.services.ping.ping(target(cmd), { signal: signal(cmd) }) }
+      } catch (err) {
+        if (attempt >= 5 || err?.name !== 'TooManyOutboundProtocolStreamsError') throw err
+        await new Promise((resolve) => setTimeout(resolve, 200))
+      }
+    }
+  },
   // {peerId} -> what identify (and the peer store) learnt of a peer
   peerInfo: async (cmd) => {
     const peer = await node.peerStore.get(peerIdFromString(cmd.peerId))
