@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
 from alembic.util import CommandError
 from sqlalchemy import Table, delete, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -141,19 +142,7 @@ async def _copy(
     if progress is not None:
         progress.start(sum(counts.values()))
 
-    source_sums: dict[str, tuple[int, int]] = {}
-    for table in tables:
-        rows, checksum = 0, 0
-        async for batch in _batches(source, table, batch_size):
-            checksum = (checksum + sum(_row_digest(r) for r in batch)) % _MOD
-            rows += len(batch)
-            async with target.begin() as conn:
-                await conn.execute(
-                    _upsert(target)(table).on_conflict_do_nothing(), [dict(zip(table.c.keys(), r)) for r in batch]
-                )
-            if progress is not None:
-                progress.advance(len(batch))
-        source_sums[table.name] = (rows, checksum)
+    source_sums = {table.name: await _copy_table(source, target, table, batch_size, progress) for table in tables}
 
     async with target.begin() as conn:
         if target.dialect.name == "postgresql":
@@ -170,6 +159,42 @@ async def _copy(
         bad = ", ".join(f"{t.table} ({t.source_rows} → {t.target_rows} rows)" for t in report.tables if not t.matches)
         raise CopyError(f"the copy differs from its source in: {bad}")
     return report
+
+
+async def _copy_table(
+    source: AsyncEngine, target: AsyncEngine, table: Table, batch_size: int, progress: Progress | None
+) -> tuple[int, int]:
+    """Copy one table; return its source row count and checksum.
+
+    The next batch is read while the previous one is written (a queue of one batch,
+    so at most three are in memory), which keeps both databases busy.
+    """
+    send, receive = anyio.create_memory_object_stream[Sequence[Any]](1)
+
+    async def read() -> None:
+        async with send:
+            async for batch in _batches(source, table, batch_size):
+                await send.send(batch)
+
+    rows, checksum = 0, 0
+    insert = _upsert(target)(table).on_conflict_do_nothing()
+    columns = table.c.keys()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            async with receive:
+                async for batch in receive:
+                    async with target.begin() as conn:
+                        await conn.execute(insert, [dict(zip(columns, r)) for r in batch])
+                    checksum = (checksum + sum(_row_digest(r) for r in batch)) % _MOD
+                    rows += len(batch)
+                    if progress is not None:
+                        progress.advance(len(batch))
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # the one failure, as the caller would see it without the reader task
+            raise group.exceptions[0] from None
+        raise
+    return rows, checksum
 
 
 def _upsert(engine: AsyncEngine) -> Any:
