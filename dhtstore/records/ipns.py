@@ -50,7 +50,7 @@ class IpnsError(RecordError):
 
 
 @dataclass(frozen=True, slots=True)
-class IpnsEntry:
+class IpnsRecord:
     """A parsed, not yet verified, IPNS record. The fields are the signed CBOR ones."""
 
     raw: bytes
@@ -101,7 +101,7 @@ def name_from_routing_key(key: bytes) -> PeerId:
         raise IpnsError(f"invalid IPNS name: {exc}") from None
 
 
-def parse(raw: bytes) -> IpnsEntry:
+def parse(raw: bytes) -> IpnsRecord:
     """Parse a serialized IpnsEntry and its DAG-CBOR data, without verifying it."""
     if len(raw) > MAX_IPNS_RECORD_SIZE:
         raise IpnsError(f"record of {len(raw)} bytes is over the {MAX_IPNS_RECORD_SIZE}-byte limit")
@@ -121,7 +121,7 @@ def parse(raw: bytes) -> IpnsEntry:
         _check_field(fields, name, int)
         if not 0 <= fields[name] <= _UINT64_MAX:
             raise IpnsError(f"IPNS data field {name} is not a uint64")
-    return IpnsEntry(bytes(raw), pb, fields)
+    return IpnsRecord(bytes(raw), pb, fields)
 
 
 def _check_field(fields: Mapping[str, Any], name: str, kind: type) -> None:
@@ -131,7 +131,7 @@ def _check_field(fields: Mapping[str, Any], name: str, kind: type) -> None:
         raise IpnsError(f"IPNS data field {name} is not {kind.__name__}")
 
 
-def verify(name: PeerId, raw: bytes, now_ns: int) -> IpnsEntry:
+def verify(name: PeerId, raw: bytes, now_ns: int) -> IpnsRecord:
     """Verify a record for ``name`` as the spec's "Record Verification" lists it; return it parsed.
 
     Raises IpnsError on the first failed check.
@@ -184,7 +184,7 @@ def select(values: list[bytes]) -> int:
     return best
 
 
-def _rank(entry: IpnsEntry) -> tuple[bool, int, int, bytes]:
+def _rank(entry: IpnsRecord) -> tuple[bool, int, int, bytes]:
     return bool(entry.pb.signatureV2), entry.sequence, entry.eol_ns(), entry.raw
 
 
