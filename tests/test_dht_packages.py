@@ -6,7 +6,7 @@ import pytest
 from dhtstore import dht, ipfs
 from dhtstore.kadkey import Key
 from dhtstore.network.api import Record
-from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, run_virtual
+from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork
 
 CID = "bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y"
 
@@ -44,7 +44,7 @@ def test_find_peer(net, generic):
     looker = net.node(1)
     target = next(n for n in net.nodes[100:] if n.peer_id not in looker.table)  # needs a lookup
     t = ClosestOnly(looker.router) if generic else looker.router
-    assert run_virtual(dht.find_peer, t, target.peer_id) == target.info
+    assert net.run(dht.find_peer, t, target.peer_id) == target.info
     assert operations(looker)[-1] == ("find_closest_peers" if generic else "find_peer")
 
 
@@ -68,14 +68,14 @@ def test_set_and_get_value_with_entry_correction(generic):
             await node.values.put(Record(key, new))
         return await dht.get_value(dht_of(reader), key, 0, **extra(reader))
 
-    record = run_virtual(main)
+    record = net.run(main)
     assert record is not None and record.value == new
     assert operations(reader)[-1] == ("find_closest_peers" if generic else "get_value")
 
     async def held():
         return [(await node.values.get(key)).value for node in holders]
 
-    assert run_virtual(held).count(new) >= 19  # entry correction spread the newest
+    assert net.run(held).count(new) >= 19  # entry correction spread the newest
 
 
 @pytest.mark.parametrize("generic", [False, True])
@@ -91,7 +91,7 @@ def test_provide_and_find_providers(net, generic):
         assert await ipfs.provide(dht_of(provider), provider.info, CID, **kw_p) == 20
         return await ipfs.find_providers(dht_of(seeker), CID, 5, **kw_s)
 
-    found = run_virtual(main)
+    found = net.run(main)
     assert found == [provider.info]
     assert operations(seeker)[-1] == ("find_closest_peers" if generic else "find_providers")
 
@@ -109,15 +109,15 @@ def test_find_feature_peers(net, generic):
             return await dht.find_feature_peers(ClosestOnly(seeker.router), feature, 10, messenger=seeker.messenger)
         return await dht.find_feature_peers(seeker.router, feature, 10)
 
-    assert {p.peer_id for p in run_virtual(main)} == {n.peer_id for n in announcers}
+    assert {p.peer_id for p in net.run(main)} == {n.peer_id for n in announcers}
 
 
 def test_generic_path_without_a_messenger_says_what_is_missing(net):
     plain = ClosestOnly(net.node(0).router)
     with pytest.raises(TypeError, match="pass messenger="):
-        run_virtual(ipfs.find_providers, plain, CID)
+        net.run(ipfs.find_providers, plain, CID)
     with pytest.raises(TypeError, match="ValueDHT"):
-        run_virtual(dht.get_value, plain, b"/sim/x")
+        net.run(dht.get_value, plain, b"/sim/x")
 
 
 def test_cid_forms_meet_at_the_same_multihash():

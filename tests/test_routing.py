@@ -160,5 +160,5 @@ def test_a_lookup_survives_peers_that_reset_every_request():
     for node in net.nodes[50:100]:
         node.handler = Refusing()
     looker = net.node(0)
-    peers = run_virtual(looker.router.find_closest_peers, b"anything", 20)
+    peers = net.run(looker.router.find_closest_peers, b"anything", 20)
     assert len(peers) == 20 and all(net.by_id[p.peer_id].index not in range(50, 100) for p in peers)

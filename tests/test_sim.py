@@ -6,7 +6,7 @@ import pytest
 
 from dhtstore import multihash
 from dhtstore.kadkey import Key
-from dhtstore.network.api import MessageType, Record
+from dhtstore.network.api import MessageType, PeerInfo, Record
 from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimulationStalled, run_virtual
 
 
@@ -24,7 +24,7 @@ def accuracy(net: SimNetwork, keys: list[bytes], lookers: list[int]) -> float:
             exact += [p.peer_id for p in peers] == net.true_closest(Key.hash(key), 20, exclude=node.peer_id)
         return exact
 
-    return run_virtual(main) / len(keys)
+    return net.run(main) / len(keys)
 
 
 def test_find_closest_peers_is_exact_for_99_percent_of_keys(net500):
@@ -37,7 +37,7 @@ def test_find_closest_peers_is_exact_for_99_percent_of_keys(net500):
 def test_lookup_reports_its_cost(net500):
     node = net500.node(3)
     before = net500.message_count()
-    run_virtual(node.router.find_closest_peers, b"cost", 20)
+    net500.run(node.router.find_closest_peers, b"cost", 20)
     stats = node.lookups[-1]
     assert stats.operation == "find_closest_peers" and stats.completed
     assert stats.messages_sent == net500.message_count() - before
@@ -60,10 +60,10 @@ def test_provided_cid_is_found_from_every_other_node_tried(net500):
             found.append([p.peer_id for p in providers] == [provider.peer_id] and providers[0].addrs == provider.info.addrs)
         return found
 
-    assert all(run_virtual(main))
+    assert all(net500.run(main))
     holders = net500.true_closest(Key.for_multihash(mh), 20, exclude=provider.peer_id)
     assert net500.messages[MessageType.ADD_PROVIDER] >= 20
-    stored = [bool(run_virtual(net500.by_id[p].providers.get_providers, mh)) for p in holders]
+    stored = [bool(net500.run(net500.by_id[p].providers.get_providers, mh)) for p in holders]
     assert sum(stored) >= 19
 
 
@@ -82,7 +82,7 @@ def test_get_value_with_quorum_returns_newest_and_corrects_stale_holders():
         record = await reader.router.get_value(key, quorum=16)
         return record
 
-    record = run_virtual(main)
+    record = net.run(main)
     assert record is not None and record.value == new
     stats = reader.lookups[-1]
     assert stats.operation == "get_value"
@@ -90,7 +90,7 @@ def test_get_value_with_quorum_returns_newest_and_corrects_stale_holders():
     async def held() -> list[bytes | None]:
         return [(r.value if (r := await node.values.get(key)) else None) for node in holders if node is not reader]
 
-    values = run_virtual(held)
+    values = net.run(held)
     # every holder the reader heard from now has the newest record
     assert values.count(new) >= 16
 
@@ -111,7 +111,7 @@ def test_lookups_with_30_percent_unresponsive_still_return_20_live_closest():
         return results
 
     found = 0
-    for got, truth in run_virtual(main):
+    for got, truth in net.run(main):
         assert len(got) == 20 and all(net.by_id[p].responsive for p in got)
         assert set(truth[:10]) <= set(got)  # the closest half, always
         found += len(set(got) & set(truth))
@@ -119,8 +119,8 @@ def test_lookups_with_30_percent_unresponsive_still_return_20_live_closest():
     assert found / (20 * len(keys)) >= 0.95
 
 
-def run_trace(seed: int) -> tuple:
-    net = SimNetwork(SimConfig(nodes=300, seed=seed, loss=0.05, unresponsive=0.1))
+def run_trace(seed: int, nodes: int = 300) -> tuple:
+    net = SimNetwork(SimConfig(nodes=nodes, seed=seed, loss=0.05, unresponsive=0.1))
 
     async def main():
         out = []
@@ -129,7 +129,7 @@ def run_trace(seed: int) -> tuple:
             out.append(tuple(p.peer_id for p in peers))
         return out
 
-    peers = run_virtual(main)
+    peers = net.run(main)
     stats = [(s.messages_sent, s.hops, s.duration) for n in net.nodes[:10] for s in n.lookups]
     return peers, stats, dict(net.messages)
 
@@ -169,4 +169,44 @@ def test_churn_and_newcomers():
         await newcomer.router.find_closest_peers(newcomer.peer_id.to_bytes(), 20)
         return await looker.router.find_peer(newcomer.peer_id)
 
-    assert run_virtual(main) == newcomer.info
+    assert net.run(main) == newcomer.info
+
+
+def test_same_seed_same_run_across_processes():
+    """Nothing in a run may depend on Python's per-process hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib; from tests.test_sim import run_trace; "
+        "print(hashlib.sha256(repr(run_trace(5, nodes=120)).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1
+
+
+def test_virtual_time_goes_on_across_runs_and_provider_records_expire():
+    import anyio
+
+    net = SimNetwork(SimConfig(nodes=100, seed=15))
+    mh = multihash.from_cid("bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y")
+    provider, seeker = net.node(1), net.node(2)
+    assert net.run(provider.router.provide, provider.info, mh) == 20
+    assert net.run(seeker.router.find_providers, mh, 1) == [provider.info]
+    net.run(anyio.sleep, 47 * 3600)
+    # still provided, but the addresses (24 h TTL) are gone
+    assert net.run(seeker.router.find_providers, mh, 1) == [PeerInfo(provider.peer_id)]
+    net.run(anyio.sleep, 2 * 3600)  # past the 48 h provide validity, nobody reprovided
+    assert net.run(seeker.router.find_providers, mh, 1) == []
+    assert net.now() > 49 * 3600

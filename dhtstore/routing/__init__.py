@@ -1,2 +1,2 @@
-"""The iterative Kademlia lookup. ``api`` is the contract; ``lookup`` the query state
-machine and its driver; ``router.KademliaRouter`` the operations built on them."""
+"""The iterative Kademlia lookup. ``api`` is the contract; ``query`` the lookup state
+machine and its driver; ``router.KademliaRouter`` the DHT operations built on them."""

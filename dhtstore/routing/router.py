@@ -93,7 +93,7 @@ class KademliaRouter:
         returned another one, and to those among the k closest that returned none."""
         validator = self._require_validator()
         started = anyio.current_time()
-        answers: dict[PeerId, bytes | None] = {}
+        answers: dict[PeerId, tuple[PeerInfo, bytes | None]] = {}
         valid: list[bytes] = []
 
         def on_reply(peer: PeerInfo, reply: Message) -> bool:
@@ -107,7 +107,7 @@ class KademliaRouter:
                 else:
                     value = record.value
                     valid.append(value)
-            answers[peer.peer_id] = value
+            answers[peer.peer_id] = (peer, value)
             return quorum > 0 and len(valid) >= quorum
 
         outcome = await self._lookup("get_value", MessageType.GET_VALUE, key, Key.for_record(key), on_reply=on_reply)
@@ -117,10 +117,11 @@ class KademliaRouter:
         best = valid[validator.select(key, valid)]
         top = {p.peer_id for p in outcome.state.closest_queried(self.k)}
         stale = [
-            pid for pid, value in answers.items() if (value is not None and value != best) or (value is None and pid in top)
+            peer
+            for peer, value in answers.values()
+            if (value is not None and value != best) or (value is None and peer.peer_id in top)
         ]
-        by_id = {p.peer_id: p for p in outcome.state.closest_queried(len(answers))}
-        corrected = await self._put_to([by_id[pid] for pid in stale if pid in by_id], Record(key, best))
+        corrected = await self._put_to(stale, Record(key, best))
         self._observe(_with_extra_messages(outcome.stats, len(stale), started))
         log.debug("get_value: corrected %d of %d stale holders", corrected, len(stale))
         return Record(key, best)

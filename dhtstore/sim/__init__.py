@@ -7,7 +7,7 @@ node's messenger to another node's handler after a random latency. Time is virtu
 (``clock.VirtualTimeLoop``), so timeouts cost nothing and a run is reproducible: the
 same config and seed give the same messages in the same order.
 
-    from dhtstore.sim import SimConfig, SimNetwork, run_virtual
+    from dhtstore.sim import SimConfig, SimNetwork
 
     net = SimNetwork(SimConfig(nodes=1000, seed=7, latency=(0.01, 0.1), loss=0.01,
                                unresponsive=0.1))
@@ -20,20 +20,24 @@ same config and seed give the same messages in the same order.
         await anyio.sleep(3600)   # an hour of virtual time, instantly
         return peers
 
-    peers = run_virtual(main)     # or: anyio.run(main, backend_options=
-                                  #   {"loop_factory": VirtualTimeLoop})
-    net.true_closest(Key.hash(b"some key"))  # brute-force answer, live nodes only
+    peers = net.run(main)         # virtual time goes on from the previous run
+    net.run(anyio.sleep, 22 * 3600)   # advance the clock: stored records age
+    net.now()                     # virtual seconds since the network was built
+    net.true_closest(Key.hash(b"some key"), exclude=node.peer_id)  # brute force, live nodes
     net.messages                  # Counter of messages sent, by MessageType
     net.churn(0.1)                # 10% of online nodes leave, as many come back
     net.set_online(node, False); node.responsive = False; net.add_node()
+
+``run_virtual(fn, *args)`` runs any coroutine function on a fresh virtual-time loop
+(``clock.VirtualTimeLoop``) without a network.
 
 Faults: ``latency`` (uniform one-way delay), ``loss`` (a request or a reply vanishes,
 and the caller times out), ``unresponsive`` (nodes that accept and never answer),
 offline nodes (connection refused after one trip), churn, and any node's ``handler``
 can be replaced by a hostile one. Tables start full, as in a long-running network;
 answering peers join a node's table as identify would admit them, silent ones are
-marked failed so newcomers can replace them. ``SimNetwork.now()`` is virtual seconds;
-``wall_clock()`` the epoch time the stores see (from 2026-01-01).
+marked failed so newcomers can replace them. ``wall_clock()`` is the epoch time the
+stores see: 2026-01-01 plus ``now()``.
 """
 
 from .clock import SimulationStalled, VirtualTimeLoop, run_virtual

@@ -6,6 +6,7 @@ a run depends only on the order of events, never on the machine's speed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -21,9 +22,9 @@ class SimulationStalled(RuntimeError):
 class _VirtualSelector(selectors.SelectSelector):
     """Never waits: a select with a timeout advances the virtual clock by it."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: float) -> None:
         super().__init__()
-        self.now = 0.0
+        self.now = start
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is None:
@@ -36,14 +37,16 @@ class _VirtualSelector(selectors.SelectSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     """A loop whose ``time()`` is virtual; it must not do real I/O (there is none in the sim)."""
 
-    def __init__(self) -> None:
-        self._virtual = _VirtualSelector()
+    def __init__(self, start: float = 0.0) -> None:
+        self._virtual = _VirtualSelector(start)
         super().__init__(selector=self._virtual)
 
     def time(self) -> float:
         return self._virtual.now
 
 
-def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``fn(*args)`` with anyio on a fresh virtual-time loop starting at t = 0."""
-    return anyio.run(fn, *args, backend="asyncio", backend_options={"loop_factory": VirtualTimeLoop})
+def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any, start: float = 0.0) -> T:
+    """Run ``fn(*args)`` with anyio on a fresh virtual-time loop whose clock starts at ``start``."""
+    return anyio.run(
+        fn, *args, backend="asyncio", backend_options={"loop_factory": functools.partial(VirtualTimeLoop, start)}
+    )

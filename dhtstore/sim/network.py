@@ -8,6 +8,7 @@ import bisect
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
 
 import anyio
 
@@ -22,7 +23,10 @@ from ..routing.router import KademliaRouter
 from ..routingtable.kbuckets import KBucketTable
 from ..server.api import InvalidRequest, RequestHandler
 from ..server.handler import KademliaHandler
+from .clock import run_virtual
 from .validator import SequenceValidator
+
+T = TypeVar("T")
 
 # Virtual t = 0 on the wall clock the stores see (2026-01-01T00:00:00Z): records get
 # plausible timestamps, and a run does not depend on when it runs.
@@ -144,6 +148,7 @@ class SimNetwork:
 
     def __init__(self, config: SimConfig = SimConfig()):
         self.config = config
+        self._time = 0.0
         self.rng = random.Random(config.seed)
         self.messages: Counter[MessageType] = Counter()
         self.nodes: list[SimNode] = []
@@ -159,13 +164,24 @@ class SimNetwork:
 
     # -- running ---------------------------------------------------------------
 
-    @staticmethod
-    def now() -> float:
-        """Virtual seconds since the start of the run (0 outside one)."""
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` on virtual time, the clock going on from where the last run
+        of this network stopped (records stored in one run age in the next)."""
+
+        async def timed() -> T:
+            try:
+                return await fn(*args)
+            finally:
+                self._time = anyio.current_time()
+
+        return run_virtual(timed, start=self._time)
+
+    def now(self) -> float:
+        """Virtual seconds since the network was built."""
         try:
             return asyncio.get_running_loop().time()
         except RuntimeError:
-            return 0.0
+            return self._time
 
     def wall_clock(self) -> float:
         return EPOCH + self.now()
