@@ -249,7 +249,7 @@ class Host:
                 agreed = await negotiate(MultistreamDialer(protocols), stream.send, stream.receive)
         except (TimeoutError, *CONNECTION_ERRORS) as exc:
             await stream.reset()
-            raise NetworkError(f"{conn.remote_peer} did not accept {list(protocols)}: {exc or type(exc).__name__}") from None
+            raise NetworkError(f"{conn.remote_peer} did not accept {list(protocols)}: {_describe(exc)}") from None
         stream.protocol = agreed.protocol
         stream.unread(agreed.leftover)
         return stream
@@ -305,7 +305,7 @@ class Host:
         except (TimeoutError, *CONNECTION_ERRORS) as exc:
             if sock is not None:
                 await _close_quietly(sock)
-            raise DialError(f"{addr}: {exc or type(exc).__name__}") from None
+            raise DialError(f"{addr}: {_describe(exc)}") from None
         conn = Connection(
             sock,
             upgraded,
@@ -478,6 +478,10 @@ class Host:
             self.stats["internal_errors"] += 1
             log.warning("background task %s failed: %s: %s", getattr(func, "__name__", func), type(exc).__name__, exc)
             log.debug("background task failure", exc_info=True)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _notify(callbacks: list[Callable[..., Any]], *args: Any) -> None:

@@ -19,6 +19,11 @@ Options of a peer (see ``js/peer.mjs`` for the wire form):
   listen         listen multiaddrs (default one TCP port on 127.0.0.1)
   permissive_namespaces  record namespaces (e.g. "test" for ``/test/…`` keys) that
                  accept any value, for put/get tests without real validators
+  connection_manager  libp2p connectionManager options, e.g.
+                 ``{"inboundConnectionThreshold": 1000}`` (js accepts 5 inbound
+                 connections per second and host by default)
+  sink_protocol  a protocol id served as a byte sink (reads to EOF, answers the count
+                 as a big-endian uint64): scripts/bench_transport.py uses it
 
 Query commands (find_peer, get_closest_peers, provide, find_providers, put, get)
 return a summary of the js query's events: ``peers`` (final peers), ``providers``,
@@ -222,6 +227,8 @@ async def start_js_peer(
     protocol: str = "/ipfs/kad/1.0.0",
     listen: list[str] | None = None,
     permissive_namespaces: tuple[str, ...] = (),
+    sink_protocol: str | None = None,
+    connection_manager: dict[str, Any] | None = None,
 ) -> AsyncIterator[JsPeer]:
     """Start one js peer; it is stopped (stdin closed, then killed) on exit."""
     options = {
@@ -230,6 +237,8 @@ async def start_js_peer(
         "protocol": protocol,
         "listen": listen or ["/ip4/127.0.0.1/tcp/0"],
         "permissiveNamespaces": list(permissive_namespaces),
+        "sinkProtocol": sink_protocol,
+        "connectionManager": connection_manager or {},
     }
     env = {**os.environ, "NODE_NO_WARNINGS": "1"}
     process = await anyio.open_process([node_bin, str(PEER_SCRIPT), json.dumps(options)], cwd=JS_DIR, env=env)

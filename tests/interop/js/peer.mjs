@@ -7,6 +7,12 @@
 //            listen       listen multiaddrs                             (default ["/ip4/127.0.0.1/tcp/0"])
 //            permissiveNamespaces  record namespaces ("test" for /test/...) that accept
 //                         any value and select the first record, for put/get tests
+//            connectionManager  passed to libp2p's connectionManager option (e.g.
+//                         {"inboundConnectionThreshold": 1000} lifts js's default limit
+//                         of 5 inbound connections per second and host)
+//            sinkProtocol a protocol id to serve as a byte sink (for benchmarks): it reads
+//                         to the end of the stream, then answers the byte count as a
+//                         big-endian uint64 and closes
 //
 // stdout, one JSON object per line:
 //   first  {"event":"ready","peerId":"12D3…","addrs":["/ip4/…/p2p/…"],"protocols":[…]}
@@ -49,6 +55,7 @@ const privateKey = keyType === 'RSA' ? await generateKeyPair('RSA', 2048) : awai
 const node = await createLibp2p({
   privateKey,
   addresses: { listen: options.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
+  connectionManager: options.connectionManager ?? {},
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
@@ -65,6 +72,17 @@ const node = await createLibp2p({
     })
   }
 })
+
+if (options.sinkProtocol != null) {
+  await node.handle(options.sinkProtocol, async (stream) => {
+    let total = 0
+    for await (const buf of stream) total += buf.byteLength
+    const count = new Uint8Array(8)
+    new DataView(count.buffer).setBigUint64(0, BigInt(total))
+    stream.send(count)
+    await stream.close()
+  }, { maxInboundStreams: 64 })
+}
 
 const dht = node.services.dht
 const addrs = () => node.getMultiaddrs().map((ma) => ma.toString())

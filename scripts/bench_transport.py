@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Transport benchmark on loopback: our libp2p host against a js-libp2p node, with
+the same load generator (our client host) pointed at each.
+
+    python scripts/bench_transport.py                 # ~1 minute, prints a Markdown table
+    python scripts/bench_transport.py --duration 2    # shorter runs per figure
+
+Figures, for each server (ours in a subprocess, js-libp2p 3.2 with kad-dht 16.2 in
+Node.js via tests/interop/js):
+- handshakes/s: TCP connect + multistream + Noise XX + yamux, one after another,
+  each connection closed again;
+- FIND_NODE round trips/s on one connection (one stream, one request at a time, as
+  go's message sender does);
+- FIND_NODE round trips/s across 50 connections (50 client hosts, one loop each);
+- MB/s through one yamux stream (client → byte sink, count echoed at the end).
+
+Both servers answer FIND_NODE with no closer peers (the js node's routing table is
+empty: the clients are not DHT servers), so the figure is the transport and framing
+cost, not a routing-table lookup. The client and both servers share this machine's
+cores, so the client's own cost is part of every figure; the ratio is what compares.
+Needs Node.js and ``npm ci`` in tests/interop/js (done on demand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "interop"))
+
+from dhtstore.amino import PROTOCOL_ID  # noqa: E402
+from dhtstore.crypto.keys import PrivateKey  # noqa: E402
+from dhtstore.network import multiaddrs  # noqa: E402
+from dhtstore.network.api import Message, MessageType, PeerInfo  # noqa: E402
+from dhtstore.network.connection import Stream  # noqa: E402
+from dhtstore.network.host import Host  # noqa: E402
+from dhtstore.network.kadmessenger import LibP2PKadMessenger  # noqa: E402
+from dhtstore.network.kadserver import KadServer  # noqa: E402
+from dhtstore.network.limits import HostLimits, PeerRateLimiter  # noqa: E402
+
+SINK_PROTOCOL = "/dhtstore/bench/sink/1.0.0"
+CONNECTIONS = 50
+STREAM_BYTES = 64 * 1024 * 1024
+CHUNK = 256 * 1024
+MAX_OPS = 1_000_000  # bounds every loop besides its duration
+
+
+# -- the server side (ours runs in a subprocess, like the js node) -------------------
+
+
+class EmptyAnswers:
+    """FIND_NODE answered with no closer peers, like the js node with an empty table."""
+
+    async def handle(self, sender: PeerInfo, request: Message) -> Message | None:
+        return Message(request.type, key=request.key)
+
+
+async def sink(stream: Stream) -> None:
+    total = 0
+    try:
+        while True:
+            total += len(await stream.receive())
+    except anyio.EndOfStream:
+        pass
+    await stream.send(struct.pack(">Q", total))
+
+
+async def serve() -> None:
+    limits = HostLimits(max_connections=1024, high_water=1024, low_water=1024, max_pending_handshakes=256)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as host:
+        # no rate limit: the benchmark is the flood
+        KadServer(host, EmptyAnswers(), limiter=PeerRateLimiter(rate=1e9, burst=1e9)).start()
+        host.set_handler(SINK_PROTOCOL, sink)
+        print(json.dumps({"addr": str(multiaddrs.with_peer_id(host.listen_addrs[0], host.peer_id))}), flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)  # until the parent closes our stdin
+
+
+# -- the load generator ----------------------------------------------------------------
+
+
+async def timed(duration: float, op: Callable[[], Awaitable[None]]) -> float:
+    """Operations per second of ``op`` run back to back for ``duration`` seconds."""
+    count = 0
+    started = time.perf_counter()
+    while count < MAX_OPS and time.perf_counter() - started < duration:
+        await op()
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+async def handshakes_per_second(client: Host, target: str, duration: float) -> float:
+    peer = multiaddrs.split_peer_id(multiaddrs.parse(target))[1]
+    assert peer is not None
+
+    async def handshake() -> None:
+        conn = await client.connect(target)
+        await conn.close()
+        with anyio.fail_after(5):
+            while client.connection(peer) is not None:
+                await anyio.sleep(0)
+
+    return await timed(duration, handshake)
+
+
+def find_node() -> Message:
+    return Message(MessageType.FIND_NODE, key=os.urandom(32))
+
+
+async def round_trips_one_connection(client: Host, target: PeerInfo, duration: float) -> float:
+    messenger = LibP2PKadMessenger(client)
+    await messenger.request(target, find_node())  # connect and open the stream first
+
+    async def request() -> None:
+        await messenger.request(target, find_node())
+
+    return await timed(duration, request)
+
+
+async def round_trips_many_connections(target: PeerInfo, duration: float) -> float:
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(CONNECTIONS)]
+        messengers = [LibP2PKadMessenger(c) for c in clients]
+        for m in messengers:
+            await m.request(target, find_node())
+        counts = [0] * CONNECTIONS
+
+        async def loop(i: int) -> None:
+            deadline = time.perf_counter() + duration
+            while counts[i] < MAX_OPS and time.perf_counter() < deadline:
+                await messengers[i].request(target, find_node())
+                counts[i] += 1
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(CONNECTIONS):
+                tg.start_soon(loop, i)
+        return sum(counts) / (time.perf_counter() - started)
+
+
+async def stream_megabytes_per_second(client: Host, target: PeerInfo) -> float:
+    stream = await client.new_stream(target, [SINK_PROTOCOL])
+    chunk = os.urandom(CHUNK)
+    started = time.perf_counter()
+    for _ in range(STREAM_BYTES // CHUNK):
+        await stream.send(chunk)
+    await stream.send_eof()
+    reply = b""
+    while len(reply) < 8:
+        reply += await stream.receive()
+    elapsed = time.perf_counter() - started
+    (received,) = struct.unpack(">Q", reply[:8])
+    if received != STREAM_BYTES:
+        raise RuntimeError(f"sink counted {received} bytes, sent {STREAM_BYTES}")
+    return STREAM_BYTES / elapsed / 1e6
+
+
+async def measure(target: str, duration: float) -> dict[str, float]:
+    peer = multiaddrs.split_peer_id(multiaddrs.parse(target))[1]
+    assert peer is not None
+    info = PeerInfo(peer, (multiaddrs.split_peer_id(multiaddrs.parse(target))[0].to_bytes(),))
+    results: dict[str, float] = {}
+    async with Host(PrivateKey.generate()) as client:
+        results["handshakes/s"] = await handshakes_per_second(client, target, duration)
+    async with Host(PrivateKey.generate()) as client:
+        results["FIND_NODE/s, 1 connection"] = await round_trips_one_connection(client, info, duration)
+        results[f"FIND_NODE/s, {CONNECTIONS} connections"] = await round_trips_many_connections(info, duration)
+        results["MB/s, 1 stream"] = await stream_megabytes_per_second(client, info)
+    return results
+
+
+async def run(duration: float) -> str:
+    from jspeer import ensure_node_modules, start_js_peer
+
+    ensure_node_modules()
+    node = os.environ.get("NODE", "node")
+    server = await anyio.open_process([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        line = b""
+        with anyio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await server.stdout.receive(1)
+        ours_addr = json.loads(line)["addr"]
+        ours = await measure(ours_addr, duration)
+        js_limits = {"inboundConnectionThreshold": 1e9, "maxIncomingPendingConnections": 256, "maxConnections": 1024}
+        async with start_js_peer(node, sink_protocol=SINK_PROTOCOL, connection_manager=js_limits) as js:
+            theirs = await measure(js.addr, duration)
+    finally:
+        if server.stdin is not None:
+            await server.stdin.aclose()
+        with anyio.move_on_after(5):
+            await server.wait()
+        if server.returncode is None:
+            server.kill()
+    return report(ours, theirs, duration)
+
+
+def report(ours: dict[str, float], theirs: dict[str, float], duration: float) -> str:
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "| figure | dhtstore | js-libp2p 3.2 | ours / js |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, value in ours.items():
+        lines.append(f"| {name} | {value:,.1f} | {theirs[name]:,.1f} | {value / theirs[name]:.2f}× |")
+    lines.append("")
+    lines.append(
+        f"Loopback, {os.cpu_count()} cores, Python {platform.python_version()}, Node {version}, "
+        f"{duration:g} s per figure, {STREAM_BYTES // 2**20} MiB through the stream."
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per figure (default 5)")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server subprocess
+    args = parser.parse_args()
+    if args.serve:
+        anyio.run(serve)
+        return
+    print(anyio.run(run, args.duration))
+
+
+if __name__ == "__main__":
+    main()
