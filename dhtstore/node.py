@@ -52,11 +52,11 @@ from .routing.router import KademliaRouter
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
 from .server.handler import KademliaHandler
-from .upkeep import TableUpkeep
+from .upkeep import TableUpkeep, is_public_addr
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["server", "client"]
+Mode = Literal["server", "client", "auto"]
 STORE_STATS_INTERVAL = 60.0  # seconds between row counts for status and metrics
 
 
@@ -66,13 +66,14 @@ class NodeOptions:
     store_url: str | None = None  # None: in-memory stores, nothing persisted
     listen: Sequence[str] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: Sequence[str] = ()
-    mode: Mode = "server"
+    mode: Mode = "server"  # auto: server when we listen on a public address, else client
     protocol: str = amino.PROTOCOL_ID
     allow_private_addrs: bool = False  # LAN and loopback peers in the routing table
     ip_diversity: bool = True
     snapshot_interval: float = 300.0
     limits: HostLimits = field(default_factory=HostLimits)
     reprovide: bool = True  # run the reprovider on the store's provide list
+    identity_name: str = "default"  # which identity of the data directory, for status and metrics
 
 
 class Node:
@@ -131,7 +132,7 @@ class Node:
                 node.local, node.table, node.providers, node.values, node.validator, address_book=host.peer_addrs
             )
             node.kadserver = KadServer(host, node.handler, [options.protocol])
-            if options.mode == "server":
+            if node.serves_dht:
                 node.kadserver.start()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(node._shutdown, tg)
@@ -160,6 +161,14 @@ class Node:
 
     async def _start_reprovider(self, stack: AsyncExitStack, tg: anyio.abc.TaskGroup) -> None:
         """Hook for the reprovider (provider module)."""
+
+    @property
+    def serves_dht(self) -> bool:
+        """Server mode. ``auto`` serves only with a public address: an unreachable server
+        would waste its peers' lookups (facts sheet 7, pain points 7 and 9)."""
+        if self.options.mode == "auto":
+            return any(is_public_addr(a) for a in self.host.advertised_addrs())
+        return self.options.mode == "server"
 
     # -- routing table ---------------------------------------------------------------
 
@@ -251,13 +260,21 @@ class Node:
 
     # -- status ------------------------------------------------------------------------
 
+    def store_state(self) -> str:
+        """"up", "down" (the store failed and is not answering yet) or "memory"."""
+        if not isinstance(self.providers, SqlProviderStore):
+            return "memory"
+        return "up" if self.providers.available else "down"
+
     def status(self) -> dict[str, object]:
         served = Counter()
         for (kind, outcome), n in self.handler.counters.items():
             served[f"{kind.lower()}_{outcome}"] += n
         return {
             "peer_id": str(self.peer_id),
-            "mode": self.options.mode,
+            "identity": self.options.identity_name,
+            "store": self.store_state(),
+            "mode": "server" if self.serves_dht else "client",
             "uptime_s": int(time.time() - self.started_at),
             "routing_table": len(self.table),
             "provider_records": self.store_rows.get("provider_records"),

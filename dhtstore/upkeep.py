@@ -27,7 +27,7 @@ import anyio.abc
 
 from . import amino
 from .kadkey import Key
-from .network import multiaddrs
+from .network import dnsaddr, multiaddrs
 from .network.api import Message, MessageType, NetworkError, PeerInfo
 from .network.identify import IdentifyInfo
 from .peerid import PeerId
@@ -188,13 +188,22 @@ class TableUpkeep:
 
         async def dial(addr: str) -> None:
             nonlocal reached
+            conn = None
             try:
-                with anyio.fail_after(DIAL_TIMEOUT):
-                    conn = await self._connect(addr)
-                reached += 1
-            except (TimeoutError, NetworkError, OSError, ValueError) as exc:
-                log.info("bootstrap peer %s unreachable: %s", addr, exc)
+                targets = await dnsaddr.resolve(addr)
+            except ValueError as exc:
+                log.warning("bootstrap address %s is not a multiaddr: %s", addr, exc)
                 return
+            for target in targets:  # the addresses of one peer (or of several, for a bare /dnsaddr)
+                try:
+                    with anyio.fail_after(DIAL_TIMEOUT):
+                        conn = await self._connect(target)
+                    break
+                except (TimeoutError, NetworkError, OSError, ValueError) as exc:
+                    log.info("bootstrap peer %s unreachable: %s", target, exc)
+            if conn is None:
+                return
+            reached += 1
             # Identify runs on every new connection and admits the peer; give it a moment.
             with anyio.move_on_after(ADMISSION_WAIT):
                 while conn.remote_peer not in self.table:  # type: ignore[attr-defined]

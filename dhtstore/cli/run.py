@@ -25,7 +25,7 @@ from ..peerid import PeerId, PeerIdError
 from ..records.sql import key_text
 from ..routing.api import RoutingError
 from . import main
-from .common import Location, fail, location_options, run
+from .common import Location, fail, identity_option, location_options, run
 
 log = logging.getLogger("dhtstore")
 
@@ -63,11 +63,12 @@ def _node_options(
         allow_private = protocol == amino.LAN_PROTOCOL_ID or bool(config.extra.get("allow_private_addrs", False)) or _is_private_bootstrap(boot)
     chosen_mode = mode or config.mode
     return NodeOptions(
-        identity=identity or read_identity(where.identity_file),
+        identity=identity or read_identity(where.identity_file, where.init_command),
+        identity_name=where.identity,
         store_url=where.store_url() if store else None,
         listen=list(listen or config.listen),
         bootstrap=boot,
-        mode="client" if chosen_mode == "client" else "server",  # auto: server until shown unreachable
+        mode=chosen_mode,
         protocol=protocol,
         allow_private_addrs=allow_private,
         ip_diversity=not allow_private,
@@ -87,13 +88,14 @@ def _format_status(status: dict[str, Any]) -> str:
     served = " ".join(f"{k}={v}" for k, v in sorted(requests.items())) or "none"
     errors = sum(v for k, v in status["errors"].items() if "fail" in k or "invalid" in k or "refused" in k)
     return (
-        f"status: table={status['routing_table']} connected={status['connected_peers']} "
+        f"status: identity={status['identity']} store={status['store']} table={status['routing_table']} connected={status['connected_peers']} "
         f"provider_records={status['provider_records']} requests[{served}] errors={errors}"
     )
 
 
 @main.command("run")
 @location_options
+@identity_option
 @click.option("--listen", "listen", multiple=True, metavar="MULTIADDR", help="Listen address (repeatable). [config: listen]")
 @click.option("--bootstrap", "bootstrap", multiple=True, metavar="MULTIADDR", help="Bootstrap peer /…/p2p/ID (repeatable). [config: bootstrap]")
 @click.option("--mode", type=click.Choice(["server", "client", "auto"]), help="Serve the DHT (server) or only use it (client). [config: mode]")
@@ -137,7 +139,7 @@ async def _run_node(opts: NodeOptions, metrics_endpoint: tuple[str, int] | None,
     async with Node.start(opts) as node:
         for addr in node.host.listen_addrs:
             log.info("listening on %s/p2p/%s", addr, node.peer_id)
-        log.info("peer id %s, mode %s, protocol %s, store %s", node.peer_id, opts.mode, opts.protocol, "yes" if opts.store_url else "memory")
+        log.info("identity %s, peer id %s, mode %s, protocol %s, store %s", opts.identity_name, node.peer_id, node.status()["mode"], opts.protocol, "yes" if opts.store_url else "memory")
         if metrics_endpoint:
             node.metrics.serve(*metrics_endpoint)
             log.info("metrics on http://%s:%d/metrics", *metrics_endpoint)
