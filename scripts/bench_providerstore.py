@@ -38,7 +38,6 @@ from pathlib import Path
 
 import anyio
 import asyncpg
-import base58
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -49,7 +48,7 @@ from dhtstore.data.models import metadata
 from dhtstore.data.schema import create_or_upgrade
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.providerstore.sql import SqlProviderStore
-from dhtstore.providerstore.validation import pack_addrs
+from dhtstore.providerstore.validation import base58btc, pack_addrs
 
 WRITERS = 64
 PROVIDERS = 1000  # distinct provider peers; record j is (key j // 2, peer j % PROVIDERS)
@@ -86,10 +85,11 @@ async def pg_admin(url: str, statement: str) -> None:
 async def bytes_on_disk(engine, url: str) -> int:
     if engine.dialect.name == "postgresql":
         tables = [t.name for t in metadata.sorted_tables]
+        total = 0
         async with engine.connect() as conn:
-            return sum(
-                (await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one() for t in tables
-            )
+            for t in tables:
+                total += (await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one()
+        return total
     async with engine.connect() as conn:
         await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
     path = Path(make_url(url).database)
@@ -163,13 +163,13 @@ def raw_sqlite_ceiling(url: str, n: int) -> dict:
         "INSERT INTO peers (peer_id, peer_id_text, addrs, addrs_expire_at, protocols, agent, first_seen_at, last_seen_at)"
         " VALUES (?, ?, ?, ?, '', '', ?, ?) ON CONFLICT (peer_id) DO UPDATE SET addrs = excluded.addrs,"
         " addrs_expire_at = excluded.addrs_expire_at, last_seen_at = excluded.last_seen_at",
-        ((p, base58.b58encode(p).decode(), packed, addrs_expire, now, now) for p in provider_ids),
+        ((p, base58btc(p), packed, addrs_expire, now, now) for p in provider_ids),
     )
     conn.executemany(
         "INSERT INTO provider_records (key_mh, peer_id, key_b58, received_at, expires_at) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (key_mh, peer_id) DO UPDATE SET received_at = excluded.received_at, expires_at = excluded.expires_at",
         (
-            (k, provider_ids[j % PROVIDERS], base58.b58encode(k).decode(), now, expires)
+            (k, provider_ids[j % PROVIDERS], base58btc(k), now, expires)
             for j in range(n)
             for k in (key(j // 2),)
         ),

@@ -82,6 +82,25 @@ def unpack_addrs(blob: bytes) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_PAIRS = [a + b for a in _B58_ALPHABET for b in _B58_ALPHABET]  # index 58*i + j
+
+
+def base58btc(data: bytes) -> str:
+    """``data`` in base58btc: peer ids' text, and keys' (a sha2-256 multihash: its CIDv0 ``Qm…``).
+
+    Same output as ``base58.b58encode`` (a test checks), about 3x faster: it takes
+    two digits per division, and it runs for every record a server receives.
+    """
+    n = int.from_bytes(data, "big")
+    pairs = []
+    while n:
+        n, r = divmod(n, 58 * 58)
+        pairs.append(_B58_PAIRS[r])
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * zeros + "".join(reversed(pairs)).lstrip("1")
+
+
 def utc(epoch_seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch_seconds, UTC)
 
