@@ -4,12 +4,15 @@ Layout of a data directory (default ``~/.dhtstore``)::
 
     config.toml    listen addresses, mode, protocol, bootstrap peers, store URL
     identity.key   the node's Ed25519 private key (libp2p PrivateKey protobuf), mode 0600
+    identities/    further named identities, NAME.key each (``--identity NAME``), for
+                   several processes sharing this config and one PostgreSQL store
     dhtstore.db    the SQLite store, unless config.toml names another store
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,9 @@ from .crypto.keys import KeyFormatError, PrivateKey
 DEFAULT_DATA_DIR = Path("~/.dhtstore")
 CONFIG_FILE_NAME = "config.toml"
 IDENTITY_FILE_NAME = "identity.key"
+IDENTITIES_DIR_NAME = "identities"
+DEFAULT_IDENTITY = "default"  # the name of identity.key in status lines and metrics
+_IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 MODES = ("auto", "server", "client")
 PROTOCOLS = (PROTOCOL_ID, LAN_PROTOCOL_ID)
@@ -116,12 +122,28 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{path}: listen and bootstrap must be lists of strings") from None
 
 
+def identity_path(data_dir: Path, name: str | None) -> Path:
+    """The key file of identity ``name`` (None or "default": ``identity.key``).
+
+    A name is a file name, not a path: letters, digits, ``_``, ``.``, ``-``, at most 64,
+    not starting with a dot, so ``--identity ../x`` cannot leave the data directory.
+    """
+    if name is None or name == DEFAULT_IDENTITY:
+        return data_dir / IDENTITY_FILE_NAME
+    if not _IDENTITY_NAME.fullmatch(name):
+        raise ConfigError(
+            f"identity name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return data_dir / IDENTITIES_DIR_NAME / f"{name}.key"
+
+
 def write_new_identity(path: Path) -> PrivateKey:
     """Generate an Ed25519 identity and write it, readable only by its owner.
 
     Refuses (ConfigError) to overwrite an existing key: it is the node's identity.
     """
     key = PrivateKey.generate()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -131,13 +153,13 @@ def write_new_identity(path: Path) -> PrivateKey:
     return key
 
 
-def read_identity(path: Path) -> PrivateKey:
+def read_identity(path: Path, init_command: str = "dhtstore init") -> PrivateKey:
     try:
         mode = path.stat().st_mode
         if mode & 0o077:
             raise ConfigError(f"{path} is readable by others (mode {mode & 0o777:o}): run `chmod 600 {path}`")
         return PrivateKey.from_protobuf(path.read_bytes())
     except FileNotFoundError:
-        raise ConfigError(f"no identity key at {path}: run `dhtstore init`") from None
+        raise ConfigError(f"no identity key at {path}: run `{init_command}`") from None
     except KeyFormatError as exc:
         raise ConfigError(f"{path} is not a libp2p private key: {exc}") from None

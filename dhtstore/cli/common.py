@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import click
 
-from ..config import CONFIG_FILE_NAME, DEFAULT_DATA_DIR, IDENTITY_FILE_NAME, Config, ConfigError, load
+from ..config import CONFIG_FILE_NAME, DEFAULT_DATA_DIR, DEFAULT_IDENTITY, Config, ConfigError, identity_path, load
 from ..data.engine import StoreError, default_store_url
 
 T = TypeVar("T")
@@ -30,6 +30,7 @@ class Location:
 
     data_dir: Path
     store_option: str | None  # --store / DHTSTORE_STORE, when given
+    identity: str = DEFAULT_IDENTITY  # --identity NAME (run, init)
 
     @property
     def config_file(self) -> Path:
@@ -37,7 +38,12 @@ class Location:
 
     @property
     def identity_file(self) -> Path:
-        return self.data_dir / IDENTITY_FILE_NAME
+        return identity_path(self.data_dir, self.identity)
+
+    @property
+    def init_command(self) -> str:
+        """The command that creates this identity, for error messages."""
+        return "dhtstore init" if self.identity == DEFAULT_IDENTITY else f"dhtstore init --identity {self.identity}"
 
     def config(self) -> Config:
         """The data directory's config, or the defaults when it has none yet."""
@@ -70,6 +76,31 @@ def location_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, data_dir: Path, store: str | None, **kwargs: Any) -> Any:
         where = Location(data_dir.expanduser().absolute(), store or None)
         return command(*args, where=where, **kwargs)
+
+    return wrapper
+
+
+def identity_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--identity NAME`` to a command that has ``location_options`` (apply it
+    first, i.e. below ``@location_options``); it sets ``where.identity``."""
+
+    @click.option(
+        "--identity",
+        "identity",
+        envvar="DHTSTORE_IDENTITY",
+        default=DEFAULT_IDENTITY,
+        show_default=True,
+        metavar="NAME",
+        help="Which identity key: 'default' is identity.key, NAME is identities/NAME.key in the data directory. "
+        "Several processes with different identities can share one config and one PostgreSQL store. [env: DHTSTORE_IDENTITY]",
+    )
+    @functools.wraps(command)
+    def wrapper(*args: Any, where: Location, identity: str, **kwargs: Any) -> Any:
+        try:
+            identity_path(where.data_dir, identity)  # checks the name
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--identity") from None
+        return command(*args, where=replace(where, identity=identity), **kwargs)
 
     return wrapper
 

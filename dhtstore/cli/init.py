@@ -8,16 +8,18 @@ from ..config import Config, read_identity, render, write_new_identity
 from ..data.engine import redact
 from ..data.schema import create_or_upgrade, head_revision
 from . import main
-from .common import Location, location_options, run
+from .common import Location, identity_option, location_options, run
 
 
 @main.command()
 @location_options
+@identity_option
 def init(where: Location) -> None:
     """Create the data directory, identity key, config file and store.
 
     Safe to run again: an existing identity key and config file are kept as they are,
-    and the store is only migrated forward.
+    and the store is only migrated forward. With ``--identity NAME`` it adds (or keeps)
+    the named identity identities/NAME.key beside the others.
     """
     run(_init, where)
 
@@ -25,7 +27,7 @@ def init(where: Location) -> None:
 async def _init(where: Location) -> None:
     where.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if where.identity_file.exists():
-        key = read_identity(where.identity_file)
+        key = read_identity(where.identity_file, where.init_command)
         click.echo(f"identity: kept existing {where.identity_file}")
     else:
         key = write_new_identity(where.identity_file)
@@ -40,4 +42,4 @@ async def _init(where: Location) -> None:
     url = where.store_url()
     await create_or_upgrade(url)
     click.echo(f"store:    {redact(url)} at schema revision {head_revision()}")
-    click.echo(f"peer id:  {key.peer_id()}")
+    click.echo(f"peer id:  {key.peer_id()} (identity {where.identity})")

@@ -71,8 +71,11 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``. SQLite gets WAL, synchronous=NORMAL, foreign keys
-    and a busy timeout on every connection."""
+    and a busy timeout on every connection; PostgreSQL a pre-ping on checkout."""
     parsed = parse_store_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=False))
+    if parsed.get_backend_name() == "postgresql":
+        # A server restart leaves dead connections in the pool: test each on checkout.
+        kwargs.setdefault("pool_pre_ping", True)
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)

@@ -15,6 +15,21 @@ commit, and a read that raced a commit touching its key does not fill the cache.
 
 Expiry. Reads filter expired records themselves; a background sweep deletes them in
 batches, each in its own short transaction.
+
+Shared stores. Several processes (``dhtstore run --identity …``) may share one
+PostgreSQL store: then a cached provider set or address list is kept for at most
+``shared_cache_ttl`` seconds, so a record another process received is served here
+within that time (a TTL rather than LISTEN/NOTIFY: nothing to lose across reconnects,
+no per-commit notification traffic; see BENCHMARKS.md for what it costs), and the
+sweep runs in one process at a time (a PostgreSQL advisory lock). A SQLite store has
+a single writer process, and keeps its caches until they are evicted.
+
+Store outages. A batch whose transaction failed for a connection reason (PostgreSQL
+restarted, the connection killed) is retried on a new connection a few times (as an
+upsert it is idempotent) before its callers are failed: an ``add_provider`` that
+returned was committed, one that raised was maybe not. Meanwhile ``available`` is
+False, reads answer from the caches what they can, and a probe notices the store's
+return.
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,11 +46,11 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import base58
 from anyio.abc import TaskGroup
-from cachetools import LRUCache
-from sqlalchemy import delete, func, select, tuple_
+from cachetools import LRUCache, TTLCache
+from sqlalchemy import delete, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError, NotSupportedError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..amino import PROVIDER_ADDR_TTL, PROVIDER_GC_INTERVAL
@@ -44,7 +59,16 @@ from ..data.models import PeerRow, ProviderRecordRow
 from ..data.schema import open_store
 from ..peerid import PeerId
 from .api import ProviderRecord, ProviderStoreStats
-from .validation import check_addrs, check_key, check_provider, check_ttl, make_record, pack_addrs, unpack_addrs
+from .validation import (
+    check_addrs,
+    check_key,
+    check_provider,
+    check_ttl,
+    base58btc,
+    make_record,
+    pack_addrs,
+    unpack_addrs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +76,11 @@ HOUR = 3600
 RECENT_COMMITS = 64  # commits remembered to tell whether a read raced a write
 PEER_REFRESH = 60  # seconds: how stale peers.last_seen_at / addrs_expire_at may get
 GATHER_ROUNDS = 8  # event-loop turns a transaction waits for more records to join it
+SHARED_CACHE_TTL = 1.0  # seconds a cached entry may hide another process's write
+RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0, 4.0)  # seconds before each retry of a failed batch
+PROBE_INTERVAL = 1.0  # seconds between checks of a store that is down
+SWEEP_LOCK = 0x6468_7473_7765_6570  # advisory lock id ("dhtsweep"): one sweeper per store
+_NOT_TRANSIENT = (IntegrityError, DataError, ProgrammingError, NotSupportedError)  # retrying cannot help
 
 
 @dataclass(slots=True)
@@ -87,12 +116,25 @@ class SqlProviderStore:
         max_batch: int = 2048,
         sweep_interval: timedelta = PROVIDER_GC_INTERVAL,
         sweep_batch: int = 1000,
+        shared: bool | None = None,
+        shared_cache_ttl: float = SHARED_CACHE_TTL,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
     ):
         self._engine = engine
         self._clock = clock
         self._dialect = engine.dialect.name
-        self._sets: LRUCache[bytes, _CachedSet] = LRUCache(cache_size)
-        self._addrs: LRUCache[bytes, tuple[tuple[bytes, ...], int]] = LRUCache(addr_cache_size)
+        # Other processes may write the store: PostgreSQL unless told otherwise.
+        self.shared = self._dialect == "postgresql" if shared is None else shared
+        self._sets: LRUCache[bytes, _CachedSet]
+        self._addrs: LRUCache[bytes, tuple[tuple[bytes, ...], int]]
+        if self.shared:
+            self._sets = TTLCache(cache_size, ttl=shared_cache_ttl, timer=time.monotonic)
+            self._addrs = TTLCache(addr_cache_size, ttl=shared_cache_ttl, timer=time.monotonic)
+        else:
+            self._sets, self._addrs = LRUCache(cache_size), LRUCache(addr_cache_size)
+        self._retry_delays = retry_delays
+        self.available = True  # False from a failed store operation until the store answers again
+        self._down = anyio.Event()
         self._addr_ttl = int(PROVIDER_ADDR_TTL.total_seconds())
         self._max_batch = max_batch
         self._peer_text: LRUCache[bytes, str] = LRUCache(addr_cache_size)  # validated peer id -> base58
@@ -110,7 +152,10 @@ class SqlProviderStore:
         self._task_group: TaskGroup | None = None
         self._closing = False
         self._writer_stopped = anyio.Event()
-        self.counters = {"records_written": 0, "transactions": 0, "write_errors": 0, "swept": 0}
+        self.counters = {
+            "records_written": 0, "transactions": 0, "write_errors": 0, "rejected": 0, "swept": 0,
+            "write_retries": 0, "read_errors": 0, "store_down": 0, "sweeps_skipped": 0,
+        }
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -121,6 +166,7 @@ class SqlProviderStore:
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._writer)
         self._task_group.start_soon(self._sweeper)
+        self._task_group.start_soon(self._prober)
         return self
 
     async def __aexit__(
@@ -139,8 +185,12 @@ class SqlProviderStore:
     async def add_provider(
         self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
     ) -> None:
-        key, addrs, lifetime = check_key(key), check_addrs(addrs), check_ttl(ttl)
-        peer = self._checked_peer(provider)
+        try:
+            key, addrs, lifetime = check_key(key), check_addrs(addrs), check_ttl(ttl)
+            peer = self._checked_peer(provider)
+        except ValueError:
+            self.counters["rejected"] += 1
+            raise
         if self._task_group is None or self._closing:
             raise StoreError("provider store is not running (use it inside `async with`)")
         now = int(self._clock())
@@ -160,7 +210,7 @@ class SqlProviderStore:
         raw = provider.to_bytes() if isinstance(provider, PeerId) else None
         if raw is None or raw not in self._peer_text:
             raw = check_provider(provider)
-            self._peer_text[raw] = base58.b58encode(raw).decode()
+            self._peer_text[raw] = base58btc(raw)
         return raw
 
     async def _writer(self) -> None:
@@ -194,26 +244,67 @@ class SqlProviderStore:
     async def _commit(self, batch: list[_Pending]) -> None:
         # One order for all writers (us and other processes) so PostgreSQL cannot deadlock.
         batch.sort(key=lambda p: (p.key, p.peer))
-        try:
-            with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
-                async with self._engine.begin() as conn:
-                    peers_written = await self._upsert_peers(conn, batch)
-                    await conn.execute(self._upsert_records, [
-                        {"key_mh": p.key, "peer_id": p.peer, "key_b58": base58.b58encode(p.key).decode(),
-                         "received_at": p.received_at, "expires_at": p.expires_at}
-                        for p in batch
-                    ])
-        except OPEN_ERRORS as exc:
-            self.counters["write_errors"] += 1
-            log.warning("provider store: a batch of %d records failed: %s", len(batch), str(exc).splitlines()[0])
-            for p in batch:
-                p.error = exc
-        else:
-            self.counters["records_written"] += len(batch)
-            self.counters["transactions"] += 1
-            self._after_commit(batch, peers_written)
+        rows = [
+            {"key_mh": p.key, "peer_id": p.peer, "key_b58": base58btc(p.key),
+             "received_at": p.received_at, "expires_at": p.expires_at}
+            for p in batch
+        ]
+        with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
+            for retry_delay in (*self._retry_delays, None):
+                try:
+                    async with self._engine.begin() as conn:
+                        peers_written = await self._upsert_peers(conn, batch)
+                        await conn.execute(self._upsert_records, rows)
+                except OPEN_ERRORS as exc:
+                    self._store_failed(exc)
+                    if retry_delay is None or isinstance(exc, _NOT_TRANSIENT):
+                        self.counters["write_errors"] += 1
+                        log.warning("provider store: a batch of %d records failed: %s", len(batch), _first_line(exc))
+                        for p in batch:
+                            p.error = exc
+                        break
+                    self.counters["write_retries"] += 1
+                    await anyio.sleep(retry_delay)  # the pool replaces the dead connections meanwhile
+                else:
+                    self._store_answered()
+                    self.counters["records_written"] += len(batch)
+                    self.counters["transactions"] += 1
+                    self._after_commit(batch, peers_written)
+                    break
         for p in batch:
             p.done.set()
+
+    # -- store health ------------------------------------------------------------
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, _NOT_TRANSIENT):
+            return  # the store answered; the statement was wrong
+        if self.available:
+            self.available = False
+            self.counters["store_down"] += 1
+            self._down.set()
+            log.warning("provider store: store unavailable (%s); serving from cache, retrying", _first_line(exc))
+
+    def _store_answered(self) -> None:
+        if not self.available:
+            self.available = True
+            self._down = anyio.Event()
+            log.warning("provider store: store available again")
+
+    async def _prober(self) -> None:
+        """While the store is down, check it every PROBE_INTERVAL so that ``available``
+        turns True without waiting for a caller."""
+        while True:
+            await self._down.wait()
+            await anyio.sleep(PROBE_INTERVAL)
+            if self.available:
+                continue
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            except OPEN_ERRORS:
+                continue
+            self._store_answered()
 
     async def _upsert_peers(self, conn: Any, batch: list[_Pending]) -> list[_Pending]:
         """Upsert the batch's providers into ``peers``; return the announcements written.
@@ -232,7 +323,7 @@ class SqlProviderStore:
             if last is not None and last[1] > p.received_at - PEER_REFRESH and (not p.addrs or last[0] == p.addrs):
                 continue
             written.append(p)
-            row = {"peer_id": peer, "peer_id_text": self._peer_text.get(peer) or base58.b58encode(peer).decode(),
+            row = {"peer_id": peer, "peer_id_text": self._peer_text.get(peer) or base58btc(peer),
                    "addrs": pack_addrs(p.addrs), "addrs_expire_at": p.received_at + self._addr_ttl if p.addrs else 0,
                    "protocols": "", "agent": "", "first_seen_at": p.received_at, "last_seen_at": p.received_at}
             (with_addrs if p.addrs else without).append(row)
@@ -260,11 +351,15 @@ class SqlProviderStore:
             if p.addrs:
                 self._addrs[p.peer] = (p.addrs, p.received_at + self._addr_ttl)
 
-    def _written_since(self, commit: int, ids: Iterable[bytes]) -> bool:
+    def _touched_since(self, commit: int) -> set[bytes] | None:
+        """Keys and peers written by commits after ``commit``; None if we no longer know."""
         if self._recent and self._recent[0][0] > commit + 1:
-            return True  # older than we remember: assume it was
-        wanted = set(ids)
-        return any(n > commit and not wanted.isdisjoint(touched) for n, touched in self._recent)
+            return None
+        touched: set[bytes] = set()
+        for n, ids in self._recent:
+            if n > commit:
+                touched |= ids
+        return touched
 
     # -- reads --------------------------------------------------------------------
 
@@ -291,14 +386,23 @@ class SqlProviderStore:
             .outerjoin(p, p.peer_id == r.peer_id)
             .where(r.key_mh == key, r.expires_at > int(self._clock()))
         )
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        try:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except OPEN_ERRORS as exc:
+            self.counters["read_errors"] += 1
+            self._store_failed(exc)
+            raise StoreError(f"provider store unavailable: {_first_line(exc)}") from None
+        self._store_answered()
         providers = {bytes(peer): (received, expires) for peer, received, expires, _, _ in rows}
-        if not self._written_since(started, (key, *providers)):  # else a commit raced this read
+        # Cache only what no commit changed while this read ran (the writer updates the
+        # caches after each commit, and this result may predate it).
+        touched = self._touched_since(started)
+        if touched is not None:
             for peer, _, _, blob, addrs_expire_at in rows:
-                if blob is not None:
+                if blob is not None and bytes(peer) not in touched:
                     self._addrs[bytes(peer)] = (unpack_addrs(bytes(blob)), addrs_expire_at)
-            if providers:  # as go: only non-empty sets are cached
+            if providers and key not in touched:  # as go: only non-empty sets are cached
                 self._sets[key] = _CachedSet(providers)
         return providers
 
@@ -313,14 +417,19 @@ class SqlProviderStore:
                 found[peer] = entry[0]
         if missing:
             started = self._commits
-            async with self._engine.connect() as conn:
-                rows = (await conn.execute(
-                    select(PeerRow.peer_id, PeerRow.addrs, PeerRow.addrs_expire_at).where(PeerRow.peer_id.in_(missing))
-                )).all()
-            fresh = not self._written_since(started, missing)
+            try:
+                async with self._engine.connect() as conn:
+                    rows = (await conn.execute(
+                        select(PeerRow.peer_id, PeerRow.addrs, PeerRow.addrs_expire_at).where(PeerRow.peer_id.in_(missing))
+                    )).all()
+            except OPEN_ERRORS as exc:  # the providers are known; only some addresses are not
+                self.counters["read_errors"] += 1
+                self._store_failed(exc)
+                return found
+            touched = self._touched_since(started)
             for peer, blob, expire_at in rows:
                 peer, entry = bytes(peer), (unpack_addrs(bytes(blob)), expire_at)
-                if fresh:
+                if touched is not None and peer not in touched:
                     self._addrs[peer] = entry
                 if expire_at > now:
                     found[peer] = entry[0]
@@ -329,7 +438,26 @@ class SqlProviderStore:
     # -- expiry and counts --------------------------------------------------------
 
     async def sweep_expired(self) -> int:
-        """Delete expired records, ``sweep_batch`` per transaction, so writers never wait long."""
+        """Delete expired records, ``sweep_batch`` per transaction, so writers never wait long.
+
+        On a shared PostgreSQL store only one process sweeps at a time: the others skip
+        this round (they return 0) while the advisory lock is held. The lock belongs to
+        a connection, so a sweeper that dies releases it.
+        """
+        if self._dialect != "postgresql":
+            return await self._sweep_batches()
+        async with self._engine.connect() as lock_conn:
+            lock_conn = await lock_conn.execution_options(isolation_level="AUTOCOMMIT")
+            locked = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": SWEEP_LOCK})).scalar()
+            if not locked:
+                self.counters["sweeps_skipped"] += 1
+                return 0
+            try:
+                return await self._sweep_batches()
+            finally:
+                await lock_conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": SWEEP_LOCK})
+
+    async def _sweep_batches(self) -> int:
         deleted = 0
         now = int(self._clock())
         pk = tuple_(ProviderRecordRow.key_mh, ProviderRecordRow.peer_id)
@@ -355,7 +483,8 @@ class SqlProviderStore:
                 n = await self.sweep_expired()
                 log.debug("provider store: swept %d expired records", n)
             except OPEN_ERRORS as exc:
-                log.warning("provider store: expiry sweep failed: %s", str(exc).splitlines()[0])
+                self._store_failed(exc)
+                log.warning("provider store: expiry sweep failed: %s", _first_line(exc))
 
     async def stats(self) -> ProviderStoreStats:
         now = int(self._clock())
@@ -370,6 +499,11 @@ class SqlProviderStore:
         async with self._engine.connect() as conn:
             records, keys, providers, expiring = (await conn.execute(query)).one()
         return ProviderStoreStats(records, keys, providers, expiring)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 @asynccontextmanager
