@@ -141,6 +141,10 @@ class _Signal:
         self._event.set()
         self._event = anyio.Event()
 
+    def next_fire(self) -> anyio.Event:
+        """The event the next ``fire`` sets: take it before an await that could miss it."""
+        return self._event
+
     async def wait(self) -> None:
         await self._event.wait()
 
@@ -160,6 +164,7 @@ class Stream(anyio.abc.ByteStream):
         self._local_closed = False  # FIN sent
         self._reset = False
         self._credited_ahead = 0  # bytes put back by unread(): already credited to yamux
+        self._discarding = False  # nobody reads any more: incoming data is dropped
 
     @property
     def remote_peer(self) -> PeerId:
@@ -196,13 +201,14 @@ class Stream(anyio.abc.ByteStream):
                 raise anyio.BrokenResourceError
             if self._local_closed:
                 raise anyio.ClosedResourceError
+            writable = self._writable.next_fire()  # a window update may land during the flush
             accepted = self.connection._muxer.send_data(self.stream_id, bytes(view))
             view = view[accepted:]
             await self.connection._flush()
             if not view:
                 return
             if accepted == 0:
-                await self._writable.wait()
+                await writable.wait()
 
     async def send_eof(self) -> None:
         if self._local_closed or self._reset or self.connection.closed:
@@ -236,7 +242,20 @@ class Stream(anyio.abc.ByteStream):
         self._writable.fire()
         self.connection._forget(self)
 
+    def discard_input(self) -> None:
+        """Drop what is buffered and all that arrives from now on, crediting it back,
+        so a stream nobody reads any more holds no memory and never stalls the peer."""
+        self._discarding = True
+        dropped = len(self._buffer) - self._credited_ahead
+        self._buffer.clear()
+        self._credited_ahead = 0
+        if dropped > 0 and not self.connection.closed:
+            self.connection._muxer.consume(self.stream_id, dropped)
+
     def _on_data(self, data: bytes) -> None:
+        if self._discarding:
+            self.connection._muxer.consume(self.stream_id, len(data))
+            return
         self._buffer += data
         self._readable.fire()
 
@@ -276,7 +295,7 @@ class Connection:
         self.closed = False
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)  # no yield when uncontended
         self._closed_event = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._pending_plaintext = upgraded.plaintext
@@ -380,9 +399,13 @@ class Connection:
         self._task_group.start_soon(self._on_inbound_stream, stream)
 
     async def _flush(self) -> None:
+        # Bytes are taken from yamux in call order and the lock is FIFO, so frames
+        # are encrypted and sent in the order yamux produced them.
+        out = self._muxer.data_to_send()
+        if not out or self.closed:
+            return
         async with self._send_lock:
-            out = self._muxer.data_to_send()
-            if out and not self.closed:
+            if not self.closed:
                 await self._sock.send(self._transport.encrypt(out))
 
     async def _consume(self, stream_id: int, n: int) -> None:

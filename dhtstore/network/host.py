@@ -447,6 +447,7 @@ class Host:
             stream.protocol = agreed.protocol
             stream.unread(agreed.leftover)
             await handler(stream)
+            stream.discard_input()
             await stream.aclose()
         except TimeoutError:
             self.stats["stream_negotiation_timeouts"] += 1

@@ -24,7 +24,7 @@ class HostLimits:
     max_pending_handshakes: int = 64  # inbound handshakes in progress; more are refused
     handshake_timeout: float = 10.0  # TCP accept to muxer ready
     dial_timeout: float = 15.0  # TCP connect + handshake, per address
-    max_streams_per_connection: int = 256  # open yamux streams, both directions
+    max_streams_per_connection: int = 128  # open yamux streams, both directions
     negotiate_timeout: float = 10.0  # multistream-select on one stream
 
     def __post_init__(self) -> None:
