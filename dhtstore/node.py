@@ -164,10 +164,13 @@ class Node:
 
     @property
     def serves_dht(self) -> bool:
-        """Server mode. ``auto`` serves only with a public address: an unreachable server
-        would waste its peers' lookups (facts sheet 7, pain points 7 and 9)."""
+        """Server mode. ``auto`` serves on the LAN DHT (where every host is a server) and,
+        on the public DHT, only with a public address: an unreachable server would waste
+        its peers' lookups (facts sheet 7, pain points 7 and 9)."""
         if self.options.mode == "auto":
-            return any(is_public_addr(a) for a in self.host.advertised_addrs())
+            return self.options.protocol == amino.LAN_PROTOCOL_ID or any(
+                is_public_addr(a) for a in self.host.advertised_addrs()
+            )
         return self.options.mode == "server"
 
     # -- routing table ---------------------------------------------------------------

@@ -40,7 +40,7 @@ class RunningNode:
         self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
         env = {**os.environ, "DHTSTORE_DATA_DIR": str(data_dir)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dhtstore", "run", "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--status-interval", "1", *args],
+            [sys.executable, "-m", "dhtstore", "run", "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--mode", "server", "--status-interval", "1", *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + 30
