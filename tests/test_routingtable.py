@@ -2,11 +2,15 @@
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dhtstore.kadkey import Key
 from dhtstore.network.api import PeerInfo
 from dhtstore.peerid import PeerId
 from dhtstore.routingtable.api import RoutingTable
 from dhtstore.routingtable.kbuckets import KBucketTable
+from dhtstore.routingtable.xorsearch import closest_keys
 
 PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 
@@ -129,3 +133,24 @@ def test_ip_diversity_off_by_default():
     rng = random.Random(9)
     table = KBucketTable(Key(0))
     assert sum(table.add(peer(rng, (ip4(7, 7, i, 1),)), 0.0) for i in range(10)) == 10
+
+
+def test_a_wide_table_holding_5000_peers_is_still_exact():
+    rng = random.Random(10)
+    table = KBucketTable(Key.hash(b"wide"), bucket_size=5000)
+    for _ in range(5000):
+        assert table.add(peer(rng), 0.0)
+    for _ in range(30):
+        target = Key.hash(rng.randbytes(8))
+        assert [p.peer_id for p in table.local_closest_peers(target, 20)] == brute_closest(table, target, 20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.sets(st.integers(min_value=0, max_value=(1 << 256) - 1) | st.integers(min_value=0, max_value=64), max_size=80),
+    target=st.integers(min_value=0, max_value=(1 << 256) - 1) | st.integers(min_value=0, max_value=64),
+    n=st.integers(min_value=0, max_value=90),
+)
+def test_closest_keys_equals_brute_force(keys, target, n):
+    ordered = sorted(keys)
+    assert closest_keys(ordered, target, n) == sorted(ordered, key=lambda k: k ^ target)[:n]

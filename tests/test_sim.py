@@ -210,3 +210,13 @@ def test_virtual_time_goes_on_across_runs_and_provider_records_expire():
     net.run(anyio.sleep, 2 * 3600)  # past the 48 h provide validity, nobody reprovided
     assert net.run(seeker.router.find_providers, mh, 1) == []
     assert net.now() > 49 * 3600
+
+
+def test_after_a_refresh_lookups_around_dead_nodes_are_exact_again():
+    net = SimNetwork(SimConfig(nodes=500, seed=16, unresponsive=0.3))
+    net.refresh()
+    assert all(net.by_id[p.peer_id].responsive for node in net.nodes for p in node.table.peers())
+    live = [n.index for n in net.nodes if n.responsive]
+    rng = random.Random(3)
+    keys = [rng.randbytes(32) for _ in range(50)]
+    assert accuracy(net, keys, [rng.choice(live) for _ in keys]) >= 0.98

@@ -8,8 +8,11 @@ sends the requests it asks for, at most α at a time, each under a timeout.
 Termination is go-libp2p-kad-dht's (query.go): the lookup phase ends when the β
 closest peers not known unreachable have all answered, or when no candidate is left
 to ask (starvation). The follow-up phase then asks every one of the k closest that is
-still only Heard (``runLookupWithFollowup``), merging what they return, until each of
-the k closest reachable peers has answered or failed.
+still only Heard (``runLookupWithFollowup``). Unlike go, which ignores what the
+follow-up returns and may answer with peers it never heard from, we merge the
+follow-up's answers and go on until each of the k closest reachable peers has answered
+or failed: the result is the k closest peers that answered, which keeps dead peers out
+of provider and value placement at the cost of a few more requests.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class QueryState:
         self.skipped_peers = 0
         for info in seeds:
             self._add(info, depth=0)
+        self._advance()
 
     @property
     def has_candidates(self) -> bool:
@@ -94,8 +98,6 @@ class QueryState:
     def finished(self) -> bool:
         if self.stopped:
             return True
-        if not self.following_up and self._lookup_terminated():
-            self.following_up = True
         if self.following_up:
             return not any(c.state in (PeerState.HEARD, PeerState.WAITING) for c in self._top_reachable())
         return False
@@ -138,9 +140,11 @@ class QueryState:
                 self._add(info, parent.depth + 1)
             elif info.addrs and not known.info.addrs:
                 known.info = info
+        self._advance()
 
     def on_failure(self, peer: PeerId) -> None:
         self._settle(self._by_id[peer], PeerState.UNREACHABLE)
+        self._advance()
 
     def stop(self) -> None:
         """End the lookup now: an operation-specific goal was met."""
@@ -177,6 +181,11 @@ class QueryState:
                 if len(top) == self.k:
                     break
         return top
+
+    def _advance(self) -> None:
+        """Enter the follow-up phase once the lookup phase has terminated."""
+        if not self.following_up and self._lookup_terminated():
+            self.following_up = True
 
     def _lookup_terminated(self) -> bool:
         closest_beta = []

@@ -5,16 +5,13 @@ Seniority: a full bucket keeps its peers; a newcomer takes the place of a peer o
 after that peer failed a liveness check (``mark_failed``). Long-lived peers are the
 likeliest to stay online, and an attacker cannot flush a bucket by offering new ids.
 
-``local_closest_peers`` is exact without scanning the table. For a target t sharing c
-bits with our key, every peer in bucket c agrees with t on c+1 bits, so it is closer
-than any peer in a deeper bucket (those differ from t at bit c), and those in turn are
-closer than any in bucket c-1, c-2, … (which differ from t at bits c-1, c-2, …). So
-the answer is read off bucket c, then the deeper buckets together, then the shallower
-ones in order, sorting only the few entries of each group.
+``local_closest_peers`` is exact without scanning the table: the table also keeps its
+peers' keys in a sorted list, which ``xorsearch.closest_keys`` descends bit by bit.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from hashlib import sha256
 
@@ -23,6 +20,7 @@ from ..kadkey import BITS, Key
 from ..network.api import PeerInfo
 from ..peerid import PeerId
 from .ipgroups import ip_groups
+from .xorsearch import closest_keys
 
 
 class _Entry:
@@ -55,6 +53,8 @@ class KBucketTable:
         # Buckets 0 … the deepest non-empty one; deeper ones do not exist yet.
         self._buckets: list[dict[PeerId, _Entry]] = []
         self._entries: dict[PeerId, _Entry] = {}
+        self._sorted_keys: list[int] = []  # every entry's key, ascending
+        self._by_key: dict[int, _Entry] = {}
         self._ip_diversity = ip_diversity
         self._max_group = max_per_group
         self._max_group_bucket = max_per_group_per_bucket
@@ -132,22 +132,8 @@ class KBucketTable:
     def local_closest_peers(self, key: Key, n: int) -> list[PeerInfo]:
         if n <= 0:
             return []
-        t = key.value
-        c = BITS - (t ^ self._local).bit_length()
-        buckets = self._buckets
-        found: list[_Entry] = []
-        if c < len(buckets) and buckets[c]:
-            found.extend(sorted(buckets[c].values(), key=lambda e: e.key ^ t))
-        if len(found) < n and c + 1 < len(buckets):
-            deeper = [e for bucket in buckets[c + 1 :] for e in bucket.values()]
-            deeper.sort(key=lambda e: e.key ^ t)
-            found.extend(deeper)
-        j = min(c, len(buckets)) - 1
-        while len(found) < n and j >= 0:
-            if buckets[j]:
-                found.extend(sorted(buckets[j].values(), key=lambda e: e.key ^ t))
-            j -= 1
-        return [e.info for e in found[:n]]
+        by_key = self._by_key
+        return [by_key[k].info for k in closest_keys(self._sorted_keys, key.value, n)]
 
     def _groups_have_room(self, cpl: int, groups: frozenset[bytes]) -> bool:
         return all(
@@ -160,6 +146,8 @@ class KBucketTable:
             self._buckets.append({})
         self._buckets[entry.cpl][entry.info.peer_id] = entry
         self._entries[entry.info.peer_id] = entry
+        self._by_key[entry.key] = entry
+        bisect.insort(self._sorted_keys, entry.key)
         for g in entry.groups:
             self._group_count[g] += 1
             self._bucket_group_count[(entry.cpl, g)] += 1
@@ -167,6 +155,8 @@ class KBucketTable:
     def _drop(self, entry: _Entry) -> None:
         del self._buckets[entry.cpl][entry.info.peer_id]
         del self._entries[entry.info.peer_id]
+        del self._by_key[entry.key]
+        del self._sorted_keys[bisect.bisect_left(self._sorted_keys, entry.key)]
         for g in entry.groups:
             self._group_count[g] -= 1
             self._bucket_group_count[(entry.cpl, g)] -= 1

@@ -88,13 +88,14 @@ class SimNode:
         )
 
     def _report(self, peer: PeerInfo, responded: bool) -> None:
-        """What the node does with lookup outcomes: answering peers are live (and may
-        join the table, as identify would admit a server), silent ones may be replaced."""
+        """What go does with lookup outcomes (query.go ``queryPeer``): a peer that
+        answered is useful (and may join the table, as identify would admit a server);
+        one that failed is dropped from the table (``peerStoppedDHT``)."""
         if responded:
             self.table.add(peer, self.network.now())
             self.table.mark_useful(peer.peer_id, self.network.now())
         else:
-            self.table.mark_failed(peer.peer_id)
+            self.table.remove(peer.peer_id)
 
     def __repr__(self) -> str:
         return f"SimNode({self.index}, {self.peer_id})"
@@ -231,6 +232,16 @@ class SimNetwork:
             node.online = True
         return down, up
 
+    def refresh(self) -> None:
+        """Every node's table as after a routing-table refresh: peers that are offline or
+        unresponsive are evicted and the buckets refilled with live peers."""
+        for node in self.nodes:
+            for peer in node.table.peers():
+                other = self.by_id[peer.peer_id]
+                if not (other.online and other.responsive):
+                    node.table.remove(peer.peer_id)
+            self._fill_table(node, live_only=True)
+
     def add_node(self) -> SimNode:
         """A newcomer, knowing the peers an oracle gives it; the others learn of it when it
         talks to them (run ``await node.router.find_closest_peers(node.peer_id.to_bytes())``)."""
@@ -252,8 +263,9 @@ class SimNetwork:
         self.by_id[peer_id] = node
         return node
 
-    def _fill_table(self, node: SimNode) -> None:
-        """Fill each bucket with up to k random peers from its region of the keyspace."""
+    def _fill_table(self, node: SimNode, live_only: bool = False) -> None:
+        """Fill each bucket with up to k random peers from its region of the keyspace
+        (live ones only, when refreshing)."""
         k = self.config.bucket_size
         v = node.key.value
         keys = self._sorted_keys
@@ -265,6 +277,9 @@ class SimNetwork:
                 break  # nobody else shares these cpl bits with us, nor any longer prefix
             region = (v >> (shift - 1) ^ 1) << (shift - 1)  # first cpl bits ours, next one flipped
             rlo, rhi = bisect.bisect_left(keys, region), bisect.bisect_left(keys, region + (1 << (shift - 1)))
-            if rhi > rlo:
-                for i in self.rng.sample(range(rlo, rhi), min(k, rhi - rlo)):
-                    node.table.add(self._by_key[keys[i]].info, 0.0)
+            # a full bucket refuses more, so with live_only a few extra draws make up for dead picks
+            draws = min(rhi - rlo, 4 * k if live_only else k)
+            for i in self.rng.sample(range(rlo, rhi), draws):
+                peer = self._by_key[keys[i]]
+                if not live_only or (peer.online and peer.responsive):
+                    node.table.add(peer.info, self.now())
