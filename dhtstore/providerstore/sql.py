@@ -17,7 +17,7 @@ Expiry. Reads filter expired records themselves; a background sweep deletes them
 batches, each in its own short transaction.
 
 Shared stores. Several processes (``dhtstore run --identity …``) may share one
-PostgreSQL store: then a cached provider set or address list is kept for at most
+PostgreSQL store: then a cached provider set or address list is used for at most
 ``shared_cache_ttl`` seconds, so a record another process received is served here
 within that time (a TTL rather than LISTEN/NOTIFY: nothing to lose across reconnects,
 no per-commit notification traffic; see BENCHMARKS.md for what it costs), and the
@@ -28,8 +28,8 @@ Store outages. A batch whose transaction failed for a connection reason (Postgre
 restarted, the connection killed) is retried on a new connection a few times (as an
 upsert it is idempotent) before its callers are failed: an ``add_provider`` that
 returned was committed, one that raised was maybe not. Meanwhile ``available`` is
-False, reads answer from the caches what they can, and a probe notices the store's
-return.
+False, reads answer from the caches what they can (a shared store's stale sets too),
+and a probe notices the store's return.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ class _Pending:
 @dataclass(slots=True)
 class _CachedSet:
     providers: dict[bytes, tuple[int, int]]  # peer -> (received_at, expires_at)
+    fetched_at: float = field(default_factory=time.monotonic)  # for a shared store's TTL
 
 
 class SqlProviderStore:
@@ -125,13 +126,13 @@ class SqlProviderStore:
         self._dialect = engine.dialect.name
         # Other processes may write the store: PostgreSQL unless told otherwise.
         self.shared = self._dialect == "postgresql" if shared is None else shared
-        self._sets: LRUCache[bytes, _CachedSet]
-        self._addrs: LRUCache[bytes, tuple[tuple[bytes, ...], int]]
-        if self.shared:
-            self._sets = TTLCache(cache_size, ttl=shared_cache_ttl, timer=time.monotonic)
-            self._addrs = TTLCache(addr_cache_size, ttl=shared_cache_ttl, timer=time.monotonic)
-        else:
-            self._sets, self._addrs = LRUCache(cache_size), LRUCache(addr_cache_size)
+        self._sets: LRUCache[bytes, _CachedSet] = LRUCache(cache_size)
+        # A stale set is refetched, but kept to answer from while the store is down.
+        self._set_ttl = shared_cache_ttl if self.shared else None
+        self._addrs: LRUCache[bytes, tuple[tuple[bytes, ...], int]] = (
+            TTLCache(addr_cache_size, ttl=shared_cache_ttl, timer=time.monotonic) if self.shared
+            else LRUCache(addr_cache_size)
+        )
         self._retry_delays = retry_delays
         self.available = True  # False from a failed store operation until the store answers again
         self._down = anyio.Event()
@@ -154,7 +155,7 @@ class SqlProviderStore:
         self._writer_stopped = anyio.Event()
         self.counters = {
             "records_written": 0, "transactions": 0, "write_errors": 0, "rejected": 0, "swept": 0,
-            "write_retries": 0, "read_errors": 0, "store_down": 0, "sweeps_skipped": 0,
+            "write_retries": 0, "read_errors": 0, "store_down": 0, "sweeps_skipped": 0, "stale_reads": 0,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -377,7 +378,7 @@ class SqlProviderStore:
     async def _provider_set(self, key: bytes) -> dict[bytes, tuple[int, int]]:
         """The key's providers, from the LRU or else (with their addresses) from one query."""
         cached = self._sets.get(key)
-        if cached is not None:
+        if cached is not None and (self._set_ttl is None or time.monotonic() - cached.fetched_at < self._set_ttl):
             return cached.providers
         started = self._commits
         r, p = ProviderRecordRow, PeerRow
@@ -392,6 +393,9 @@ class SqlProviderStore:
         except OPEN_ERRORS as exc:
             self.counters["read_errors"] += 1
             self._store_failed(exc)
+            if cached is not None:  # stale, but the best answer while the store is down
+                self.counters["stale_reads"] += 1
+                return cached.providers
             raise StoreError(f"provider store unavailable: {_first_line(exc)}") from None
         self._store_answered()
         providers = {bytes(peer): (received, expires) for peer, received, expires, _, _ in rows}
