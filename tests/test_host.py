@@ -204,8 +204,13 @@ async def test_streams_past_the_limit_are_refused() -> None:
         server.set_handler("/test/hold/1.0.0", hold)
         async with Host(PrivateKey.generate()) as client:
             await client.connect(addr_of(server))
-            with anyio.fail_after(5):  # identify's stream may still be open: wait for it
-                while server.connection(client.peer_id).num_streams:  # type: ignore[union-attr]
+            with anyio.fail_after(5):  # identify's streams (both ways) must be done first
+                while (
+                    server.identify.info(client.peer_id) is None
+                    or client.identify.info(server.peer_id) is None
+                    or server.connection(client.peer_id).num_streams  # type: ignore[union-attr]
+                    or server.connection(client.peer_id)._muxer.stream_ids  # type: ignore[union-attr]
+                ):
                     await anyio.sleep(0.01)
             held = [await client.new_stream(server.peer_id, ["/test/hold/1.0.0"]) for _ in range(2)]
             with pytest.raises(NetworkError):
@@ -231,8 +236,10 @@ async def test_idle_connections_are_trimmed_to_the_low_water_mark() -> None:
             clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(3)]
             for client in clients:
                 await client.connect(addr_of(server))
-            with anyio.fail_after(5):
-                while any(c.num_streams for c in server._connections.values()):  # identify done
+            with anyio.fail_after(5):  # identify done both ways on every connection
+                while any(server.identify.info(c.peer_id) is None for c in clients) or any(
+                    c.num_streams for c in server._connections.values()
+                ):
                     await anyio.sleep(0.01)
             await server.trim()
             assert len(server.connected_peers()) == 1
@@ -298,3 +305,29 @@ async def test_new_stream_to_a_peer_info_uses_its_addresses(hosts: list[Host]) -
     assert await stream.receive() == b"hi"
     with pytest.raises(DialError, match="no TCP address"):
         await a.connect(PeerInfo(PrivateKey.generate().peer_id()))
+
+
+async def test_a_handshake_stalled_midway_is_dropped_after_its_timeout() -> None:
+    limits = HostLimits(handshake_timeout=0.2)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        host, port = multiaddrs.tcp_endpoint(server.listen_addrs[0])
+        async with await anyio.connect_tcp(host, port) as sock:
+            # agree on /noise, then send half of the first Noise message and stall
+            await sock.send(b"\x13/multistream/1.0.0\n\x07/noise\n\x00\x20" + b"\x01" * 16)
+            with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                while True:
+                    await sock.receive()
+        assert server.stats["handshake_timeouts"] == 1
+
+
+async def test_a_stream_that_never_negotiates_is_reset() -> None:
+    limits = HostLimits(negotiate_timeout=0.2)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        async with Host(PrivateKey.generate()) as client:
+            conn = await client.connect(addr_of(server))
+            stream = await conn.open_stream()  # no multistream-select at all
+            with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
+                while True:
+                    await stream.receive()
+            assert server.stats["stream_negotiation_timeouts"] == 1
+            assert client.connection(server.peer_id) is conn  # the connection stays
