@@ -119,7 +119,7 @@ class SqlProviderStore:
         sweep_batch: int = 1000,
         shared: bool | None = None,
         shared_cache_ttl: float = SHARED_CACHE_TTL,
-        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+        retry_delays: tuple[float, ...] | None = None,
     ):
         self._engine = engine
         self._clock = clock
@@ -133,7 +133,9 @@ class SqlProviderStore:
             TTLCache(addr_cache_size, ttl=shared_cache_ttl, timer=time.monotonic) if self.shared
             else LRUCache(addr_cache_size)
         )
-        self._retry_delays = retry_delays
+        # None: RETRY_DELAYS on a server; none on SQLite, a local file whose errors are not
+        # lost connections (and whose busy timeout already waits for other writers).
+        self._retry_delays = retry_delays if retry_delays is not None else (() if self._dialect == "sqlite" else RETRY_DELAYS)
         self.available = True  # False from a failed store operation until the store answers again
         self._down = anyio.Event()
         self._addr_ttl = int(PROVIDER_ADDR_TTL.total_seconds())
