@@ -32,11 +32,10 @@ def operations(node) -> list[str]:
 
 def test_protocols_are_recognised(net):
     router = net.node(0).router
-    for protocol in (dht.DHT, dht.FindPeerDHT, dht.ValueDHT, dht.FeaturePeersDHT, ipfs.FindProvidersDHT, ipfs.ProvideDHT):
-        assert isinstance(router, protocol)
+    richer = (dht.FindPeerDHT, dht.ValueDHT, dht.FeaturePeersDHT, ipfs.FindProvidersDHT, ipfs.ProvideDHT)
+    assert all(isinstance(router, p) for p in (dht.DHT, *richer))
     plain = ClosestOnly(router)
-    assert isinstance(plain, dht.DHT)
-    assert not any(isinstance(plain, p) for p in (dht.FindPeerDHT, dht.ValueDHT, ipfs.FindProvidersDHT, ipfs.ProvideDHT))
+    assert isinstance(plain, dht.DHT) and not any(isinstance(plain, p) for p in richer)
 
 
 @pytest.mark.parametrize("generic", [False, True])

@@ -145,12 +145,12 @@ def test_a_wide_table_holding_5000_peers_is_still_exact():
         assert [p.peer_id for p in table.local_closest_peers(target, 20)] == brute_closest(table, target, 20)
 
 
+# wide keys, and small ones that share long prefixes
+KEYS = st.integers(min_value=0, max_value=(1 << 256) - 1) | st.integers(min_value=0, max_value=64)
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    keys=st.sets(st.integers(min_value=0, max_value=(1 << 256) - 1) | st.integers(min_value=0, max_value=64), max_size=80),
-    target=st.integers(min_value=0, max_value=(1 << 256) - 1) | st.integers(min_value=0, max_value=64),
-    n=st.integers(min_value=0, max_value=90),
-)
+@given(keys=st.sets(KEYS, max_size=80), target=KEYS, n=st.integers(min_value=0, max_value=90))
 def test_closest_keys_equals_brute_force(keys, target, n):
     ordered = sorted(keys)
     assert closest_keys(ordered, target, n) == sorted(ordered, key=lambda k: k ^ target)[:n]

@@ -147,11 +147,12 @@ async def test_put_value_refuses_an_older_ipns_record(node):
     routing_key = ipns.routing_key(key.peer_id())
     eol = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
     newer, older = ipns.create(key, b"/ipfs/new", 2, eol), ipns.create(key, b"/ipfs/old", 1, eol)
-    await node.handler.handle(node.known[0], Message(MessageType.PUT_VALUE, key=routing_key, record=Record(routing_key, newer)))
+    def put(value: bytes) -> Message:
+        return Message(MessageType.PUT_VALUE, key=routing_key, record=Record(routing_key, value))
+
+    await node.handler.handle(node.known[0], put(newer))
     with pytest.raises(InvalidRequest):
-        await node.handler.handle(
-            node.known[0], Message(MessageType.PUT_VALUE, key=routing_key, record=Record(routing_key, older))
-        )
+        await node.handler.handle(node.known[0], put(older))
     assert (await node.values.get(routing_key)).value == newer
 
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 def _need(value: object, name: str, t: DHT, protocol: type) -> None:
     if value is None:
-        raise TypeError(f"{type(t).__name__} does not implement {protocol.__name__}; pass {name}= to run the generic algorithm")
+        raise TypeError(
+            f"{type(t).__name__} does not implement {protocol.__name__}; pass {name}= to run the generic algorithm"
+        )
 
 
 async def find_peer(t: DHT, peer_id: PeerId) -> PeerInfo | None:
