@@ -98,9 +98,12 @@ def test_history_lists_revisions() -> None:
         (["db", "stats", "--store", "oracle://x@y/z"], "unsupported store"),
         (["db", "upgrade", "nonsense", "--store", "sqlite+aiosqlite:///{tmp}/s.db"], "Can't locate revision"),
         (["db", "stats", "--data-dir", "{tmp}/absent"], "dhtstore init"),
+        (["db", "upgrade", "--store", "sqlite+aiosqlite:///{tmp}/file/sub/s.db"], "cannot create the store's directory"),
+        (["init", "--data-dir", "{tmp}/file/sub"], "Not a directory"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "file").write_text("a file where a directory should be")
     code, out = invoke(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert code == 1 and message in one_line_error(out)
 

@@ -111,6 +111,9 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return anyio.run(fn, *args)
     except (StoreError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. a data directory we may not write
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
 
 def fail(message: str) -> click.ClickException:

@@ -58,7 +58,10 @@ def _check_exists(url: str, create: bool) -> None:
     if path is not None and not path.exists():
         if not create:
             raise fail(f"no store at {path}: run `dhtstore init` or `dhtstore db upgrade`")
-        ensure_sqlite_dir(parsed)
+        try:
+            ensure_sqlite_dir(parsed)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
 
 
 @db.command()

@@ -92,7 +92,10 @@ def describe_open_error(url: str | URL, exc: BaseException) -> str:
 def ensure_sqlite_dir(url: URL) -> None:
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's directory {path.parent}: {exc.strerror}") from None
 
 
 def store_size_bytes(url: URL) -> int | None:
