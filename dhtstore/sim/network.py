@@ -134,8 +134,10 @@ class SimMessenger:
             reply = await target.handler.handle(self._owner.info, message)
         except InvalidRequest as exc:
             raise NetworkError(f"{peer.peer_id} reset the stream: {exc}") from None
-        # The target learns of a live server that talked to it (identify, then the table).
-        target.table.add(self._owner.info, net.now())
+        # The target learns of a server that talked to it (identify), and admits it if it
+        # passes go's lookupCheck (a FIND_NODE it must answer): unresponsive nodes do not.
+        if self._owner.responsive:
+            target.table.add(self._owner.info, net.now())
         return reply
 
     async def _time_out(self) -> None:
