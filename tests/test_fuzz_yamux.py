@@ -67,6 +67,17 @@ def test_random_frame_sequences(frame_list, cuts):
     feed_hostile(YamuxConnection(is_client=False, max_streams=2, max_ack_backlog=1), data, cuts)
 
 
+@settings(max_examples=200, deadline=None)
+@given(frames, cuts)
+def test_random_frames_against_streams_we_opened(frame_list, cuts):
+    client = YamuxConnection(is_client=True, max_ack_backlog=2)
+    for _ in range(2):
+        stream_id = client.open_stream()
+        client.send_data(stream_id, b"z" * 300_000)  # cut short: waits for window updates
+    client.data_to_send()
+    feed_hostile(client, b"".join(frame_list), cuts)
+
+
 def real_traffic() -> bytes:
     """What a client sends: streams opened, data, FIN, RST, ping, go-away."""
     client = YamuxConnection(is_client=True)
