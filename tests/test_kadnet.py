@@ -202,3 +202,11 @@ def test_rate_limiter_buckets_are_per_peer() -> None:
     assert limiter.delay("b") == 0.0
     now[0] = 1.0
     assert limiter.delay("a") == 0.0  # refilled
+
+
+async def test_unreachable_peers_leave_no_sender_behind(pair: Pair) -> None:
+    for _ in range(3):
+        with pytest.raises(NetworkError):
+            await pair.messenger.request(PeerInfo(PrivateKey.generate().peer_id()), Message(MessageType.FIND_NODE))
+    await pair.messenger.request(pair.target, Message(MessageType.FIND_NODE))
+    assert list(pair.messenger._senders) == [pair.server.peer_id]

@@ -68,6 +68,17 @@ class LibP2PKadMessenger:
     async def _exchange(self, peer: PeerInfo, message: Message, expect_reply: bool) -> Message | None:
         frame = encode_frame(message)
         sender = self._senders.setdefault(peer.peer_id, _PeerSender())
+        try:
+            return await self._exchange_locked(sender, peer, frame, message, expect_reply)
+        finally:
+            # a peer we could not reach keeps no entry (the table stays bounded)
+            if sender.stream is None and not sender.lock.statistics().tasks_waiting:
+                if self._senders.get(peer.peer_id) is sender:
+                    del self._senders[peer.peer_id]
+
+    async def _exchange_locked(
+        self, sender: _PeerSender, peer: PeerInfo, frame: bytes, message: Message, expect_reply: bool
+    ) -> Message | None:
         async with sender.lock:
             for attempt in range(2):
                 fresh = sender.stream is None
