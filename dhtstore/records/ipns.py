@@ -136,22 +136,22 @@ def verify(name: PeerId, raw: bytes, now_ns: int) -> IpnsRecord:
 
     Raises IpnsError on the first failed check.
     """
-    entry = parse(raw)  # steps 1 and 4: size, then the DAG-CBOR document
-    pb = entry.pb
+    record = parse(raw)  # steps 1 and 4: size, then the DAG-CBOR document
+    pb = record.pb
     if not pb.signatureV2:  # step 2
         raise IpnsError("record has no signatureV2")
     public_key = _public_key(name, pb)  # step 3
     if not public_key.verify(SIGNATURE_V2_PREFIX + pb.data, pb.signatureV2):  # steps 5-6
         raise IpnsError("signatureV2 does not verify")
     if pb.signatureV1 or pb.value:  # step 7: V1 fields must repeat the signed ones
-        v1 = (pb.value, pb.validity, int(pb.validityType), pb.sequence, pb.ttl)
-        signed = (entry.value, entry.validity, entry.validity_type, entry.sequence, entry.ttl_ns)
-        for field_name, ours, theirs in zip(("value", "validity", "validityType", "sequence", "ttl"), v1, signed):
-            if ours != theirs:
+        legacy = (pb.value, pb.validity, int(pb.validityType), pb.sequence, pb.ttl)
+        signed = (record.value, record.validity, record.validity_type, record.sequence, record.ttl_ns)
+        for field_name, v1_value, signed_value in zip(("value", "validity", "validityType", "sequence", "ttl"), legacy, signed):
+            if v1_value != signed_value:
                 raise IpnsError(f"V1 field {field_name} differs from the signed data")
-    if entry.eol_ns() <= now_ns:  # step 8
+    if record.eol_ns() <= now_ns:  # step 8
         raise IpnsError("record has expired (Validity is in the past)")
-    return entry
+    return record
 
 
 def _public_key(name: PeerId, pb: ipns_pb2.IpnsEntry) -> PublicKey:
@@ -176,16 +176,16 @@ def select(values: list[bytes]) -> int:
     """Index of the best record (callers verify first). Raises IpnsError if one does not parse."""
     if not values:
         raise IpnsError("no records to select from")
-    entries = [parse(v) for v in values]
+    records = [parse(v) for v in values]
     best = 0
-    for j in range(1, len(entries)):
-        if _rank(entries[j]) > _rank(entries[best]):
-            best = j
+    for j in range(1, len(records)):
+        if _rank(records[j]) > _rank(records[best]):
+            best = j  # strictly better: on a full tie the first stays, as boxo selectRecord
     return best
 
 
-def _rank(entry: IpnsRecord) -> tuple[bool, int, int, bytes]:
-    return bool(entry.pb.signatureV2), entry.sequence, entry.eol_ns(), entry.raw
+def _rank(record: IpnsRecord) -> tuple[bool, int, int, bytes]:
+    return bool(record.pb.signatureV2), record.sequence, record.eol_ns(), record.raw
 
 
 def create(
