@@ -235,3 +235,21 @@ def test_revisions_form_one_line_from_base_to_head() -> None:
     assert len(script.get_heads()) == 1, "two heads: merge them with a new revision"
     for older, newer in zip(found, found[1:], strict=False):
         assert script.get_revision(newer).down_revision == older
+
+
+def test_readme_shows_the_refusal_messages_the_code_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Upgrading" quotes both refusals for revisions 0001 and 0002; they are the
+    guard's messages (whatever the real revisions are)."""
+    from dhtstore.data import schema
+    from dhtstore.data.engine import StoreError
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    store = "postgresql+asyncpg://dht@127.0.0.1/dht"
+    for head, found in (("0002", "0001"), ("0001", "0002")):  # newer code, then newer store
+        monkeypatch.setattr(schema, "head_revision", lambda head=head: head)
+        monkeypatch.setattr(schema, "_known_revisions", lambda head=head: {"0001", head})
+        with pytest.raises(StoreError) as refused:
+            schema.check_revision(store, found, has_tables=True)
+        message = str(refused.value)
+        assert f"revision {found}" in message and f"dhtstore's {head}" in message and "`dhtstore db " in message
+        assert f"Error: {message}\n" in readme, message

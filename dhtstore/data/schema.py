@@ -76,7 +76,7 @@ def check_revision(store: str, found: str | None, has_tables: bool) -> None:
         raise StoreError(f"store {store} is at schema revision {found}, older than this dhtstore's {head}: run `dhtstore db upgrade`")
     raise StoreError(
         f"store {store} is at schema revision {found}, newer than this dhtstore's {head}: "
-        "upgrade dhtstore, or downgrade the store with the newer version"
+        f"upgrade dhtstore, or run `dhtstore db downgrade {head}` with the newer dhtstore"
     )
 
 
