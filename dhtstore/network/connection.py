@@ -202,7 +202,11 @@ class Stream(anyio.abc.ByteStream):
             if self._local_closed:
                 raise anyio.ClosedResourceError
             writable = self._writable.next_fire()  # a window update may land during the flush
-            accepted = self.connection._muxer.send_data(self.stream_id, bytes(view))
+            muxer = self.connection._muxer
+            # Copy only what fits; with no window, offer one byte so yamux marks the
+            # stream blocked and reports StreamWritable when the window reopens.
+            fits = min(len(view), muxer.send_window(self.stream_id))
+            accepted = muxer.send_data(self.stream_id, bytes(view[: fits or 1]))
             view = view[accepted:]
             await self.connection._flush()
             if not view:
