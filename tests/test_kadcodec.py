@@ -193,3 +193,23 @@ def test_fuzz_mutated_frames_raise_only_codec_errors(mutations: list[tuple[int, 
                 pass
     except KadCodecError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("text_or_raw", "valid"),
+    [
+        ("/ip4/127.0.0.1/tcp/4001", True),
+        ("/ip6/::1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", True),
+        ("/dns4/example.com/tcp/443/wss", True),
+        (b"\x04\x7f\x00", False),  # truncated address
+        (b"\x04\x7f\x00\x00\x01\x06\x0f", False),  # truncated port
+        (bytes([0x8F, 0xCE, 0x06]) + b"\x00", False),  # unknown protocol code
+        (b"\x36\x03\xff\xfe\xfd", False),  # dns4 that is not text
+        (b"", False),
+    ],
+)
+def test_binary_multiaddr_checks(text_or_raw: str | bytes, valid: bool) -> None:
+    from dhtstore.network.multiaddrs import is_valid
+
+    raw = parse_multiaddr(text_or_raw).to_bytes() if isinstance(text_or_raw, str) else text_or_raw
+    assert is_valid(raw) is valid
