@@ -12,7 +12,7 @@ import textwrap
 
 import anyio
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from dhtstore.data.engine import StoreError, make_engine
 from dhtstore.data.models import PeerRow, ProviderRecordRow
@@ -171,3 +171,22 @@ async def test_records_survive_kill_9_and_a_second_process_writes_alongside(sqli
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     assert await _count(sqlite_store_url) == 600
+
+
+async def test_a_failed_transaction_fails_its_callers_and_the_store_carries_on(sqlite_store_url: str) -> None:
+    async with open_provider_store(sqlite_store_url) as store:
+        await store.add_provider(mh(1), peer(0))
+        engine = make_engine(sqlite_store_url)
+        async with engine.begin() as conn:  # another writer breaks the table under us
+            await conn.execute(text("ALTER TABLE provider_records RENAME TO provider_records_away"))
+        with pytest.raises(StoreError, match="not stored"):
+            await store.add_provider(mh(2), peer(0))
+        assert store.counters["write_errors"] == 1
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE provider_records_away RENAME TO provider_records"))
+        await engine.dispose()
+        await store.add_provider(mh(3), peer(0))
+        with pytest.raises(ValueError):
+            await store.add_provider(b"junk", peer(0))
+        assert store.counters["rejected"] == 1
+    assert await _count(sqlite_store_url) == 2
