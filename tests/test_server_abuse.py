@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import anyio
