@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Benchmark one PostgreSQL provider store shared by several processes (issue 7).
+
+- Ingest: N provider records per process through ``SqlProviderStore.add_provider``
+  (64 concurrent callers per process, as a busy server's handlers), first one process
+  alone, then three at once on the same store (each its own keys, all from one pool of
+  provider peers, so their ``peers`` upserts meet); records/s over the wall time.
+- ``get_providers`` latency in each of the three processes, on keys another process
+  wrote (every one must be found: the cross-process check), cold (first read) and
+  repeated within the cache TTL.
+- Cache policy on a shared store (one process, 200 hot keys read round-robin): the
+  TTL cache the store uses (1 s), no cache (TTL 0), and the single-process LRU that
+  would hide other processes' writes; lookups/s and p50/p99.
+
+    python scripts/bench_shared_store.py                  # 20k records per process
+    python scripts/bench_shared_store.py --records 50000
+    DHTSTORE_BENCH_PG_URL=postgresql+asyncpg://postgres@127.0.0.1/test python scripts/bench_shared_store.py
+
+Runs in a scratch database created (and dropped) through the given URL. Each process
+is a fresh interpreter started with ``--worker``. Figures are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+
+import anyio
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.engine import make_engine
+from dhtstore.data.models import metadata
+from dhtstore.data.schema import create_or_upgrade
+from dhtstore.multihash import SHA2_256, Multihash
+from dhtstore.providerstore.sql import SHARED_CACHE_TTL, SqlProviderStore
+
+CALLERS = 64
+PROVIDERS = 1000
+ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001
+LOOKUPS = 2000
+HOT_KEYS = 200
+
+
+def key(i: int) -> bytes:
+    return Multihash(SHA2_256, hashlib.sha256(b"shared %d" % i).digest()).to_bytes()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+def ms(values: list[float]) -> str:
+    return f"p50 {percentile(values, 0.5) * 1e3:.2f} ms, p99 {percentile(values, 0.99) * 1e3:.2f} ms"
+
+
+# -- worker (one process) ------------------------------------------------------------
+
+
+async def worker(url: str, index: int, count: int, start_at: float, read_from: list[int]) -> dict:
+    peers = [PrivateKey.generate().peer_id() for _ in range(PROVIDERS)]  # hosts fake providers; ids differ per process
+    rng = random.Random(index)
+    engine = make_engine(url, pool_size=CALLERS // 4, max_overflow=CALLERS)
+    out: dict = {"index": index}
+    async with SqlProviderStore(engine) as store:
+        base = index * count
+        todo = iter(range(count))
+
+        async def caller() -> None:
+            for j in todo:
+                await store.add_provider(key(base + j), peers[j % PROVIDERS], (ADDR,))
+
+        await anyio.sleep(max(0.0, start_at - time.time()))
+        started = time.time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(CALLERS):
+                tg.start_soon(caller)
+        out.update(started=started, ended=time.time(), transactions=store.counters["transactions"])
+        if read_from:
+            await anyio.sleep(max(0.0, out["ended"] + 0.5 - time.time()))
+            cold, warm, missing = [], [], 0
+            for _ in range(LOOKUPS // 2):
+                other = rng.choice(read_from)
+                k = key(other * count + rng.randrange(count))
+                for sink in (cold, warm):  # the second read is within the TTL
+                    t = time.perf_counter()
+                    found = await store.get_providers(k)
+                    sink.append(time.perf_counter() - t)
+                missing += not found
+            out.update(cold=cold, warm=warm, missing=missing)
+    await engine.dispose()
+    return out
+
+
+async def cache_policy(url: str, label: str, **options) -> str:  # type: ignore[no-untyped-def]
+    engine = make_engine(url)
+    async with SqlProviderStore(engine, **options) as store:
+        keys = [key(i) for i in range(HOT_KEYS)]
+        for k in keys:  # fill
+            await store.get_providers(k)
+        latencies = []
+        began = time.perf_counter()
+        deadline = began + 3.0  # several TTL periods
+        i = 0
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            await store.get_providers(keys[i % HOT_KEYS])
+            latencies.append(time.perf_counter() - t)
+            i += 1
+        rate = len(latencies) / (time.perf_counter() - began)
+    await engine.dispose()
+    return f"{label:<34} {rate:>9,.0f} lookups/s  {ms(latencies)}"
+
+
+# -- driver ----------------------------------------------------------------------------
+
+
+def spawn(url: str, count: int, n: int) -> list[dict]:
+    start_at = time.time() + 4.0  # past every process's imports and engine setup
+    procs = []
+    for i in range(n):
+        read_from = [j for j in range(n) if j != i]
+        args = json.dumps({"url": url, "index": i, "count": count, "start_at": start_at, "read_from": read_from})
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", args], stdout=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=3600)
+        if p.returncode != 0:
+            raise SystemExit(f"worker failed ({p.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+async def admin(url: str, *statements: str) -> None:
+    u = make_url(url)
+    conn = await asyncpg.connect(user=u.username, password=u.password, host=u.host, port=u.port or 5432, database=u.database)
+    try:
+        for s in statements:
+            await conn.execute(s)
+    finally:
+        await conn.close()
+
+
+def empty(url: str) -> None:
+    anyio.run(admin, url, *(f"DELETE FROM {t.name}" for t in reversed(metadata.sorted_tables)), "VACUUM ANALYZE")
+
+
+def ingest_line(label: str, results: list[dict], count: int) -> float:
+    wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    rate = count * len(results) / wall
+    txs = sum(r["transactions"] for r in results)
+    print(f"{label:<26} {count * len(results):>8,} records in {wall:6.2f} s = {rate:>8,.0f} records/s ({txs:,} transactions)")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20_000, help="records per process")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        w = json.loads(args.worker)
+        print(json.dumps(anyio.run(worker, w["url"], w["index"], w["count"], w["start_at"], w["read_from"])))
+        return
+
+    base = os.environ.get("DHTSTORE_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    name = f"dhtstore_bench_{secrets.token_hex(4)}"
+    anyio.run(admin, base, f'CREATE DATABASE "{name}"')
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    try:
+        anyio.run(create_or_upgrade, url)
+        print(f"PostgreSQL shared store, {args.records:,} records per process, {CALLERS} concurrent callers each, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+        one = ingest_line("1 process", spawn(url, args.records, 1), args.records)
+        empty(url)
+        three_results = spawn(url, args.records, 3)
+        three = ingest_line("3 processes, one store", three_results, args.records)
+        print(f"three writers / one: {three / one:.2f}x (load average now {os.getloadavg()[0]:.1f})")
+        cold = [x for r in three_results for x in r["cold"]]
+        warm = [x for r in three_results for x in r["warm"]]
+        missing = sum(r["missing"] for r in three_results)
+        print(f"get_providers of another process's key: first read {ms(cold)}; again within {SHARED_CACHE_TTL:g} s {ms(warm)}; "
+              f"not found {missing} of {len(cold)}")
+        print("cache policy, 200 hot keys, one process:")
+        for label, options in (
+            (f"TTL {SHARED_CACHE_TTL:g} s (shared default)", {}),
+            ("no cache (TTL 0)", {"shared_cache_ttl": 0.0}),
+            ("LRU, no TTL (single process)", {"shared": False}),
+        ):
+            print("  " + anyio.run(lambda lo=label, op=options: cache_policy(url, lo, **op)))
+    finally:
+        anyio.run(admin, base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
