@@ -81,11 +81,11 @@ async def worker(url: str, index: int, count: int, start_at: float, read_from: l
                 await store.add_provider(key(base + j), peers[j % PROVIDERS], (ADDR,))
 
         await anyio.sleep(max(0.0, start_at - time.time()))
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         async with anyio.create_task_group() as tg:
             for _ in range(CALLERS):
                 tg.start_soon(caller)
-        out.update(started=started, ended=time.time(), transactions=store.counters["transactions"])
+        out.update(started=started, ended=time.time(), cpu=time.process_time() - cpu, transactions=store.counters["transactions"])
         if read_from:
             await anyio.sleep(max(0.0, out["ended"] + 0.5 - time.time()))
             cold, warm, missing = [], [], 0
@@ -159,7 +159,9 @@ def ingest_line(label: str, results: list[dict], count: int) -> float:
     wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
     rate = count * len(results) / wall
     txs = sum(r["transactions"] for r in results)
-    print(f"{label:<26} {count * len(results):>8,} records in {wall:6.2f} s = {rate:>8,.0f} records/s ({txs:,} transactions)")
+    busy = sum(r["cpu"] for r in results) / (wall * len(results))
+    print(f"{label:<26} {count * len(results):>8,} records in {wall:6.2f} s = {rate:>8,.0f} records/s "
+          f"({txs:,} transactions; each process on CPU {busy:.0%} of the time)")
     return rate
 
 
