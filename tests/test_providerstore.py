@@ -125,6 +125,7 @@ async def test_limit_and_stats(store: ProviderStore, clock: Clock) -> None:
         await store.add_provider(mh(1), peer(p))
     await store.add_provider(mh(2), peer(0), ttl=timedelta(minutes=30))
     assert len(await store.get_providers(mh(1), limit=4)) == 4
+    assert await store.get_providers(mh(1), limit=0) == await store.get_providers(mh(1), limit=-1) == []
     stats = await store.stats()
     assert (stats.records, stats.keys, stats.providers, stats.expiring_within_hour) == (7, 2, 6, 1)
 

@@ -48,7 +48,7 @@ class MemoryProviderStore:
             if expires > now
         ]
         self._rng.shuffle(out)  # as go does: spread load over providers
-        return out if limit is None else out[:limit]
+        return out if limit is None else out[: max(limit, 0)]
 
     def _live_addrs(self, peer: bytes, now: int) -> tuple[bytes, ...]:
         addrs, expire_at = self._addrs.get(peer, ((), 0))
