@@ -126,3 +126,9 @@ def test_cid_forms_meet_at_the_same_multihash():
     assert ipfs.to_multihash(CID) == ipfs.to_multihash(mh) == mh
     with pytest.raises(multihash.MultihashError):
         ipfs.to_multihash("not a cid")
+
+
+def test_the_router_implements_the_routing_api(net):
+    from dhtstore.routing.api import Router
+
+    assert isinstance(net.node(0).router, Router)

@@ -1,17 +1,19 @@
 """The routing module's presentation tier: iterative lookups over the network.
 
-An implementation (``routing.router.KademliaRouter``) implements the algorithm-package
-Protocols (``dht.DHT``, ``dht.FindPeerDHT``, ``dht.ValueDHT``,
-``ipfs.FindProvidersDHT``, ``ipfs.ProvideDHT``), so the free functions of those
-packages take its fast path. Each lookup reports its cost as a ``LookupStats`` to the
-``on_lookup`` callback given to the router.
+``Router`` is the sum of the algorithm packages' Protocols (``dht.DHT``,
+``FindPeerDHT``, ``ValueDHT``, ``FeaturePeersDHT``, ``ipfs.FindProvidersDHT``,
+``ProvideDHT``), so the free functions of those packages take its fast path. Each
+lookup reports its cost as a ``LookupStats`` to the ``on_lookup`` callback given to
+the router, and each peer it contacted to the ``reporter`` (a ``PeerReporter``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
+from ..dht import FeaturePeersDHT, FindPeerDHT, ValueDHT
+from ..ipfs import FindProvidersDHT, ProvideDHT
 from ..network.api import PeerInfo
 
 
@@ -50,3 +52,18 @@ class PeerReporter(Protocol):
 
 
 LookupObserver = Callable[[LookupStats], None]
+
+
+@runtime_checkable
+class Router(FindPeerDHT, ValueDHT, FeaturePeersDHT, FindProvidersDHT, ProvideDHT, Protocol):
+    """Every DHT operation over the network: what the node calls. Implemented by
+    ``router.KademliaRouter``:
+
+    - ``find_closest_peers(key: bytes, n) -> list[PeerInfo]`` (the n closest that answered)
+    - ``find_peer(peer_id) -> PeerInfo | None``
+    - ``get_value(key, quorum=0) -> Record | None`` (with entry correction)
+    - ``set_value(key, value) -> int`` (peers that accepted)
+    - ``find_providers(multihash, count) -> list[PeerInfo]``
+    - ``provide(provider: PeerInfo, multihash) -> int`` (peers it was sent to)
+    - ``find_feature_peers(feature, n) -> list[PeerInfo]``
+    """
