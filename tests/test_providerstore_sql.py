@@ -190,3 +190,15 @@ async def test_a_failed_transaction_fails_its_callers_and_the_store_carries_on(s
             await store.add_provider(b"junk", peer(0))
         assert store.counters["rejected"] == 1
     assert await _count(sqlite_store_url) == 2
+
+
+async def test_sweep_deletes_in_batches_until_nothing_expired_is_left(store_url: str) -> None:
+    now = [1_800_000_000.0]
+    async with open_provider_store(store_url, clock=lambda: now[0], sweep_batch=3) as store:
+        for i in range(10):
+            await store.add_provider(mh(i), peer(i % 8))
+        now[0] += 49 * 3600
+        await store.add_provider(mh(99), peer(0))
+        assert await store.sweep_expired() == 10
+        assert store.counters["swept"] == 10
+    assert await _count(store_url) == 1
