@@ -29,7 +29,7 @@ from .limits import PeerRateLimiter
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_STREAM = 100_000  # a bound on one stream's loop; the peer can open another
-HANDLER_TIMEOUT = 30.0  # seconds for our handler to answer one request
+HANDLER_TIMEOUT = 30.0  # seconds to handle one request (rate-limit wait included)
 
 
 class KadServer:
@@ -62,47 +62,50 @@ class KadServer:
             self._host.remove_handler(protocol)
 
     async def serve_stream(self, stream: Stream) -> None:
+        self.stats["streams"] += 1
+        # One cancel scope for the whole stream, its deadline moved at each request
+        # (a scope per read costs more than the rest of a small request).
+        waiting = [True]  # waiting for a request (else handling one), for the counters
+        with anyio.CancelScope() as deadline:
+            outcome = await self._serve_requests(stream, deadline, waiting)
+        if deadline.cancelled_caught:
+            outcome = "idle_streams_reset" if waiting[0] else "handler_timeouts"
+        if outcome is not None:
+            self.stats[outcome] += 1
+            await stream.reset()
+
+    async def _serve_requests(self, stream: Stream, deadline: anyio.CancelScope, waiting: list[bool]) -> str | None:
+        """Serve requests until the client closes (None) or the stream must be reset
+        (the name of the counter saying why)."""
         peer = stream.remote_peer
         decoder = FrameDecoder()
-        self.stats["streams"] += 1
         for _ in range(MAX_REQUESTS_PER_STREAM):
+            deadline.deadline = anyio.current_time() + self._idle_timeout
+            waiting[0] = True
             try:
-                with anyio.fail_after(self._idle_timeout):
-                    while (request := decoder.next_message()) is None:
-                        decoder.receive_data(await stream.receive())
-            except TimeoutError:
-                self.stats["idle_streams_reset"] += 1
-                await stream.reset()
-                return
+                while (request := decoder.next_message()) is None:
+                    decoder.receive_data(await stream.receive())
             except anyio.EndOfStream:
                 if decoder.in_frame:
                     self.stats["truncated_frames"] += 1
-                return  # the client is done with this stream
+                return None  # the client is done with this stream
             except KadCodecError as exc:
-                self.stats["malformed_requests"] += 1
                 log.debug("malformed kad request from %s: %s", peer, exc)
-                await stream.reset()
-                return
+                return "malformed_requests"
+            deadline.deadline = anyio.current_time() + HANDLER_TIMEOUT
+            waiting[0] = False
             self.stats["requests"] += 1
             self.stats["skipped_peers"] += request.skipped_peers
             await self.limiter.acquire(peer)
-            sender = PeerInfo(peer, self._host.peer_addrs(peer))
             try:
-                with anyio.fail_after(HANDLER_TIMEOUT):
-                    reply = await self._handler.handle(sender, request)
+                reply = await self._handler.handle(PeerInfo(peer, self._host.peer_addrs(peer)), request)
             except InvalidRequest as exc:
-                self.stats["invalid_requests"] += 1
                 log.debug("invalid %s request from %s: %s", request.type.name, peer, exc)
-                await stream.reset()
-                return
-            except TimeoutError:
-                self.stats["handler_timeouts"] += 1
-                await stream.reset()
-                return
+                return "invalid_requests"
             if reply is not None:
                 try:
                     await stream.send(encode_frame(reply))
                 except CONNECTION_ERRORS:
-                    return
+                    return None
                 self.stats["replies"] += 1
-        await stream.reset()
+        return "request_limit_resets"
