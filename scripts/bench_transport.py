@@ -2,8 +2,8 @@
 """Transport benchmark on loopback: our libp2p host against a js-libp2p node, with
 the same load generator (our client host) pointed at each.
 
-    python scripts/bench_transport.py                 # ~1 minute, prints a Markdown table
-    python scripts/bench_transport.py --duration 2    # shorter runs per figure
+    python scripts/bench_transport.py                       # ~2 minutes, prints a Markdown table
+    python scripts/bench_transport.py --duration 1 --rounds 1   # a quick look
 
 Figures, for each server (ours in a subprocess, js-libp2p 3.2 with kad-dht 16.2 in
 Node.js via tests/interop/js):
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import struct
 import subprocess
 import sys
@@ -167,21 +168,28 @@ async def stream_megabytes_per_second(client: Host, target: PeerInfo) -> float:
     return STREAM_BYTES / elapsed / 1e6
 
 
-async def measure(target: str, duration: float) -> dict[str, float]:
-    peer = multiaddrs.split_peer_id(multiaddrs.parse(target))[1]
+def peer_info(target: str) -> PeerInfo:
+    transport, peer = multiaddrs.split_peer_id(multiaddrs.parse(target))
     assert peer is not None
-    info = PeerInfo(peer, (multiaddrs.split_peer_id(multiaddrs.parse(target))[0].to_bytes(),))
-    results: dict[str, float] = {}
-    async with Host(PrivateKey.generate()) as client:
-        results["handshakes/s"] = await handshakes_per_second(client, target, duration)
-    async with Host(PrivateKey.generate()) as client:
-        results["FIND_NODE/s, 1 connection"] = await round_trips_one_connection(client, info, duration)
-        results[f"FIND_NODE/s, {CONNECTIONS} connections"] = await round_trips_many_connections(info, duration)
-        results["MB/s, 1 stream"] = await stream_megabytes_per_second(client, info)
-    return results
+    return PeerInfo(peer, (transport.to_bytes(),))
 
 
-async def run(duration: float) -> str:
+async def figure(name: str, target: str, duration: float) -> float:
+    """One measurement of one figure against one server, from a fresh client."""
+    async with Host(PrivateKey.generate()) as client:
+        if name == "handshakes/s":
+            return await handshakes_per_second(client, target, duration)
+        if name == "FIND_NODE/s, 1 connection":
+            return await round_trips_one_connection(client, peer_info(target), duration)
+        if name == f"FIND_NODE/s, {CONNECTIONS} connections":
+            return await round_trips_many_connections(peer_info(target), duration)
+        return await stream_megabytes_per_second(client, peer_info(target))
+
+
+FIGURES = ["handshakes/s", "FIND_NODE/s, 1 connection", f"FIND_NODE/s, {CONNECTIONS} connections", "MB/s, 1 stream"]
+
+
+async def run(duration: float, rounds: int) -> str:
     from jspeer import ensure_node_modules, start_js_peer
 
     ensure_node_modules()
@@ -193,11 +201,18 @@ async def run(duration: float) -> str:
         with anyio.fail_after(30):
             while not line.endswith(b"\n"):
                 line += await server.stdout.receive(1)
-        ours_addr = json.loads(line)["addr"]
-        ours = await measure(ours_addr, duration)
+        targets = {"ours": json.loads(line)["addr"]}
         js_limits = {"inboundConnectionThreshold": 1e9, "maxIncomingPendingConnections": 256, "maxConnections": 1024}
         async with start_js_peer(node, sink_protocol=SINK_PROTOCOL, connection_manager=js_limits) as js:
-            theirs = await measure(js.addr, duration)
+            targets["js"] = js.addr
+            # Both servers run throughout; each figure alternates between them, round
+            # after round, so a change in the machine's load hits both alike.
+            samples: dict[str, dict[str, list[float]]] = {"ours": {}, "js": {}}
+            for name in FIGURES:
+                for r in range(rounds):
+                    for who in ("ours", "js") if r % 2 == 0 else ("js", "ours"):
+                        value = await figure(name, targets[who], duration)
+                        samples[who].setdefault(name, []).append(value)
     finally:
         if server.stdin is not None:
             await server.stdin.aclose()
@@ -205,10 +220,12 @@ async def run(duration: float) -> str:
             await server.wait()
         if server.returncode is None:
             server.kill()
-    return report(ours, theirs, duration)
+    ours = {k: statistics.median(v) for k, v in samples["ours"].items()}
+    theirs = {k: statistics.median(v) for k, v in samples["js"].items()}
+    return report(ours, theirs, duration, rounds)
 
 
-def report(ours: dict[str, float], theirs: dict[str, float], duration: float) -> str:
+def report(ours: dict[str, float], theirs: dict[str, float], duration: float, rounds: int) -> str:
     version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     lines = [
         "| figure | dhtstore | js-libp2p 3.2 | ours / js |",
@@ -219,20 +236,22 @@ def report(ours: dict[str, float], theirs: dict[str, float], duration: float) ->
     lines.append("")
     lines.append(
         f"Loopback, {os.cpu_count()} cores, Python {platform.python_version()}, Node {version}, "
-        f"{duration:g} s per figure, {STREAM_BYTES // 2**20} MiB through the stream."
+        f"median of {rounds} rounds alternating the two servers, {duration:g} s per measurement, "
+        f"{STREAM_BYTES // 2**20} MiB through the stream; load average at the end {os.getloadavg()[0]:.1f}."
     )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per figure (default 5)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per figure and server (default 3)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server subprocess
     args = parser.parse_args()
     if args.serve:
         anyio.run(serve)
         return
-    print(anyio.run(run, args.duration))
+    print(anyio.run(run, args.duration, args.rounds))
 
 
 if __name__ == "__main__":

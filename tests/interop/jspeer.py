@@ -10,10 +10,10 @@ controlled with JSON lines on its stdin/stdout. Typical use::
         result = await js.get_closest_peers(key)   # a kad query from js
 
     async with start_js_peers(node_bin, 5, protocol=LAN_PROTOCOL_ID) as peers:
-        ...                                        # many at once, started concurrently
+        ...                                        # several, stopped together on exit
 
 Options of a peer (see ``js/peer.mjs`` for the wire form):
-  key_type       "Ed25519", "secp256k1", "RSA" or "ECDSA"
+  key_type       "Ed25519", "secp256k1" or "RSA" (js 3.2 makes no peer id of ECDSA)
   client_mode    True for a DHT client (does not serve or advertise the kad protocol)
   protocol       kad protocol id, "/ipfs/kad/1.0.0" or "/ipfs/lan/kad/1.0.0"
   listen         listen multiaddrs (default one TCP port on 127.0.0.1)
@@ -29,6 +29,11 @@ Query commands (find_peer, get_closest_peers, provide, find_providers, put, get)
 return a summary of the js query's events: ``peers`` (final peers), ``providers``,
 ``values``, ``responses`` (each peer's answer, parsed by js) and ``errors``
 (peers whose query failed), each peer as ``{"peerId", "addrs"}``.
+
+Unsolicited events (``JsPeer.events``, ``wait_event``): ``identify`` (a peer's
+protocols, listen addresses, agent), ``connect`` and ``disconnect``. js takes a
+contact into its routing table only after pinging it: ``wait_in_routing_table``
+before a query that must reach that peer.
 
 ``ensure_node_modules`` installs the pinned packages with ``npm ci`` once; the
 session fixture ``js_harness`` in ``conftest.py`` calls it.

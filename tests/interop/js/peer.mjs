@@ -1,7 +1,7 @@
 // A js-libp2p Kademlia DHT peer for dhtstore's interop tests, driven by JSON lines.
 //
 // Usage: node peer.mjs '<options JSON>'
-//   options: keyType      "Ed25519" | "secp256k1" | "RSA" | "ECDSA"   (default Ed25519)
+//   options: keyType      "Ed25519" | "secp256k1" | "RSA"             (default Ed25519)
 //            clientMode   true for a DHT client, false for a server     (default false)
 //            protocol     kad protocol id                               (default /ipfs/kad/1.0.0)
 //            listen       listen multiaddrs                             (default ["/ip4/127.0.0.1/tcp/0"])
