@@ -286,7 +286,7 @@ class SqlProviderStore:
             self.available = False
             self.counters["store_down"] += 1
             self._down.set()
-            log.warning("provider store: store unavailable (%s); serving from cache, retrying", _first_line(exc))
+            log.warning("provider store: store unavailable (%s); answering from cache until it is back", _first_line(exc))
 
     def _store_answered(self) -> None:
         if not self.available:
