@@ -23,7 +23,8 @@ from dhtstore.data.engine import StoreError, make_engine
 from dhtstore.data.models import ProviderRecordRow
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.multihash import SHA2_256, Multihash
-from dhtstore.providerstore.sql import SWEEP_LOCK, SqlProviderStore, open_provider_store
+from dhtstore.providerstore import sql
+from dhtstore.providerstore.sql import SWEEP_LOCK, open_provider_store
 
 pytestmark = pytest.mark.anyio
 
@@ -178,6 +179,20 @@ async def test_a_write_that_cannot_be_committed_fails_to_its_caller(pg_store_url
                 await anyio.sleep(0.1)
         await store.add_provider(mh(3), PEERS[2], (ADDR,))  # and writes work again, on new connections
         assert await count_records(pg_store_url) == 2
+
+
+async def test_an_idle_store_notices_an_outage_and_the_return(pg_store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(sql, "PROBE_INTERVAL", 0.1)
+    async with open_provider_store(pg_store_url) as store:
+        async with outage(pg_store_url):
+            with anyio.fail_after(10):
+                while store.available:
+                    await anyio.sleep(0.05)
+        with anyio.fail_after(10):
+            while not store.available:
+                await anyio.sleep(0.05)
+        assert store.counters["store_down"] == 1
 
 
 async def test_the_node_reports_the_store_down_and_back(pg_store_url: str) -> None:

@@ -79,6 +79,8 @@ GATHER_ROUNDS = 8  # event-loop turns a transaction waits for more records to jo
 SHARED_CACHE_TTL = 1.0  # seconds a cached entry may hide another process's write
 RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0, 4.0)  # seconds before each retry of a failed batch
 PROBE_INTERVAL = 1.0  # seconds between checks of a store that is down
+HEALTH_INTERVAL = 5.0  # seconds between checks of a store that is up (an idle node notices an outage too)
+PROBE_TIMEOUT = 5.0  # seconds a check may take before the store counts as down
 SWEEP_LOCK = 0x6468_7473_7765_6570  # advisory lock id ("dhtsweep"): one sweeper per store
 _NOT_TRANSIENT = (IntegrityError, DataError, ProgrammingError, NotSupportedError)  # retrying cannot help
 
@@ -295,17 +297,20 @@ class SqlProviderStore:
             log.warning("provider store: store available again")
 
     async def _prober(self) -> None:
-        """While the store is down, check it every PROBE_INTERVAL so that ``available``
-        turns True without waiting for a caller."""
+        """Check the store every HEALTH_INTERVAL, and every PROBE_INTERVAL once it is
+        down, so ``available`` follows it even when no caller is using the store."""
         while True:
-            await self._down.wait()
-            await anyio.sleep(PROBE_INTERVAL)
             if self.available:
-                continue
+                with anyio.move_on_after(HEALTH_INTERVAL):
+                    await self._down.wait()  # a failed operation: start probing now
+            if not self.available:
+                await anyio.sleep(PROBE_INTERVAL)
             try:
-                async with self._engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-            except OPEN_ERRORS:
+                with anyio.fail_after(PROBE_TIMEOUT):
+                    async with self._engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+            except (*OPEN_ERRORS, TimeoutError) as exc:
+                self._store_failed(exc)
                 continue
             self._store_answered()
 

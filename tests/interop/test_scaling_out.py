@@ -1,6 +1,6 @@
 """README "Scaling out", run as written: three ``dhtstore run --identity …`` processes
 on one PostgreSQL store, beside js-libp2p peers on loopback. A provider record sent to
-one head is returned by the other two.
+one head is returned by the other two, and the heads ride out the store going away.
 
 The commands are read from the README's code block; only what must differ on a test
 machine is substituted: the data directory and store URL (``$DATA``, ``$STORE``), free
@@ -19,8 +19,8 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -159,7 +159,7 @@ async def _scaling_out(js_harness: str, store: str, tmp_path: Path) -> None:
             assert len(heads) == 3
             for proc, argv in heads:
                 await wait_listening(int(option(argv, "--listen").rsplit("/", 1)[1]), proc)
-            await _check_shared_providers(stack, js, data, heads)
+            await _check_shared_providers(stack, js, data, heads, store)
         finally:
             outputs = []
             for proc, _ in heads:
@@ -167,14 +167,16 @@ async def _scaling_out(js_harness: str, store: str, tmp_path: Path) -> None:
             for proc, _ in heads:
                 out, _ = proc.communicate(timeout=30)
                 outputs.append(out)
-        for (proc, argv), out in zip(heads, outputs, strict=True):
+        for i, ((proc, argv), out) in enumerate(zip(heads, outputs, strict=True)):
             name = option(argv, "--identity")
             assert proc.returncode == 0, out
             assert f"status: identity={name} store=up" in out, out
+            if i > 0:  # head-2 and head-3 used the store during the outage (head-1 was idle)
+                assert f"status: identity={name} store=down" in out, out
             assert "Traceback" not in out, out
 
 
-async def _check_shared_providers(stack: AsyncExitStack, js, data: Path, heads) -> None:  # type: ignore[no-untyped-def]
+async def _check_shared_providers(stack: AsyncExitStack, js, data: Path, heads, store: str) -> None:  # type: ignore[no-untyped-def]
     infos = []
     for _, argv in heads:
         peer = read_identity(data / "identities" / f"{option(argv, '--identity')}.key").peer_id()
@@ -211,11 +213,37 @@ async def _check_shared_providers(stack: AsyncExitStack, js, data: Path, heads) 
     for head in infos:
         await eventually(lambda head=head: _contains(providers_at(head, mh2), js[2].peer_id))
 
+    # The store goes away under the running heads (as in a PostgreSQL restart, but local
+    # to this database): head-2 answers from its cache, head-3 holds on to a record it
+    # receives until the store is back, then head-1 serves it.
+    mh3 = sha256_mh(b"received during the outage")
+    async with outage(store):
+        assert client.peer_id in await providers_at(infos[1], mh)
+        await client.messenger.send(infos[2], Message(MessageType.ADD_PROVIDER, key=mh3, provider_peers=(me,)))
+        await anyio.sleep(2)  # status lines (every 1 s) report the store down
+    await eventually(lambda: _contains(providers_at(infos[0], mh3), client.peer_id))
+
     # Metrics name each head's identity.
     for _, argv in heads:
         url = f"http://{option(argv, '--metrics')}/metrics"
         text = await anyio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
         assert f'identity="{option(argv, "--identity")}"' in text and "dhtstore_store_up{" in text
+
+
+@asynccontextmanager
+async def outage(url: str) -> AsyncIterator[None]:
+    """The database refuses connections and loses its sessions until the block ends."""
+    u = make_url(url)
+    admin = await asyncpg.connect(user=u.username, password=u.password, host=u.host, port=u.port or 5432, database="postgres")
+    try:
+        await admin.execute(f'ALTER DATABASE "{u.database}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", u.database)
+        try:
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{u.database}" WITH ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
 
 
 async def _contains(found, peer: PeerId) -> bool:  # type: ignore[no-untyped-def]
