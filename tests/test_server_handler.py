@@ -223,3 +223,16 @@ async def test_ping_answers_and_everything_is_counted(node):
     with pytest.raises(InvalidRequest):
         await node.handler.handle(node.known[0], Message(9))  # type: ignore[arg-type]
     assert node.handler.counters[("PING", "ok")] == 1 and node.handler.counters[("unknown", "invalid")] == 1
+
+
+async def test_a_trimmed_get_providers_reply_encodes_within_4_mib():
+    from dhtstore.network.kadcodec import encode_message
+
+    node = Node(table_size=40)
+    addrs = tuple(bytes([0x04, 10, 0, i, 1, 0x06, 0x0F, 0xA1]) + b"\xa5\x03" + bytes(22) for i in range(10))
+    for _ in range(16_000):
+        await node.providers.add_provider(MH, PeerId(PREFIX + rng.randbytes(32)), addrs)
+    reply = await node.handler.handle(node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    size = len(encode_message(reply))
+    assert len(reply.provider_peers) < 16_000 and len(reply.closer_peers) == 20
+    assert amino.MAX_MESSAGE_SIZE - 64 * 1024 < size <= amino.MAX_MESSAGE_SIZE

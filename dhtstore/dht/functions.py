@@ -79,7 +79,8 @@ async def get_value(
         log.info("get_value: %d valid answers, quorum %d", len(valid), quorum)
     best = valid[validator.select(key, valid)]
     stale = [peer for (peer, _), value in zip(answers, values) if value != best]
-    await ask_each(messenger, stale, Message(MessageType.PUT_VALUE, key=key, record=Record(key, best)))
+    correction = Message(MessageType.PUT_VALUE, key=key, record=Record(key, best))
+    await ask_each(messenger, stale, correction, timeout=amino.PUT_OPERATION_TIMEOUT)
     return Record(key, best)
 
 

@@ -182,5 +182,13 @@ class KademliaHandler:
 
 
 def _peer_size(info: PeerInfo) -> int:
-    """Upper bound of one Message.Peer's protobuf size."""
-    return 8 + len(info.peer_id.to_bytes()) + sum(len(a) + 3 for a in info.addrs)
+    """The bytes one Message.Peer adds to a Message, as go's appendFittingProviderPeers
+    counts them: its tag and length, then id, addresses and connection (2 bytes at most)."""
+    peer_id = info.peer_id.to_bytes()
+    inner = 1 + _varint_size(len(peer_id)) + len(peer_id) + 2
+    inner += sum(1 + _varint_size(len(a)) + len(a) for a in info.addrs)
+    return 1 + _varint_size(inner) + inner
+
+
+def _varint_size(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
