@@ -162,3 +162,29 @@ def test_a_lookup_survives_peers_that_reset_every_request():
     looker = net.node(0)
     peers = net.run(looker.router.find_closest_peers, b"anything", 20)
     assert len(peers) == 20 and all(net.by_id[p.peer_id].index not in range(50, 100) for p in peers)
+
+
+def test_get_value_ignores_invalid_and_mismatched_records_and_corrects_their_holders():
+    from dhtstore.network.api import Record
+    from dhtstore.sim import SequenceValidator
+
+    key = b"/sim/k"
+    good, forged, wrong_key, empty = new_peer(), new_peer(), new_peer(), new_peer()
+    best = SequenceValidator.encode(3, b"best")
+    router, messenger = router_with(
+        [good, forged, wrong_key, empty],
+        {
+            good.peer_id: Message(MessageType.GET_VALUE, key=key, record=Record(key, best)),
+            forged.peer_id: Message(MessageType.GET_VALUE, key=key, record=Record(key, b"short")),
+            wrong_key.peer_id: Message(
+                MessageType.GET_VALUE, key=key, record=Record(b"/sim/other", SequenceValidator.encode(9))
+            ),
+            empty.peer_id: Message(MessageType.GET_VALUE, key=key),
+        },
+    )
+    router.validator = SequenceValidator()
+    record = run_virtual(router.get_value, key)
+    assert record == Record(key, best)
+    # one GET_VALUE to each, then the correcting PUT_VALUE to the three that lacked `best`
+    corrected = messenger.asked[4:]
+    assert sorted(corrected) == sorted([forged.peer_id, wrong_key.peer_id, empty.peer_id])
