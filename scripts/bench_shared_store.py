@@ -31,6 +31,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import anyio
@@ -42,6 +43,7 @@ from dhtstore.data.engine import make_engine
 from dhtstore.data.models import metadata
 from dhtstore.data.schema import create_or_upgrade
 from dhtstore.multihash import SHA2_256, Multihash
+from dhtstore.peerid import PeerId
 from dhtstore.providerstore.sql import SHARED_CACHE_TTL, SqlProviderStore
 
 CALLERS = 64
@@ -68,8 +70,8 @@ def ms(values: list[float]) -> str:
 # -- worker (one process) ------------------------------------------------------------
 
 
-async def worker(url: str, index: int, count: int, start_at: float, read_from: list[int]) -> dict:
-    peers = [PrivateKey.generate().peer_id() for _ in range(PROVIDERS)]  # hosts fake providers; ids differ per process
+async def worker(url: str, index: int, count: int, start_at: float, read_from: list[int], pool: list[str]) -> dict:
+    peers = [PeerId(bytes.fromhex(p)) for p in pool]  # the same providers announce to every head
     rng = random.Random(index)
     engine = make_engine(url, pool_size=CALLERS // 4, max_overflow=CALLERS)
     out: dict = {"index": index}
@@ -134,12 +136,12 @@ async def cache_policy(url: str, label: str, **options) -> str:  # type: ignore[
 # -- driver ----------------------------------------------------------------------------
 
 
-def spawn(url: str, count: int, n: int) -> list[dict]:
+def spawn(url: str, count: int, n: int, pool: str) -> list[dict]:
     start_at = time.time() + 4.0  # past every process's imports and engine setup
     procs = []
     for i in range(n):
         read_from = [j for j in range(n) if j != i]
-        args = json.dumps({"url": url, "index": i, "count": count, "start_at": start_at, "read_from": read_from})
+        args = json.dumps({"url": url, "index": i, "count": count, "start_at": start_at, "read_from": read_from, "pool": pool})
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", args], stdout=subprocess.PIPE, text=True))
     results = []
     for p in procs:
@@ -181,7 +183,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         w = json.loads(args.worker)
-        print(json.dumps(anyio.run(worker, w["url"], w["index"], w["count"], w["start_at"], w["read_from"])))
+        pool = json.loads(open(w["pool"]).read())
+        print(json.dumps(anyio.run(worker, w["url"], w["index"], w["count"], w["start_at"], w["read_from"], pool)))
         return
 
     base = os.environ.get("DHTSTORE_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -192,9 +195,12 @@ def main() -> None:
         anyio.run(create_or_upgrade, url)
         print(f"PostgreSQL shared store, {args.records:,} records per process, {CALLERS} concurrent callers each, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-        one = ingest_line("1 process", spawn(url, args.records, 1), args.records)
+        pool = os.path.join(tempfile.mkdtemp(prefix="bench-shared-"), "providers.json")
+        with open(pool, "w") as f:
+            json.dump([PrivateKey.generate().peer_id().to_bytes().hex() for _ in range(PROVIDERS)], f)
+        one = ingest_line("1 process", spawn(url, args.records, 1, pool), args.records)
         empty(url)
-        three_results = spawn(url, args.records, 3)
+        three_results = spawn(url, args.records, 3, pool)
         three = ingest_line("3 processes, one store", three_results, args.records)
         print(f"three writers / one: {three / one:.2f}x (load average now {os.getloadavg()[0]:.1f})")
         cold = [x for r in three_results for x in r["cold"]]
