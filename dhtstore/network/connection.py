@@ -277,7 +277,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: anyio.abc.SocketStream,
+        sock: anyio.abc.ByteStream,
         upgraded: Upgraded,
         *,
         initiator: bool,

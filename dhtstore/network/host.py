@@ -31,12 +31,11 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketAttribute
 from multiaddr import Multiaddr
 
 from ..crypto.keys import PrivateKey
 from ..peerid import PeerId
-from . import multiaddrs
+from . import multiaddrs, tcp
 from . import ping as ping_protocol
 from .api import NetworkError, PeerInfo
 from .connection import (
@@ -142,15 +141,17 @@ class Host:
 
     async def _listen(self, addr: Multiaddr) -> None:
         host, port = multiaddrs.tcp_endpoint(addr)
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-        bound_port = listener.extra(SocketAttribute.local_port)
+        server = await tcp.listen(host, port, self._on_tcp_connection)
+        assert self._stack is not None
+        self._stack.callback(server.close)
+        bound_port = server.sockets[0].getsockname()[1]
         self.listen_addrs.append(multiaddrs.from_tcp_endpoint(host, bound_port))
-        assert self._tg is not None
-        self._tg.start_soon(self._serve_listener, listener)
 
-    async def _serve_listener(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
-        async with listener:
-            await listener.serve(self._accept)
+    def _on_tcp_connection(self, sock: tcp.TcpStream) -> None:
+        if self._tg is None or self._closing:
+            sock._transport.abort()
+            return
+        self._tg.start_soon(self._accept, sock)
 
     # -- protocols and callbacks -------------------------------------------------
 
@@ -297,10 +298,10 @@ class Host:
     async def _dial_addr(self, peer: PeerId, raw: bytes) -> Connection:
         addr = multiaddrs.parse(raw)
         host, port = multiaddrs.tcp_endpoint(addr)
-        sock: anyio.abc.SocketStream | None = None
+        sock: tcp.TcpStream | None = None
         try:
             with anyio.fail_after(self.limits.dial_timeout):
-                sock = await anyio.connect_tcp(host, port)
+                sock = await tcp.connect(host, port)
                 upgraded = await upgrade(sock, self.identity, True, peer)
         except (TimeoutError, *CONNECTION_ERRORS) as exc:
             if sock is not None:
@@ -310,7 +311,7 @@ class Host:
             sock,
             upgraded,
             initiator=True,
-            local_addr=_socket_addr(sock, SocketAttribute.local_address),
+            local_addr=multiaddrs.from_tcp_endpoint(*sock.local_address),
             remote_addr=addr,
             max_streams=self.limits.max_streams_per_connection,
             on_inbound_stream=self._on_inbound_stream,
@@ -324,7 +325,7 @@ class Host:
 
     # -- accepting ---------------------------------------------------------------
 
-    async def _accept(self, sock: anyio.abc.SocketStream) -> None:
+    async def _accept(self, sock: tcp.TcpStream) -> None:
         self.stats["inbound_sockets"] += 1
         try:
             await self._accept_connection(sock)
@@ -335,7 +336,7 @@ class Host:
         finally:
             await _close_quietly(sock)
 
-    async def _accept_connection(self, sock: anyio.abc.SocketStream) -> None:
+    async def _accept_connection(self, sock: tcp.TcpStream) -> None:
         limits = self.limits
         if (
             self._closing
@@ -362,8 +363,8 @@ class Host:
             sock,
             upgraded,
             initiator=False,
-            local_addr=_socket_addr(sock, SocketAttribute.local_address),
-            remote_addr=_socket_addr(sock, SocketAttribute.remote_address),
+            local_addr=multiaddrs.from_tcp_endpoint(*sock.local_address),
+            remote_addr=multiaddrs.from_tcp_endpoint(*sock.remote_address),
             max_streams=limits.max_streams_per_connection,
             on_inbound_stream=self._on_inbound_stream,
         )
@@ -505,11 +506,6 @@ def _dialable(addrs: Iterable[bytes]) -> list[bytes]:
         if (b := transport.to_bytes()) not in out:
             out.append(b)
     return out
-
-
-def _socket_addr(sock: anyio.abc.SocketStream, attribute: Any) -> Multiaddr:
-    address = sock.extra(attribute)
-    return multiaddrs.from_tcp_endpoint(address[0], address[1])
 
 
 def _interface_addresses(unspecified: str) -> list[str]:
