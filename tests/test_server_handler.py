@@ -236,3 +236,11 @@ async def test_a_trimmed_get_providers_reply_encodes_within_4_mib():
     size = len(encode_message(reply))
     assert len(reply.provider_peers) < 16_000 and len(reply.closer_peers) == 20
     assert amino.MAX_MESSAGE_SIZE - 64 * 1024 < size <= amino.MAX_MESSAGE_SIZE
+
+
+async def test_closer_peers_carry_the_address_books_addresses(node):
+    moved = node.table.local_closest_peers(Key.hash(b"k"), 1)[0]
+    node.address_book[moved.peer_id] = (ip4(200),)
+    requester = next(p for p in node.known if p.peer_id != moved.peer_id)
+    reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=b"k"))
+    assert reply.closer_peers[0] == PeerInfo(moved.peer_id, (ip4(200),))

@@ -161,9 +161,18 @@ class KademliaHandler:
     }
 
     def _closer_peers(self, target: Key, requester: PeerId) -> list[PeerInfo]:
-        """The k closest servers we know with addresses, never ourselves nor the requester."""
-        peers = self.table.local_closest_peers(target, self.k + 1)
-        return [p for p in peers if p.addrs and p.peer_id != requester and p.peer_id != self.local.peer_id][: self.k]
+        """The k closest servers we know with addresses, never ourselves nor the requester.
+        Addresses come from the address book when it has some (fresher than the table's)."""
+        closer = []
+        for peer in self.table.local_closest_peers(target, self.k + 1):
+            if peer.peer_id == requester or peer.peer_id == self.local.peer_id:
+                continue
+            addrs = self.address_book(peer.peer_id)
+            if addrs and addrs != peer.addrs:
+                peer = PeerInfo(peer.peer_id, addrs)
+            if peer.addrs:
+                closer.append(peer)
+        return closer[: self.k]
 
     def _known_target(self, key: bytes, sender: PeerInfo) -> PeerInfo | None:
         """The FIND_NODE target itself when we know where it is, even when it is us, the
