@@ -167,7 +167,9 @@ async def serve(store_url: str, profile: str | None) -> None:
     if profile:
         import cProfile
 
-        profiler = cProfile.Profile()
+        # CPU time of the event-loop thread: on a busy machine, wall time would charge
+        # the time we were preempted to whatever function happened to be running.
+        profiler = cProfile.Profile(time.thread_time)
     async with Node.start(options) as node:
         print(json.dumps({"addr": str(multiaddrs.with_peer_id(node.host.listen_addrs[0], node.peer_id))}), flush=True)
         if profiler:
@@ -366,7 +368,7 @@ async def run(args: argparse.Namespace) -> str:
         store_url = default_store_url(Path(tmp))
         fill_seconds = await fill_store(store_url, args.records)
         print(f"filled {args.records:,} provider records in {fill_seconds:.1f} s", file=sys.stderr)
-        result: dict[str, Any] = {"fill_seconds": fill_seconds}
+        result: dict[str, Any] = {"fill_seconds": fill_seconds, "load_average": os.getloadavg()[0]}
         async with table_peers(args.table_peers) as peers:
             server = await start_python("--serve", store_url, *(["--profile", args.profile] if args.profile else []))
             try:
@@ -423,7 +425,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"{server['provider_store'].get('records_written', 0)} records",
         f"- {args.records:,} provider records pre-filled in {r['fill_seconds']:.1f} s; {args.connections} connections, "
         f"{args.load_procs} load process(es), {args.duration:g} s per server, {args.table_peers} routing-table peers",
-        f"- loopback, {os.cpu_count()} cores, Python {platform.python_version()}, Node {version}",
+        f"- loopback, {os.cpu_count()} cores (load average {r['load_average']:.1f} when the run started: other "
+        f"processes' share of the cores), Python {platform.python_version()}, Node {version}",
     ]
     return "\n".join(lines)
 
