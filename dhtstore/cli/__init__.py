@@ -16,3 +16,4 @@ from . import init  # noqa: E402,F401
 from . import db  # noqa: E402,F401
 from . import run as _run  # noqa: E402,F401
 from . import copy  # noqa: E402,F401
+from . import provide  # noqa: E402,F401

@@ -1,0 +1,293 @@
+"""The provide list and the reprovide schedule in SQL (tables ``provided_keys``,
+``reprovide_regions`` and ``provider_state``).
+
+Every method is one short transaction, so the CLI can write beside a running node
+(SQLite waits on its busy timeout) and a kill -9 leaves each row either before or
+after a change, never half-written. Times are integer epoch seconds, as in the models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..data.models import ProvidedKeyRow, ProviderStateRow, ReprovideRegionRow
+from ..kadkey import Key
+from .api import FAILING_AFTER_ATTEMPTS, AddResult
+from .keyspace import Prefix
+
+# Rows per statement: well under SQLite's 32,766 bound parameters, and large enough
+# that a million-row import is a few hundred statements.
+WRITE_BATCH = 2_000
+READ_BATCH = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One provided key, as the sweep needs it."""
+
+    kad: int  # the Kademlia key as an int
+    multihash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    cid: str
+    multihash: bytes
+    added_at: int
+    last_provided_at: int | None
+    next_due_at: int
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRow:
+    prefix: Prefix
+    next_due_at: int
+    last_run_at: int | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    keys: int
+    pending: int
+    provided_within: int
+    overdue: int
+    failing: int
+
+
+def _chunks(items: Sequence, size: int):  # type: ignore[no-untyped-def]
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _region_values(g: RegionRow) -> dict[str, object]:
+    return {
+        "prefix": g.prefix.first_bytes(),
+        "prefix_len": g.prefix.length,
+        "next_due_at": g.next_due_at,
+        "last_run_at": g.last_run_at,
+        "attempts": g.attempts,
+        "last_error": g.last_error,
+    }
+
+
+def _in_prefix(prefix: Prefix):  # type: ignore[no-untyped-def]
+    return ProvidedKeyRow.kad_key.between(prefix.first_bytes(), prefix.last_bytes())
+
+
+class ProvideListStore:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    # --- the list ---------------------------------------------------------------
+
+    async def add(self, entries: Sequence[tuple[str, bytes]], now: int) -> AddResult:
+        """Add ``(cid, multihash)`` pairs, due now; a multihash already listed is left as it is."""
+        added = 0
+        seen: set[bytes] = set()
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(entries, WRITE_BATCH):
+                rows = []
+                for cid, mh in chunk:
+                    if mh in seen:
+                        continue
+                    seen.add(mh)
+                    rows.append(
+                        {
+                            "cid": cid,
+                            "multihash": mh,
+                            "kad_key": Key.for_multihash(mh).to_bytes(),
+                            "added_at": now,
+                            "next_due_at": now,
+                            "attempts": 0,
+                        }
+                    )
+                if not rows:
+                    continue
+                stmt = (
+                    self._insert(ProvidedKeyRow)
+                    .on_conflict_do_nothing(index_elements=["multihash"])
+                    .returning(ProvidedKeyRow.id)
+                )
+                result = await conn.execute(stmt, rows)
+                added += len(result.all())
+        return AddResult(added=added, present=len(entries) - added)
+
+    async def remove(self, multihashes: Sequence[bytes]) -> int:
+        removed = 0
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(list(dict.fromkeys(multihashes)), WRITE_BATCH):
+                result = await conn.execute(delete(ProvidedKeyRow).where(ProvidedKeyRow.multihash.in_(chunk)))
+                removed += result.rowcount or 0
+        return removed
+
+    async def rows(self, after: bytes | None = None, limit: int | None = None) -> AsyncIterator[ListRow]:
+        """The list in multihash order, read in pages so memory stays flat."""
+        cursor = after
+        left = limit
+        while left is None or left > 0:
+            page = READ_BATCH if left is None else min(READ_BATCH, left)
+            stmt = select(
+                ProvidedKeyRow.cid,
+                ProvidedKeyRow.multihash,
+                ProvidedKeyRow.added_at,
+                ProvidedKeyRow.last_provided_at,
+                ProvidedKeyRow.next_due_at,
+                ProvidedKeyRow.attempts,
+                ProvidedKeyRow.last_error,
+            ).order_by(ProvidedKeyRow.multihash)
+            if cursor is not None:
+                stmt = stmt.where(ProvidedKeyRow.multihash > cursor)
+            async with self.engine.connect() as conn:
+                batch = (await conn.execute(stmt.limit(page))).all()
+            for r in batch:
+                yield ListRow(*r)
+            if len(batch) < page:
+                return
+            cursor = batch[-1].multihash
+            if left is not None:
+                left -= len(batch)
+
+    async def counts(self, now: int, interval: int) -> Counts:
+        k = ProvidedKeyRow
+        stmt = select(
+            func.count(),
+            func.count().filter(k.last_provided_at.is_(None)),
+            func.count().filter(k.last_provided_at > now - interval),
+            func.count().filter(k.next_due_at <= now),
+            func.count().filter(k.attempts >= FAILING_AFTER_ATTEMPTS),
+        )
+        async with self.engine.connect() as conn:
+            return Counts(*(await conn.execute(stmt)).one())
+
+    # --- what the sweep reads ----------------------------------------------------
+
+    async def next_due(self) -> int | None:
+        """The earliest ``next_due_at`` of the list (an index lookup)."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.min(ProvidedKeyRow.next_due_at)))).scalar()
+
+    async def last_due(self) -> int | None:
+        """The latest ``next_due_at`` of the list: when the current cycle will be through."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.max(ProvidedKeyRow.next_due_at)))).scalar()
+
+    async def oldest_due(self, now: int) -> tuple[int, int] | None:
+        """``(kad key, next_due_at)`` of the key overdue longest, if any is due at ``now``."""
+        stmt = (
+            select(ProvidedKeyRow.kad_key, ProvidedKeyRow.next_due_at)
+            .where(ProvidedKeyRow.next_due_at <= now)
+            .order_by(ProvidedKeyRow.next_due_at)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        return None if row is None else (int.from_bytes(row[0], "big"), row[1])
+
+    async def due_keys(self, prefix: Prefix, before: int, limit: int | None = None) -> list[KeyRow]:
+        """Keys under ``prefix`` due before ``before``, sorted by Kademlia key."""
+        stmt = (
+            select(ProvidedKeyRow.kad_key, ProvidedKeyRow.multihash)
+            .where(and_(_in_prefix(prefix), ProvidedKeyRow.next_due_at < before))
+            .order_by(ProvidedKeyRow.kad_key)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [KeyRow(int.from_bytes(kad, "big"), mh) for kad, mh in rows]
+
+    async def any_key(self, prefix: Prefix) -> bytes | None:
+        """A multihash of the list under ``prefix`` (a lookup target inside it), if any."""
+        stmt = select(ProvidedKeyRow.multihash).where(_in_prefix(prefix)).limit(1)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(stmt)).scalar()
+
+    # --- what the sweep writes ----------------------------------------------------
+
+    async def mark_provided(self, multihashes: Sequence[bytes], at: int, next_due: int) -> None:
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(multihashes, WRITE_BATCH):
+                await conn.execute(
+                    update(ProvidedKeyRow)
+                    .where(ProvidedKeyRow.multihash.in_(chunk))
+                    .values(last_provided_at=at, next_due_at=next_due, attempts=0, last_error=None)
+                )
+
+    async def mark_failed(self, multihashes: Sequence[bytes], error: str, retry_at: int) -> None:
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(multihashes, WRITE_BATCH):
+                await conn.execute(
+                    update(ProvidedKeyRow)
+                    .where(ProvidedKeyRow.multihash.in_(chunk))
+                    .values(next_due_at=retry_at, attempts=ProvidedKeyRow.attempts + 1, last_error=error[:1000])
+                )
+
+    async def max_attempts(self, multihashes: Sequence[bytes]) -> int:
+        best = 0
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(multihashes, WRITE_BATCH):
+                stmt = select(func.max(ProvidedKeyRow.attempts)).where(ProvidedKeyRow.multihash.in_(chunk))
+                best = max(best, (await conn.execute(stmt)).scalar() or 0)
+        return best
+
+    # --- regions ------------------------------------------------------------------
+
+    async def regions(self) -> list[RegionRow]:
+        r = ReprovideRegionRow
+        stmt = select(r.prefix, r.prefix_len, r.next_due_at, r.last_run_at, r.attempts, r.last_error)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            RegionRow(Prefix.of(int.from_bytes(p, "big"), n), due, last, attempts, err)
+            for p, n, due, last, attempts, err in rows
+        ]
+
+    async def replace_regions(self, covering: Prefix, regions: Sequence[RegionRow]) -> None:
+        """Put ``regions`` (which tile ``covering``) in place of every region under ``covering``."""
+        r = ReprovideRegionRow
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(r).where(r.prefix.between(covering.first_bytes(), covering.last_bytes()), r.prefix_len >= covering.length)
+            )
+            if regions:
+                await conn.execute(insert(r), [_region_values(g) for g in regions])
+
+    async def save_region(self, region: RegionRow) -> None:
+        r = ReprovideRegionRow
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(r)
+                .where(r.prefix == region.prefix.first_bytes(), r.prefix_len == region.prefix.length)
+                .values(
+                    next_due_at=region.next_due_at,
+                    last_run_at=region.last_run_at,
+                    attempts=region.attempts,
+                    last_error=region.last_error,
+                )
+            )
+
+    # --- named state ----------------------------------------------------------------
+
+    async def get_state(self) -> dict[str, str]:
+        async with self.engine.connect() as conn:
+            return dict((await conn.execute(select(ProviderStateRow.name, ProviderStateRow.value))).all())
+
+    async def set_state(self, values: dict[str, str], now: int) -> None:
+        rows = [{"name": n, "value": v, "updated_at": now} for n, v in values.items()]
+        stmt = self._insert(ProviderStateRow)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, rows)
+

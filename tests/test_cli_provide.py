@@ -1,0 +1,107 @@
+"""``dhtstore provide``: add (arguments or a file, bad lines reported), rm, ls, status."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cid import make_cid
+
+from dhtstore.cli import main
+from dhtstore.multihash import cid_string
+
+
+def mh(i: int) -> bytes:
+    return b"\x12\x20" + hashlib.sha256(b"cli%d" % i).digest()
+
+
+def cli(store: str, *args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, ["provide", *args, "--store", store], input=input, catch_exceptions=False)
+
+
+def ls_all(store: str) -> list[dict]:
+    result = cli(store, "ls", "--all", "--json")
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()][:-1]
+
+
+def test_add_from_file_reports_bad_lines_and_imports_the_rest(sqlite_store_url: str, tmp_path: Path) -> None:
+    lines = [cid_string(mh(i)) for i in range(50)]
+    lines[10] = "not-a-cid"
+    lines[20] = ""
+    lines[30] = make_cid(0, "dag-pb", mh(5)).encode().decode()  # the same multihash as line 6
+    lines[40] = cid_string(b"\x00\x51" + b"x" * 81)  # an 83-byte multihash
+    f = tmp_path / "cids.txt"
+    f.write_text("\n".join(lines) + "\n")
+    result = cli(sqlite_store_url, "add", "--from-file", str(f))
+    assert result.exit_code == 0, result.output
+    assert "line 11:" in result.stderr and "not-a-cid" in result.stderr
+    assert "line 41:" in result.stderr and "80" in result.stderr
+    assert "line 21" not in result.stderr  # blank lines are skipped, not errors
+    assert "added 46, already listed 1, refused 2" in result.stdout
+    entries = ls_all(sqlite_store_url)
+    assert len(entries) == 46
+    assert all(e["state"] == "pending" for e in entries)
+
+
+def test_add_arguments_rm_ls_status(sqlite_store_url: str) -> None:
+    cids = [cid_string(mh(i)) for i in range(5)]
+    assert "added 5" in cli(sqlite_store_url, "add", *cids).stdout
+    result = cli(sqlite_store_url, "rm", cids[0], make_cid(0, "dag-pb", mh(1)).encode().decode(), "junk")
+    assert result.exit_code == 1
+    assert "removed 2, not listed 0, refused 1" in result.stdout and "argument 3" in result.stderr
+    assert {e["cid"] for e in ls_all(sqlite_store_url)} == set(cids[2:])
+
+    page = cli(sqlite_store_url, "ls", "--limit", "2", "--json").stdout.splitlines()
+    assert len(page) == 3
+    cursor = json.loads(page[-1])["next"]
+    rest = cli(sqlite_store_url, "ls", "--after", cursor, "--json").stdout.splitlines()
+    assert [json.loads(x)["cid"] for x in page[:2] + rest[:-1]] == [e["cid"] for e in ls_all(sqlite_store_url)]
+    assert json.loads(rest[-1])["next"] is None
+
+    text = cli(sqlite_store_url, "ls").stdout
+    assert "pending" in text and cids[3] in text
+
+    status = json.loads(cli(sqlite_store_url, "status", "--json").stdout)
+    assert status["keys"] == 3 and status["pending"] == 3 and status["failing"] == 0
+    human = cli(sqlite_store_url, "status")
+    assert human.exit_code == 0 and "overdue" in human.stdout and "current region" in human.stdout
+
+
+def test_add_without_input_is_a_usage_error(sqlite_store_url: str) -> None:
+    result = CliRunner().invoke(main, ["provide", "add", "--store", sqlite_store_url])
+    assert result.exit_code == 2
+
+
+def test_missing_store_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["provide", "status", "--store", f"sqlite+aiosqlite:///{tmp_path}/none.db"])
+    assert result.exit_code == 1
+    assert "dhtstore init" in result.output and "Traceback" not in result.output
+
+
+def _peak_import_memory(store: str, path: Path, lines: int, offset: int) -> tuple[int, str, str]:
+    with path.open("w") as out:
+        for i in range(offset, offset + lines):
+            out.write(("garbage\n" if i % 1000 == 7 else cid_string(mh(i))) + "\n\n")
+    tracemalloc.start()
+    try:
+        result = cli(store, "add", "--from-file", str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, result.stdout, result.stderr
+
+
+@pytest.mark.slow
+def test_large_file_keeps_memory_flat(sqlite_store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_BATCH", 1_000)  # the same pipeline, in smaller steps
+    small, out, _ = _peak_import_memory(sqlite_store_url, tmp_path / "small.txt", 5_000, 0)
+    assert "added 4995, already listed 0, refused 5" in out
+    large, out, err = _peak_import_memory(sqlite_store_url, tmp_path / "large.txt", 25_000, 5_000)
+    assert "added 24975, already listed 0, refused 25" in out
+    assert "line 15: not a CID" in err and "more bad lines" in err
+    assert large < 1.3 * small  # five times the lines, not five times the memory
