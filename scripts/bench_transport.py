@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
-from dhtstore.amino import PROTOCOL_ID  # noqa: E402
 from dhtstore.crypto.keys import PrivateKey  # noqa: E402
 from dhtstore.network import multiaddrs  # noqa: E402
 from dhtstore.network.api import Message, MessageType, PeerInfo  # noqa: E402

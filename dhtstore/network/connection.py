@@ -33,7 +33,8 @@ from .noise import NoiseHandshake, NoiseTransport
 log = logging.getLogger(__name__)
 
 YAMUX_PROTOCOL = "/yamux/1.0.0"
-READ_SIZE = 64 * 1024
+READ_SIZE = 64 * 1024  # default for a stream's receive
+SOCKET_READ_SIZE = 1024 * 1024  # whatever the transport has (asyncio hands over ≤256 KiB)
 GO_AWAY_NORMAL = 0
 GO_AWAY_PROTOCOL_ERROR = 1
 
@@ -322,7 +323,7 @@ class Connection:
                 try:
                     await self._process(self._pending_plaintext + self._transport.decrypt_available())
                     while not self.closed:
-                        data = await self._sock.receive(READ_SIZE)
+                        data = await self._sock.receive(SOCKET_READ_SIZE)
                         self._transport.receive_data(data)
                         await self._process(self._transport.decrypt_available())
                 except ProtocolViolation as exc:
