@@ -218,6 +218,7 @@ async def _check_shared_providers(stack: AsyncExitStack, js, data: Path, heads, 
     # receives until the store is back, then head-1 serves it.
     mh3 = sha256_mh(b"received during the outage")
     async with outage(store):
+        await anyio.sleep(1.2)  # head-2's cached set is past its 1 s TTL: it must try the store
         assert client.peer_id in await providers_at(infos[1], mh)
         await client.messenger.send(infos[2], Message(MessageType.ADD_PROVIDER, key=mh3, provider_peers=(me,)))
         await anyio.sleep(2)  # status lines (every 1 s) report the store down
