@@ -330,3 +330,31 @@ async def test_a_stream_that_never_negotiates_is_reset() -> None:
                     await stream.receive()
             assert server.stats["stream_negotiation_timeouts"] == 1
             assert client.connection(server.peer_id) is conn  # the connection stays
+
+
+async def test_a_peer_that_dials_again_replaces_its_old_connection(hosts: list[Host]) -> None:
+    a, b, _ = hosts
+    old = await a.connect(addr_of(b))
+    # b still holds old when a dials again with the same identity (as after a restart)
+    async with Host(a.identity) as restarted:
+        new = await restarted.connect(addr_of(b))
+        with anyio.fail_after(5):
+            while (kept := b.connection(a.peer_id)) is None or kept.remote_addr != new.local_addr:
+                await anyio.sleep(0.01)
+        stream = await restarted.new_stream(b.peer_id, [ECHO])
+        await stream.send(b"again")
+        assert await stream.receive() == b"again"
+    assert old is not None
+
+
+async def test_a_connection_from_our_own_identity_is_refused(hosts: list[Host]) -> None:
+    a, _, _ = hosts
+    async with Host(a.identity) as twin:
+        with pytest.raises(DialError, match="ourselves"):
+            await twin.connect(addr_of(a))
+        # past that check (private call): a refuses the connection after the handshake
+        conn = await twin._dial_addr(a.peer_id, a.listen_addrs[0].to_bytes())
+        with anyio.fail_after(5):
+            while not conn.closed:
+                await anyio.sleep(0.01)
+    assert a.stats["handshake_failures"] == 1 and a.connected_peers() == []

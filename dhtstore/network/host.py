@@ -359,6 +359,10 @@ class Host:
             return
         finally:
             self._pending_handshakes -= 1
+        if upgraded.remote_peer == self.peer_id:
+            self.stats["handshake_failures"] += 1
+            log.debug("inbound connection from our own peer id refused")
+            return
         conn = Connection(
             sock,
             upgraded,
@@ -379,18 +383,20 @@ class Host:
         """Register ``conn``, or return the connection kept instead of it.
 
         Two connections to one peer happen when both dial at once: both sides keep
-        the one dialled by the smaller peer id, so they agree without talking.
+        the one dialled by the smaller peer id, so they agree without talking. When
+        the same side dialled both (a peer that restarted and dialled again while we
+        still hold its old connection), the new one replaces the old.
         """
         peer = conn.remote_peer
         existing = self.connection(peer)
         if existing is not None:
+            self.stats["duplicate_connections"] += 1
+
             def dialer(c: Connection) -> PeerId:
                 return self.peer_id if c.initiator else c.remote_peer
 
-            if dialer(conn) == dialer(existing) or dialer(existing) < dialer(conn):
-                self.stats["duplicate_connections"] += 1
+            if dialer(conn) != dialer(existing) and dialer(existing) < dialer(conn):
                 return existing
-            self.stats["duplicate_connections"] += 1
             self.start_soon(existing.close)
         self._connections[peer] = conn
         self.stats["connections_opened"] += 1
