@@ -91,6 +91,26 @@ async def test_a_record_written_by_one_process_is_served_by_the_others(pg_store_
         assert all(r.provider.addrs == (ADDR,) for r in got)
 
 
+async def test_a_set_emptied_by_another_process_is_dropped_not_kept_stale(pg_store_url: str) -> None:
+    async with (
+        open_provider_store(pg_store_url, shared_cache_ttl=0.05) as a,
+        open_provider_store(pg_store_url, shared_cache_ttl=0.05) as b,
+    ):
+        await a.add_provider(mh(1), PEERS[0], (ADDR,))
+        assert len(await b.get_providers(mh(1))) == 1
+        engine = make_engine(pg_store_url)
+        try:
+            async with engine.begin() as conn:  # another process's sweep removed it
+                await conn.execute(text("DELETE FROM provider_records"))
+        finally:
+            await engine.dispose()
+        await anyio.sleep(0.1)
+        assert await b.get_providers(mh(1)) == []
+        async with outage(pg_store_url):
+            with pytest.raises(StoreError):  # nothing cached: not the old set
+                await b.get_providers(mh(1))
+
+
 async def test_the_sweep_runs_in_one_process_at_a_time(pg_store_url: str) -> None:
     now = [1_000_000.0]
     async with open_provider_store(pg_store_url, clock=lambda: now[0]) as store:

@@ -408,6 +408,8 @@ class SqlProviderStore:
                 return cached.providers
             raise StoreError(f"provider store unavailable: {_first_line(exc)}") from None
         self._store_answered()
+        if cached is not None:  # a stale set: this read supersedes it (re-cached below if it may be)
+            self._sets.pop(key, None)
         providers = {bytes(peer): (received, expires) for peer, received, expires, _, _ in rows}
         # Cache only what no commit changed while this read ran (the writer updates the
         # caches after each commit, and this result may predate it).
