@@ -125,6 +125,24 @@ async def test_add_provider_naming_another_peer_is_ignored_and_counted(node: Nod
     assert [r.provider.peer_id for r in await node.providers.get_providers(key)] == [client.peer_id]
 
 
+async def test_bad_keys_reset_the_stream_and_store_nothing(node: Node, client: Host) -> None:
+    me = PeerInfo(client.peer_id, (ADDR,))
+    too_long = bytes([0x12, 79]) + bytes(79)  # a well-formed multihash of 81 bytes: over go's 80
+    refused = [
+        Message(MessageType.ADD_PROVIDER, key=too_long, provider_peers=(me,)),
+        Message(MessageType.ADD_PROVIDER, key=b"", provider_peers=(me,)),
+        Message(MessageType.ADD_PROVIDER, key=b"not a multihash", provider_peers=(me,)),
+        Message(MessageType.ADD_PROVIDER, key=multihash.from_cid(CID), provider_peers=(PeerInfo(client.peer_id),)),
+        Message(MessageType.GET_PROVIDERS, key=too_long),
+        Message(MessageType.FIND_NODE, key=b""),
+        Message(MessageType.PUT_VALUE, key=b"/pk/x"),  # no record
+    ]
+    for request in refused:
+        assert await ask(client, node, request) is None, request
+    assert await node.providers.get_providers(multihash.from_cid(CID)) == []
+    assert sum(n for (_, outcome), n in node.handler.counters.items() if outcome == "invalid") == len(refused)
+
+
 # -- PUT_VALUE ----------------------------------------------------------------------
 
 
