@@ -8,6 +8,7 @@ import pytest
 
 from dhtstore import amino
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.engine import StoreError
 from dhtstore.kadkey import Key
 from dhtstore.network.api import Message, MessageType, PeerInfo, Record
 from dhtstore.peerid import PeerId
@@ -244,3 +245,24 @@ async def test_closer_peers_carry_the_address_books_addresses(node):
     requester = next(p for p in node.known if p.peer_id != moved.peer_id)
     reply = await node.handler.handle(requester, Message(MessageType.FIND_NODE, key=b"k"))
     assert reply.closer_peers[0] == PeerInfo(moved.peer_id, (ip4(200),))
+
+
+
+class _DownProviderStore:
+    """A provider store whose database is unreachable."""
+
+    async def add_provider(self, *args, **kwargs):
+        raise StoreError("provider store unavailable: connection refused")
+
+    get_providers = add_provider
+
+
+async def test_a_store_outage_answers_reads_with_closer_peers_and_refuses_writes(node):
+    handler = KademliaHandler(node.me, node.table, _DownProviderStore(), node.values, node.validator)
+    sender = node.known[0]
+    reply = await handler.handle(sender, Message(MessageType.GET_PROVIDERS, key=MH))
+    assert reply.provider_peers == () and len(reply.closer_peers) == amino.BUCKET_SIZE
+    with pytest.raises(InvalidRequest):
+        await handler.handle(sender, Message(MessageType.ADD_PROVIDER, key=MH, provider_peers=(sender,)))
+    assert handler.counters[("GET_PROVIDERS", "store_unavailable")] == 1
+    assert handler.counters[("ADD_PROVIDER", "store_unavailable")] == 1

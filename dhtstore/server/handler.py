@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Callable
 
 from .. import amino, multihash
+from ..data.engine import StoreError
 from ..kadkey import Key
 from ..network.api import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId, PeerIdError
@@ -73,6 +74,16 @@ class KademliaHandler:
             self.counters[(kind.name, "invalid")] += 1
             log.debug("invalid %s from %s: %s", kind.name, sender.peer_id, exc)
             raise
+        except StoreError as exc:
+            # The store is down (it reports that once, and the node's status shows it).
+            # Reads still help the requester's lookup with closer peers; writes are
+            # refused with a reset, so the sender knows nothing was stored.
+            self.counters[(kind.name, "store_unavailable")] += 1
+            log.debug("%s from %s: store unavailable: %s", kind.name, sender.peer_id, exc)
+            if kind in (MessageType.GET_PROVIDERS, MessageType.GET_VALUE):
+                target = Key.for_multihash(request.key) if kind is MessageType.GET_PROVIDERS else Key.for_record(request.key)
+                return Message(kind, key=request.key, closer_peers=tuple(self._closer_peers(target, sender.peer_id)))
+            raise InvalidRequest("store unavailable") from None
         self.counters[(kind.name, "ok")] += 1
         return reply
 
