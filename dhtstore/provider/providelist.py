@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,6 +61,7 @@ class Counts:
     provided_within: int
     overdue: int
     failing: int
+    stale: int  # not provided for longer than the interval (plus slack): its records may be gone
 
 
 def _chunks(items: Sequence, size: int):  # type: ignore[no-untyped-def]
@@ -157,14 +158,22 @@ class ProvideListStore:
             if left is not None:
                 left -= len(batch)
 
-    async def counts(self, now: int, interval: int) -> Counts:
+    async def counts(self, now: int, interval: int, late: int) -> Counts:
+        """Figures for the status; ``late``: how long past the interval a key counts as stale."""
         k = ProvidedKeyRow
+        stale_before = now - interval - late
         stmt = select(
             func.count(),
             func.count().filter(k.last_provided_at.is_(None)),
             func.count().filter(k.last_provided_at > now - interval),
             func.count().filter(k.next_due_at <= now),
             func.count().filter(k.attempts >= FAILING_AFTER_ATTEMPTS),
+            func.count().filter(
+                or_(
+                    k.last_provided_at < stale_before,
+                    and_(k.last_provided_at.is_(None), k.added_at < now - late),
+                )
+            ),
         )
         async with self.engine.connect() as conn:
             return Counts(*(await conn.execute(stmt)).one())

@@ -103,7 +103,7 @@ class ProvideListService:
 
     async def status(self) -> ProvideStatus:
         now = self.clock()
-        counts = await self.store.counts(int(now), int(self.interval))
+        counts = await self.store.counts(int(now), int(self.interval), int(self.behind_after))
         state = await self.store.get_state()
         regions = await self.store.regions()
         oldest = await self.store.next_due()
@@ -113,9 +113,13 @@ class ProvideListService:
         if counts.keys:
             backlog_end = now + counts.overdue / throughput if counts.overdue and throughput > 0 else None
             expected_end = max(filter(None, (last_due, backlog_end)), default=None)
-        behind = oldest is not None and oldest < now - self.behind_after
-        if expected_end is not None and expected_end - now > self.interval:
-            behind = True
+        # Behind: work overdue by more than the slack, keys whose records may have
+        # expired, or a backlog that will not clear within one interval.
+        behind = (
+            (oldest is not None and oldest < now - self.behind_after)
+            or counts.stale > 0
+            or (expected_end is not None and expected_end - now > self.interval)
+        )
         cycle_start = state.get(STATE_CYCLE_START)
         return ProvideStatus(
             keys=counts.keys,

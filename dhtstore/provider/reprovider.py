@@ -1,0 +1,260 @@
+"""The node's provider: the provide list plus the sweep, woken by APScheduler.
+
+APScheduler's ``AsyncIOScheduler`` runs on the node's loop with two jobs: one date
+timer for the next due key (re-armed after every batch of work: one timer, never one
+job per CID), and a poll every few seconds that notices keys the CLI added to the
+table while the node runs. The work itself runs in ``run``'s task group, so stopping
+the node cancels it between two store transactions: nothing is half-written.
+
+    reprovider = Reprovider(ProvideListStore(engine), router, messenger, host_info)
+    async with anyio.create_task_group() as tg:
+        await tg.start(reprovider.run)
+        ...
+        tg.cancel_scope.cancel()          # or reprovider.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import anyio
+import anyio.abc
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..dht import DHT
+from ..network.api import KadMessenger, PeerInfo
+from ..providerstore.api import ProviderStore
+from .api import AddResult
+from .keyspace import Prefix
+from .metrics import ProvideMetrics
+from .providelist import ProvideListStore
+from .service import (
+    STATE_CURRENT_REGION,
+    STATE_CYCLE_START,
+    STATE_INTERVAL,
+    STATE_ORDER,
+    STATE_PREFIX_LEN,
+    STATE_THROUGHPUT,
+    ProvideListService,
+)
+from .sweep import Sweep, SweepConfig, VisitReport
+
+log = logging.getLogger(__name__)
+
+NEXT_JOB = "reprovide-next"
+POLL_JOB = "provide-poll"
+METRICS_JOB = "provide-metrics"
+METRICS_EVERY = 60.0  # a full count of a million-key list takes a moment: not every poll
+BEHIND_WARNING_EVERY = 3600.0
+STORE_RETRY = 30.0  # after a store error, try again this much later
+
+
+class Reprovider(ProvideListService):
+    def __init__(
+        self,
+        store: ProvideListStore,
+        dht: DHT,
+        messenger: KadMessenger,
+        self_info: Callable[[], PeerInfo],
+        *,
+        config: SweepConfig = SweepConfig(),
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 2.0,
+        local_store: ProviderStore | None = None,
+        metrics: ProvideMetrics | None = None,
+    ):
+        super().__init__(store, interval=config.interval, clock=clock)
+        self.dht = dht
+        self.messenger = messenger
+        self.self_info = self_info
+        self.config = config
+        self.poll_interval = poll_interval
+        self.local_store = local_store
+        self.metrics = metrics or ProvideMetrics()
+        self.sweep: Sweep | None = None
+        self._wake = anyio.Event()
+        self._armed_for: int | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._cancel: anyio.CancelScope | None = None
+        self._last_behind_warning = float("-inf")
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> Sweep:
+        """Load (or create, on first start) the persisted schedule state."""
+        if self.sweep is not None:
+            return self.sweep
+        now = int(self.clock())
+        state = await self.store.get_state()
+        fresh = {}
+        if STATE_ORDER not in state:
+            fresh[STATE_ORDER] = format(secrets.randbits(256), "064x")
+        if STATE_CYCLE_START not in state:
+            fresh[STATE_CYCLE_START] = str(now)
+        if state.get(STATE_INTERVAL) != str(self.interval):
+            fresh[STATE_INTERVAL] = str(self.interval)
+        if fresh:
+            await self.store.set_state(fresh, now)
+            state.update(fresh)
+        prefix_len = state.get(STATE_PREFIX_LEN)
+        self.sweep = Sweep(
+            self.store,
+            self.dht,
+            self.messenger,
+            self.self_info,
+            order=int(state[STATE_ORDER], 16),
+            cycle_start=int(state[STATE_CYCLE_START]),
+            regions=await self.store.regions(),
+            prefix_len=int(prefix_len) if prefix_len else None,
+            config=self.config,
+            local_store=self.local_store,
+            on_region=self._region_started,
+        )
+        return self.sweep
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Provide and reprovide until cancelled (or ``stop``)."""
+        await self.open()
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(self._poll, IntervalTrigger(seconds=self.poll_interval), id=POLL_JOB, coalesce=True, max_instances=1)
+        scheduler.add_job(self._refresh_metrics, IntervalTrigger(seconds=METRICS_EVERY), id=METRICS_JOB, coalesce=True, max_instances=1)
+        with anyio.CancelScope() as scope:
+            self._cancel = scope
+            scheduler.start()
+            self._scheduler = scheduler
+            try:
+                await self._arm()
+                await self._refresh_metrics()
+                task_status.started()
+                while True:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
+                    await self._work()
+            finally:
+                self._scheduler = None
+                scheduler.shutdown(wait=False)
+                with anyio.CancelScope(shield=True):
+                    await self._set_current(None)
+
+    def stop(self) -> None:
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    # --- the Provider API -------------------------------------------------------------
+
+    async def start_provide(self, cids: Iterable[str | bytes]) -> AddResult:
+        result = await super().start_provide(cids)
+        if result.added:
+            self._wake.set()  # new keys are due now
+        return result
+
+    # --- work -------------------------------------------------------------------------------
+
+    async def run_due(self) -> list[VisitReport]:
+        """Visit regions until nothing is due now; return what was done."""
+        sweep = await self.open()
+        reports = []
+        while True:
+            started = self.clock()
+            report = await sweep.visit(started)
+            if report is None:
+                break
+            reports.append(report)
+            self.metrics.region_finished(report)
+            await self._record_progress(report, self.clock() - started)
+        return reports
+
+    async def _work(self) -> None:
+        try:
+            await self.run_due()
+            await self._arm()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("provider: store error, retrying in %ds: %s", STORE_RETRY, exc)
+            self._arm_at(self.clock() + STORE_RETRY)
+            return
+        status = await self.status()
+        self.metrics.update(status)
+        now = self.clock()
+        if status.falling_behind and now - self._last_behind_warning >= BEHIND_WARNING_EVERY:
+            self._last_behind_warning = now
+            log.warning(
+                "provider is falling behind: %d of %d keys overdue, cycle expected to end %s (interval %s h); "
+                "fewer keys or more provide capacity needed",
+                status.overdue,
+                status.keys,
+                status.expected_cycle_end.isoformat() if status.expected_cycle_end else "never",
+                round(self.interval / 3600, 2),
+            )
+
+    async def _region_started(self, prefix: Prefix) -> None:
+        self.metrics.region_started(str(prefix))
+        await self._set_current(str(prefix))
+
+    async def _set_current(self, label: str | None) -> None:
+        try:
+            await self.store.set_state({STATE_CURRENT_REGION: label or ""}, int(self.clock()))
+        except (SQLAlchemyError, OSError) as exc:
+            log.info("provider: could not record the current region: %s", exc)
+
+    async def _record_progress(self, report: VisitReport, seconds: float) -> None:
+        """Keep the figures the CLI's status needs: throughput (a moving average) and prefix length."""
+        state = await self.store.get_state()
+        rate = float(state.get(STATE_THROUGHPUT, "0") or 0)
+        if report.keys and seconds > 0:
+            sample = report.keys / seconds
+            rate = sample if rate == 0 else 0.8 * rate + 0.2 * sample
+        values = {STATE_THROUGHPUT: f"{rate:.3f}", STATE_CURRENT_REGION: ""}
+        assert self.sweep is not None
+        if self.sweep.prefix_len is not None:
+            values[STATE_PREFIX_LEN] = str(self.sweep.prefix_len)
+        await self.store.set_state(values, int(self.clock()))
+
+    # --- the timer --------------------------------------------------------------------------
+
+    async def _arm(self) -> None:
+        """Point the one timer at the earliest due key (or wake now if it is due)."""
+        due = await self.store.next_due()
+        self._armed_for = due
+        if due is None:
+            if self._scheduler is not None and self._scheduler.get_job(NEXT_JOB):
+                self._scheduler.remove_job(NEXT_JOB)
+            return
+        self._arm_at(due)
+
+    def _arm_at(self, when: float) -> None:
+        if when <= self.clock() or self._scheduler is None:
+            self._wake.set()
+            return
+        self._scheduler.add_job(
+            self._fire,
+            DateTrigger(run_date=datetime.fromtimestamp(when, UTC)),
+            id=NEXT_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,  # late (a suspended machine) is still run, never skipped
+        )
+
+    async def _fire(self) -> None:
+        self._wake.set()
+
+    async def _poll(self) -> None:
+        """Notice keys added by another process (the CLI): they are due now."""
+        try:
+            due = await self.store.next_due()
+        except (SQLAlchemyError, OSError) as exc:
+            log.info("provider: poll failed: %s", exc)
+            return
+        if due is not None and due != self._armed_for and due <= self.clock():
+            self._wake.set()
+
+    async def _refresh_metrics(self) -> None:
+        try:
+            self.metrics.update(await self.status())
+        except (SQLAlchemyError, OSError) as exc:
+            log.info("provider: metrics refresh failed: %s", exc)

@@ -1,0 +1,181 @@
+"""The sweeping reprovider in the many-node simulation, with a real SQLite store.
+
+Virtual time: a 22-hour cycle runs in seconds, and store calls take no virtual time
+(``provider.simulation.StoreTimeLoop``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import anyio
+import pytest
+
+from dhtstore.data.schema import open_store
+from dhtstore.multihash import cid_string
+from dhtstore.provider.api import KeyState
+from dhtstore.provider.providelist import ProvideListStore
+from dhtstore.provider.reprovider import Reprovider
+from dhtstore.provider.simulation import Oracle, RecordingMessenger, TimedStore, holders, run_in, run_schedule
+from dhtstore.provider.sweep import SweepConfig
+from dhtstore.sim import SimConfig, SimNetwork, SimNode
+
+HOUR = 3600.0
+
+
+def multihashes(n: int, tag: bytes = b"sim") -> list[bytes]:
+    return [b"\x12\x20" + hashlib.sha256(tag + b"%d" % i).digest() for i in range(n)]
+
+
+async def reprovider(url: str, net: SimNetwork, node: SimNode, messenger: object, **kw: object) -> Reprovider:
+    engine = await open_store(url)
+    return Reprovider(
+        TimedStore(ProvideListStore(engine)),  # type: ignore[arg-type]
+        node.router,
+        messenger,  # type: ignore[arg-type]
+        lambda: node.info,
+        clock=net.wall_clock,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def close(r: Reprovider) -> None:
+    await r.store.engine.dispose()
+
+
+async def all_held(net: SimNetwork, node: SimNode, keys: list[bytes]) -> list[int]:
+    oracle = Oracle(net, node.peer_id)
+    return [await holders(oracle, mh, node.peer_id) for mh in keys]
+
+
+@pytest.mark.slow
+def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -> None:
+    net = SimNetwork(SimConfig(nodes=2000, seed=11))
+    node = net.node(0)
+    keys = multihashes(20_000)
+    removed = keys[:100]
+    kept = keys[100:]
+    messenger = RecordingMessenger(node.messenger)
+
+    async def first_provide() -> None:
+        r = await reprovider(sqlite_store_url, net, node, messenger)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        reports = await r.run_due()
+        lookups = sum(x.lookups for x in reports)
+        assert lookups < len(keys) / 50  # one lookup per CID would be 20,000
+        assert sum(x.provided for x in reports) == len(keys) and not any(x.failed for x in reports)
+        assert min(await all_held(net, node, keys)) == 20  # every CID at all of its 20 closest
+        # Found by real lookups from 20 random nodes.
+        rng = random.Random(5)
+        for asker in rng.sample(net.nodes[1:], 20):
+            for mh in rng.sample(keys, 5):
+                found = await asker.router.find_providers(mh)
+                assert node.peer_id in {p.peer_id for p in found}
+        status = await r.status()
+        assert (status.keys, status.pending, status.overdue, status.failing) == (20_000, 0, 0, 0)
+        assert status.provided_within_interval == 20_000 and not status.falling_behind
+        assert await r.stop_provide([cid_string(mh) for mh in removed]) == len(removed)
+        await close(r)
+
+    net_start = net.wall_clock()
+    run_in(net, first_provide)
+    messenger.sent.clear()
+    cycle_end = net_start + SweepConfig().interval + HOUR
+    visited: list[list[str]] = [[], []]
+
+    async def half(part: int, until: float) -> None:
+        r = await reprovider(sqlite_store_url, net, node, messenger)  # a fresh start on the same store
+        reports = await run_schedule(r, until)
+        visited[part] = [str(x.prefix) for x in reports]
+        assert sum(x.lookups for x in reports) < len(keys) / 50
+        await close(r)
+
+    run_in(net, half, 0, net_start + SweepConfig().interval / 2)
+    assert visited[0] and messenger.sent  # the first half did reprovide some regions
+    run_in(net, half, 1, cycle_end)
+    # Across the restart every kept key went out once (to its 20 closest), none twice:
+    # the regions finished before the restart were not redone after it.
+    assert not set(visited[0]) & set(visited[1])
+    assert set(messenger.sent) == set(kept)
+    assert set(messenger.sent.values()) == {20}
+
+    async def check() -> None:
+        held = await all_held(net, node, kept)
+        assert min(held) == 20
+
+    run_in(net, check)
+
+
+@pytest.mark.slow
+def test_a_node_down_longer_than_the_interval_catches_up_oldest_first(sqlite_store_url: str) -> None:
+    net = SimNetwork(SimConfig(nodes=2000, seed=12))
+    node = net.node(0)
+    keys = multihashes(3_000, b"down")
+
+    async def provide_then_run(hours: float) -> None:
+        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        await run_schedule(r, net.wall_clock() + hours * HOUR)
+        await close(r)
+
+    run_in(net, provide_then_run, 5)
+    # Down for 50 hours: longer than the interval, and every record on the network expired.
+    run_in(net, anyio.sleep, 50 * HOUR)
+
+    async def come_back() -> None:
+        assert max(await all_held(net, node, keys)) == 0
+        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        before = {mh: e for mh, e in [(e.multihash, e) async for e in r.provide_list()]}
+        assert all(e.state is KeyState.OVERDUE for e in before.values())
+        status = await r.status()
+        assert status.falling_behind and status.overdue == len(keys)
+        reports = await r.run_due()
+        # Oldest first: each visit's keys were due no earlier than the previous visit's.
+        order = []
+        for report in reports:
+            due = [e.next_due_at for mh, e in before.items() if report.prefix.contains(_kad(mh))]
+            if due:
+                order.append(min(due))
+        assert order == sorted(order) and len(order) > 10
+        assert min(await all_held(net, node, keys)) == 20
+        after = await r.status()
+        assert after.overdue == 0 and not after.falling_behind
+        await close(r)
+
+    run_in(net, come_back)
+
+
+def _kad(mh: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(mh).digest(), "big")
+
+
+def test_few_keys_are_provided_one_by_one_and_failures_are_reported(sqlite_store_url: str) -> None:
+    net = SimNetwork(SimConfig(nodes=300, seed=13))
+    node = net.node(0)
+    keys = multihashes(2, b"few")
+
+    async def run() -> None:
+        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        reports = await r.run_due()
+        assert all(x.individual for x in reports) and sum(x.lookups for x in reports) == len(keys)
+        assert min(await all_held(net, node, keys)) == 20
+
+        # The node goes offline: every attempt fails, keys back off and are reported, never dropped.
+        net.set_online(node, False)
+        clock_start = net.wall_clock()
+        await run_schedule(r, clock_start + 30 * HOUR)
+        entries = [e async for e in r.provide_list()]
+        assert len(entries) == 2
+        assert all(e.state is KeyState.FAILING and e.last_error for e in entries)
+        status = await r.status()
+        assert status.failing == 2 and status.falling_behind
+        net.set_online(node, True)
+        net.refresh()  # the node's routing table refresh re-bootstraps it after the outage
+        await run_schedule(r, net.wall_clock() + 2 * HOUR)  # the next retry succeeds
+        entries = [e async for e in r.provide_list()]
+        assert all(e.state is KeyState.PROVIDED and e.attempts == 0 and e.last_error is None for e in entries)
+        await close(r)
+
+    run_in(net, run)
