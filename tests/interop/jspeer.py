@@ -19,9 +19,10 @@ Options of a peer (see ``js/peer.mjs`` for the wire form):
   listen         listen multiaddrs (default one TCP port on 127.0.0.1)
   permissive_namespaces  record namespaces (e.g. "test" for ``/test/…`` keys) that
                  accept any value, for put/get tests without real validators
-  connection_manager  libp2p connectionManager options, e.g.
-                 ``{"inboundConnectionThreshold": 1000}`` (js accepts 5 inbound
-                 connections per second and host by default)
+  connection_manager  libp2p connectionManager options, merged over the harness's
+                 ``{"inboundConnectionThreshold": 1000}`` (js's default accepts only 5
+                 inbound connections per second from one host, and every test peer
+                 dials from 127.0.0.1)
   sink_protocol  a protocol id served as a byte sink (reads to EOF, answers the count
                  as a big-endian uint64): scripts/bench_transport.py uses it
 

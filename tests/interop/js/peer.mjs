@@ -7,9 +7,10 @@
 //            listen       listen multiaddrs                             (default ["/ip4/127.0.0.1/tcp/0"])
 //            permissiveNamespaces  record namespaces ("test" for /test/...) that accept
 //                         any value and select the first record, for put/get tests
-//            connectionManager  passed to libp2p's connectionManager option (e.g.
-//                         {"inboundConnectionThreshold": 1000} lifts js's default limit
-//                         of 5 inbound connections per second and host)
+//            connectionManager  merged into libp2p's connectionManager option; the
+//                         harness sets inboundConnectionThreshold to 1000 (js's default
+//                         of 5 inbound connections per second and host breaks tests
+//                         where every peer dials from 127.0.0.1)
 //            sinkProtocol a protocol id to serve as a byte sink (for benchmarks): it reads
 //                         to the end of the stream, then answers the byte count as a
 //                         big-endian uint64 and closes
@@ -55,7 +56,9 @@ const privateKey = keyType === 'RSA' ? await generateKeyPair('RSA', 2048) : awai
 const node = await createLibp2p({
   privateKey,
   addresses: { listen: options.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
-  connectionManager: options.connectionManager ?? {},
+  // Every test peer dials from 127.0.0.1, and js refuses more than 5 inbound
+  // connections per second from one host by default: lift that unless told otherwise.
+  connectionManager: { inboundConnectionThreshold: 1000, ...(options.connectionManager ?? {}) },
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
