@@ -52,10 +52,6 @@ class NodeCollector(Collector):
         for name, n in sorted(node.store_rows.items()):
             sizes.add_metric([*who, name], n)
         yield sizes
-        provide = GaugeMetricFamily("dhtstore_provide", "Provide list and reprovide cycle", labels=["peer_id", "identity", "what"])
-        for name, value in sorted(node.provide_gauges.items()):
-            provide.add_metric([*who, name], value)
-        yield provide
         store = node.store_state()
         if store != "memory":
             up = GaugeMetricFamily("dhtstore_store_up", "1 while the store answers, 0 while it is down", labels=["peer_id", "identity"])

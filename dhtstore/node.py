@@ -41,6 +41,11 @@ from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .network.kadserver import KadServer
 from .peerid import PeerId
+from .provider.api import AddResult, ProvideEntry
+from .provider.metrics import ProvideMetrics
+from .provider.providelist import ProvideListStore
+from .provider.reprovider import Reprovider
+from .provider.sweep import SweepConfig
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
 from .records.api import RecordError
@@ -73,6 +78,7 @@ class NodeOptions:
     snapshot_interval: float = 300.0
     limits: HostLimits = field(default_factory=HostLimits)
     reprovide: bool = True  # run the reprovider on the store's provide list
+    reprovide_interval: float = amino.REPROVIDE_INTERVAL.total_seconds()
     identity_name: str = "default"  # which identity of the data directory, for status and metrics
 
 
@@ -85,7 +91,6 @@ class Node:
         self.started_at = time.time()
         self.lookups: Counter[str] = Counter()
         self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
-        self.provide_gauges: dict[str, float] = {}  # set by the reprovider
         self.metrics = Metrics(self)
         self.validator = NamespacedValidator()
         self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
@@ -108,7 +113,7 @@ class Node:
         self.values: SqlValueStore | MemoryValueStore
         self.handler: KademliaHandler
         self.kadserver: KadServer
-        self.reprovider = None
+        self.reprovider: Reprovider | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -141,7 +146,7 @@ class Node:
             if engine is not None:
                 tg.start_soon(node._snapshot_loop)
                 tg.start_soon(node._store_stats_loop)
-                await node._start_reprovider(stack, tg)
+                await node._start_reprovider(tg)
             body_error: Exception | None = None
             try:
                 yield node
@@ -159,8 +164,21 @@ class Node:
                     log.warning("final routing-table snapshot not written: %s", exc)
         tg.cancel_scope.cancel()
 
-    async def _start_reprovider(self, stack: AsyncExitStack, tg: anyio.abc.TaskGroup) -> None:
-        """Hook for the reprovider (provider module)."""
+    async def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
+        """Keep the store's provide list provided: the sweeping reprovider, on this loop."""
+        if not self.options.reprovide:
+            return
+        assert self.engine is not None
+        self.reprovider = Reprovider(
+            ProvideListStore(self.engine),
+            self.router,
+            self.messenger,
+            self._self_info,
+            config=SweepConfig(interval=self.options.reprovide_interval),
+            local_store=self.providers if self.serves_dht else None,
+            metrics=ProvideMetrics(self.metrics.registry),
+        )
+        await tg.start(self.reprovider.run)
 
     @property
     def serves_dht(self) -> bool:
@@ -244,16 +262,17 @@ class Node:
         await self.values.put(Record(key, value))
         return await self.router.set_value(key, value)
 
-    async def start_provide(self, cids: Iterable[str | bytes]):  # type: ignore[no-untyped-def]
+    async def start_provide(self, cids: Iterable[str | bytes]) -> AddResult:
+        """Add CIDs to the provide list: stored first, then provided promptly and kept provided."""
         return await self._require_reprovider().start_provide(cids)
 
     async def stop_provide(self, cids: Iterable[str | bytes]) -> int:
         return await self._require_reprovider().stop_provide(cids)
 
-    def provide_list(self, after: bytes | None = None, limit: int | None = None):  # type: ignore[no-untyped-def]
+    def provide_list(self, after: bytes | None = None, limit: int | None = None) -> AsyncIterator[ProvideEntry]:
         return self._require_reprovider().provide_list(after, limit)
 
-    def _require_reprovider(self):  # type: ignore[no-untyped-def]
+    def _require_reprovider(self) -> Reprovider:
         if self.reprovider is None:
             raise RuntimeError("this node has no provide list: start it with a store and reprovide=True")
         return self.reprovider

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -116,3 +117,25 @@ async def test_snapshot_is_written_at_shutdown_and_reloaded(make_store):
             assert count >= 1
             await wait_until(lambda: a.peer_id in b2.table)
     assert engine is not None
+
+
+async def test_the_provide_list_is_provided_and_found(make_store):
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Node.start(options(make_store())))
+        b = await stack.enter_async_context(Node.start(options(make_store(), [address_of(a)])))
+        provider_options = dataclasses.replace(options(make_store(), [address_of(a)]), reprovide=True)
+        c = await stack.enter_async_context(Node.start(provider_options))
+        await wait_until(lambda: c.peer_id in a.table and b.peer_id in a.table)
+        cids = [CID, "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"]
+        result = await c.start_provide(cids)
+        assert result.added == 2
+        with anyio.fail_after(20):
+            while {e.state.value for e in [e async for e in c.provide_list()]} != {"provided"}:
+                await anyio.sleep(0.1)
+        for cid in cids:
+            with anyio.fail_after(10):
+                while not await b.find_providers(cid):
+                    await anyio.sleep(0.1)
+            assert [p.peer_id for p in await b.find_providers(cid)] == [c.peer_id]
+        assert await c.stop_provide([CID]) == 1
+        assert [e.cid async for e in c.provide_list()] == [cids[1]]
