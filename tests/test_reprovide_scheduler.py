@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from dhtstore.data.schema import open_store
 from dhtstore.multihash import cid_string
 from dhtstore.provider.api import KeyState
+from dhtstore.providerstore.memory import MemoryProviderStore
 from dhtstore.provider.metrics import ProvideMetrics
 from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.provider.reprovider import NEXT_JOB, Reprovider
@@ -44,9 +45,10 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(sqlite_store_url: st
     messenger = RecordingMessenger(node.messenger)
     engine = await open_store(sqlite_store_url)
     registry = CollectorRegistry()
+    local = MemoryProviderStore()
     r = Reprovider(
         ProvideListStore(engine), node.router, messenger, lambda: node.info, poll_interval=0.1,
-        metrics=ProvideMetrics(registry),
+        metrics=ProvideMetrics(registry), local_store=local,
     )
     cli_engine = await open_store(sqlite_store_url)  # the CLI: another engine on the same file
     cli = ProvideListService(ProvideListStore(cli_engine))
@@ -61,6 +63,8 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(sqlite_store_url: st
 
             await wait_until(all_provided, "keys given to start_provide are provided")
             assert len(messenger.sent) == 30
+            # Our own provider store answers for what we provide, as go's addLocalRecord does.
+            assert all([(await local.get_providers(mh))[0].provider.peer_id == node.peer_id for mh in messenger.sent])
             # One timer, pointed at the earliest next reprovide.
             assert r._scheduler is not None
             job = r._scheduler.get_job(NEXT_JOB)

@@ -91,6 +91,12 @@ class ProvideListStore:
 
     # --- the list ---------------------------------------------------------------
 
+    async def contains(self, multihash: bytes) -> bool:
+        """True when ``multihash`` is in the provide list (one unique-index lookup)."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(select(ProvidedKeyRow.id).where(ProvidedKeyRow.multihash == multihash).limit(1))
+            return found.first() is not None
+
     async def add(self, entries: Sequence[tuple[str, bytes]], now: int) -> AddResult:
         """Add ``(cid, multihash)`` pairs, due now; a multihash already listed is left as it is."""
         added = 0

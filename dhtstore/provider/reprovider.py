@@ -172,6 +172,11 @@ class Reprovider(ProvideListService):
         return reports
 
     async def _work(self) -> None:
+        if not self.self_info().addrs:
+            # Servers drop provider records without addresses (go does not send them either).
+            log.info("provider: no listen addresses yet, providing later")
+            self._arm_at(self.clock() + self.config.retry_after)
+            return
         try:
             await self.run_due()
             await self._arm()

@@ -124,11 +124,18 @@ async def run_schedule(reprovider: Reprovider, until: float) -> list[VisitReport
 
 
 class RecordingMessenger:
-    """A messenger that counts the ADD_PROVIDER messages sent, by key."""
+    """A messenger that counts the ADD_PROVIDER messages sent, by key, and notes when
+    each key went out (``episodes``: a send more than an hour after the key's previous
+    one starts a new episode)."""
 
-    def __init__(self, inner: KadMessenger):
+    EPISODE_GAP = 3600.0
+
+    def __init__(self, inner: KadMessenger, clock: Callable[[], float] | None = None):
         self.inner = inner
+        self.clock = clock
         self.sent: Counter[bytes] = Counter()
+        self.episodes: dict[bytes, list[float]] = {}
+        self._last: dict[bytes, float] = {}
 
     async def request(self, peer: PeerInfo, message: Message) -> Message:
         return await self.inner.request(peer, message)
@@ -136,6 +143,11 @@ class RecordingMessenger:
     async def send(self, peer: PeerInfo, message: Message) -> None:
         if message.type is MessageType.ADD_PROVIDER:
             self.sent[message.key] += 1
+            if self.clock is not None:
+                now = self.clock()
+                if now - self._last.get(message.key, float("-inf")) > self.EPISODE_GAP:
+                    self.episodes.setdefault(message.key, []).append(now)
+                self._last[message.key] = now
         await self.inner.send(peer, message)
 
 

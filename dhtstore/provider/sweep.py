@@ -76,6 +76,10 @@ SHA2_256_HEADER = b"\x12\x20"
 MAX_MINED_PREFIX_BITS = 20
 
 
+# When even the first lookup fails, the keys under this many bits of the key back off together.
+UNEXPLORED_FAILURE_BITS = 8
+
+
 class ExploreError(Exception):
     """A region could not be explored (the lookups failed or found nobody)."""
 
@@ -230,7 +234,9 @@ class Sweep:
             if self.prefix_len is None:
                 seed = await self._estimate_prefix_len(kad)
                 if seed is None:
-                    return await self._fail_prefix(Prefix.of(kad, 0), now, "lookup found no peers")
+                    # No estimate of region sizes yet: back off a slice of the keyspace,
+                    # not the whole list (which may be millions of keys) at once.
+                    return await self._fail_prefix(Prefix.of(kad, UNEXPLORED_FAILURE_BITS), now, "lookup found no peers")
             assert self.prefix_len is not None
             start = self._free_prefix(kad, self.prefix_len)
         self.current = start
@@ -418,8 +424,10 @@ class Sweep:
         if self.local_store is None:
             return
         me = self.self_info()
-        for k in keys:
-            await self.local_store.add_provider(k.multihash, me.peer_id, me.addrs)
+        store = self.local_store
+        async with anyio.create_task_group() as tg:  # concurrent: the SQL store commits them together
+            for k in keys:
+                tg.start_soon(store.add_provider, k.multihash, me.peer_id, me.addrs)
 
     # --- keys one by one -----------------------------------------------------------------
 
