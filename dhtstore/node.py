@@ -133,8 +133,15 @@ class Node:
             else:
                 node.providers = MemoryProviderStore()
                 node.values = MemoryValueStore(node.validator)
+            own_provides = ProvideListStore(engine).contains if engine is not None and options.reprovide else None
             node.handler = KademliaHandler(
-                node.local, node.table, node.providers, node.values, node.validator, address_book=host.peer_addrs
+                node.local,
+                node.table,
+                node.providers,
+                node.values,
+                node.validator,
+                address_book=host.peer_addrs,
+                own_provides=own_provides,
             )
             node.kadserver = KadServer(host, node.handler, [options.protocol])
             if node.serves_dht:
@@ -175,7 +182,6 @@ class Node:
             self.messenger,
             self._self_info,
             config=SweepConfig(interval=self.options.reprovide_interval),
-            local_store=self.providers if self.serves_dht else None,
             metrics=ProvideMetrics(self.metrics.registry),
         )
         await tg.start(self.reprovider.run)

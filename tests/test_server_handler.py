@@ -266,3 +266,21 @@ async def test_a_store_outage_answers_reads_with_closer_peers_and_refuses_writes
         await handler.handle(sender, Message(MessageType.ADD_PROVIDER, key=MH, provider_peers=(sender,)))
     assert handler.counters[("GET_PROVIDERS", "store_unavailable")] == 1
     assert handler.counters[("ADD_PROVIDER", "store_unavailable")] == 1
+
+
+async def test_our_provide_list_answers_get_providers_for_us(node):
+    listed = {MH}
+
+    async def own_provides(key: bytes) -> bool:
+        return key in listed
+
+    handler = KademliaHandler(node.me, node.table, node.providers, node.values, node.validator, own_provides=own_provides)
+    other = node.known[1]
+    await node.providers.add_provider(MH, other.peer_id, other.addrs)
+    await node.providers.add_provider(MH, node.me.peer_id, node.me.addrs)  # never listed twice
+    reply = await handler.handle(node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    assert [p.peer_id for p in reply.provider_peers] == [node.me.peer_id, other.peer_id]
+    assert reply.provider_peers[0].addrs == node.me.addrs
+    listed.clear()
+    reply = await handler.handle(node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    assert [p.peer_id for p in reply.provider_peers] == [other.peer_id]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Callable
+from typing import Awaitable, Callable
 
 from .. import amino, multihash
 from ..data.engine import StoreError
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 AddressBook = Callable[[PeerId], tuple[bytes, ...]]
 """Known addresses of a peer (the peerstore); empty when unknown."""
+
+OwnProvides = Callable[[bytes], Awaitable[bool]]
+"""Whether we provide a multihash ourselves (it is in our provide list)."""
 
 # Bytes of a GET_PROVIDERS reply that are not provider entries: header, key, closer
 # peers are measured exactly; this is the margin for protobuf framing.
@@ -46,6 +49,7 @@ class KademliaHandler:
         validator: Validator,
         *,
         address_book: AddressBook = _no_addresses,
+        own_provides: OwnProvides | None = None,
         k: int = amino.BUCKET_SIZE,
         max_message_size: int = amino.MAX_MESSAGE_SIZE,
         rng: random.Random | None = None,
@@ -56,6 +60,7 @@ class KademliaHandler:
         self.values = values
         self.validator = validator
         self.address_book = address_book
+        self.own_provides = own_provides
         self.k = k
         self.max_message_size = max_message_size
         self._rng = rng or random.Random()
@@ -145,8 +150,11 @@ class KademliaHandler:
             records = await self.providers.get_providers(request.key)
         except ValueError as exc:  # not a multihash
             raise InvalidRequest(f"GET_PROVIDERS key: {exc}") from None
-        found = [r.provider for r in records]
+        found = [r.provider for r in records if r.provider.peer_id != self.local.peer_id]
         self._rng.shuffle(found)
+        if self.own_provides is not None and await self.own_provides(request.key):
+            # Our provide list answers for us at once, and never expires while listed.
+            found.insert(0, self.local)
         closer = self._closer_peers(Key.for_multihash(request.key), sender.peer_id)
         budget = self.max_message_size - _FRAMING_MARGIN - len(request.key) - sum(map(_peer_size, closer))
         providers = []
