@@ -174,7 +174,10 @@ async def _copy_table(
     async def read() -> None:
         async with send:
             async for batch in _batches(source, table, batch_size):
-                await send.send(batch)
+                try:
+                    await send.send(batch)
+                except anyio.BrokenResourceError:
+                    return  # the writer stopped on an error of its own, which is the one reported
 
     rows, checksum = 0, 0
     insert = _upsert(target)(table).on_conflict_do_nothing()
