@@ -64,3 +64,25 @@ async def test_connect_to_a_closed_port_is_an_os_error() -> None:
     await server.wait_closed()
     with pytest.raises(OSError):
         await tcp.connect("127.0.0.1", port)
+
+
+async def test_closing_towards_a_peer_that_never_reads_aborts_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tcp, "CLOSE_GRACE", 0.1)
+    accepted: list[tcp.TcpStream] = []
+    server = await tcp.listen("127.0.0.1", 0, accepted.append)
+    try:
+        client = await tcp.connect("127.0.0.1", server.sockets[0].getsockname()[1])
+        with anyio.fail_after(5):
+            while not accepted:
+                await anyio.sleep(0.01)
+        sender = accepted[0]
+        with anyio.move_on_after(0.2):  # the client never reads: our send blocks when buffers fill
+            while True:
+                await sender.send(b"x" * 65536)
+        await sender.aclose()
+        with anyio.fail_after(5):
+            while not sender._protocol.lost:  # aborted, not left open with a full buffer
+                await anyio.sleep(0.01)
+        await client.aclose()
+    finally:
+        server.close()

@@ -20,6 +20,7 @@ import anyio.abc
 
 READ_HIGH_WATER = 1024 * 1024  # unread bytes at which reading pauses
 READ_LOW_WATER = 256 * 1024  # ... and resumes
+CLOSE_GRACE = 2.0  # seconds a closed stream may spend flushing before it is aborted
 
 
 class _Protocol(asyncio.Protocol):
@@ -120,7 +121,9 @@ class TcpStream(anyio.abc.ByteStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self._transport.close()  # sends what is buffered, then closes
+            self._transport.close()  # sends what is buffered, then closes ...
+            if self._transport.get_write_buffer_size():  # ... unless the peer never reads
+                asyncio.get_running_loop().call_later(CLOSE_GRACE, self._transport.abort)
             self._protocol.readable.set()
         await anyio.lowlevel.checkpoint()
 
