@@ -41,6 +41,8 @@ def key_text(key: bytes) -> str:
 
 
 class SqlValueStore:
+    """Value records in SQL. ``engine`` comes from ``data.open_store``; the caller disposes of it."""
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -52,8 +54,8 @@ class SqlValueStore:
         self._validator = validator
         self._clock = clock
         self._max_age = int(max_record_age.total_seconds())
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        self._insert = insert  # the dialect's INSERT, for ON CONFLICT
+        # The dialect's own INSERT, which has ON CONFLICT.
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def _now(self) -> int:
         return int(self._clock())
