@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["server", "client", "auto"]
 STORE_STATS_INTERVAL = 60.0  # seconds between row counts for status and metrics
+VALUE_GC_INTERVAL = 24 * 3600.0  # go's ValueGCInterval: drop value records past MAX_RECORD_AGE
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class Node:
             if engine is not None:
                 tg.start_soon(node._snapshot_loop)
                 tg.start_soon(node._store_stats_loop)
+                tg.start_soon(node._value_gc_loop)
                 await node._start_reprovider(tg)
             body_error: Exception | None = None
             try:
@@ -229,6 +231,18 @@ class Node:
             except Exception as exc:
                 log.warning("store statistics unavailable: %s", exc)
             await anyio.sleep(STORE_STATS_INTERVAL)
+
+    async def _value_gc_loop(self) -> None:
+        """Reads already hide old records; this deletes them, in case nobody reads them."""
+        assert isinstance(self.values, SqlValueStore)
+        while True:
+            await anyio.sleep(VALUE_GC_INTERVAL)
+            try:
+                removed = await self.values.sweep()
+            except Exception as exc:
+                log.warning("value-record sweep failed: %s", exc)
+            else:
+                log.info("value-record sweep removed %d records older than %s", removed, amino.MAX_RECORD_AGE)
 
     async def _restore_snapshot(self) -> None:
         """Re-check the peers of the newest snapshot: each is dialled, and identify
