@@ -171,10 +171,6 @@ class Stream(anyio.abc.ByteStream):
     def remote_peer(self) -> PeerId:
         return self.connection.remote_peer
 
-    @property
-    def is_open(self) -> bool:
-        return not self._reset and not (self._local_closed and self._remote_closed)
-
     async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
         while not self._buffer:
             if self._reset or self.connection.closed:
@@ -351,11 +347,6 @@ class Connection:
         self.last_active = time.monotonic()
         await self._flush()
         return stream
-
-    async def ping(self) -> None:
-        """A yamux ping (keeps NATs open; not the libp2p ping protocol)."""
-        self._muxer.ping()
-        await self._flush()
 
     async def close(self) -> None:
         """Go away politely, close the socket and wait for ``run`` to finish."""

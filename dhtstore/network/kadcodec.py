@@ -144,11 +144,6 @@ class FrameDecoder:
         self._buffer += data
 
     @property
-    def buffered(self) -> int:
-        """Bytes received and not yet returned as messages."""
-        return len(self._buffer)
-
-    @property
     def in_frame(self) -> bool:
         """True when part of a frame has arrived: an end of stream now is a truncation."""
         return self._body_length is not None or bool(self._buffer)
