@@ -154,7 +154,12 @@ class SqlProviderStore:
         self._peer_text: LRUCache[bytes, str] = LRUCache(addr_cache_size)  # validated peer id -> base58
         # peer -> (addresses, time) of the last ``peers`` row we wrote for it
         self._peer_written: LRUCache[bytes, tuple[tuple[bytes, ...], int]] = LRUCache(addr_cache_size)
-        self._upsert_records = self._upsert(ProviderRecordRow, ["key_mh", "peer_id"], ["received_at", "expires_at"])
+        # The hot statement, compiled once to the driver's SQL and run with positional
+        # rows: SQLAlchemy's per-row parameter processing halved the batch rate.
+        upsert_records = self._upsert(ProviderRecordRow, ["key_mh", "peer_id"], ["received_at", "expires_at"])
+        compiled = upsert_records.compile(dialect=engine.dialect)
+        assert compiled.positiontup == ["key_mh", "peer_id", "key_b58", "received_at", "expires_at"]
+        self._upsert_records_sql = str(compiled)
         self._upsert_peer_addrs = self._upsert(PeerRow, ["peer_id"], ["addrs", "addrs_expire_at", "last_seen_at"])
         self._upsert_peer_seen = self._upsert(PeerRow, ["peer_id"], ["last_seen_at"])
         self._sweep_interval = sweep_interval.total_seconds()
@@ -258,17 +263,13 @@ class SqlProviderStore:
     async def _commit(self, batch: list[_Pending]) -> None:
         # One order for all writers (us and other processes) so PostgreSQL cannot deadlock.
         batch.sort(key=lambda p: (p.key, p.peer))
-        rows = [
-            {"key_mh": p.key, "peer_id": p.peer, "key_b58": base58btc(p.key),
-             "received_at": p.received_at, "expires_at": p.expires_at}
-            for p in batch
-        ]
+        rows = [(p.key, p.peer, base58btc(p.key), p.received_at, p.expires_at) for p in batch]
         with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
             for retry_delay in (*self._retry_delays, None):
                 try:
                     async with self._engine.begin() as conn:
                         peers_written = await self._upsert_peers(conn, batch)
-                        await conn.execute(self._upsert_records, rows)
+                        await conn.exec_driver_sql(self._upsert_records_sql, rows)
                 except OPEN_ERRORS as exc:
                     self._store_failed(exc)
                     if retry_delay is None or isinstance(exc, _NOT_TRANSIENT):
