@@ -4,6 +4,7 @@ limit), with a small request handler of the test's own."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -129,13 +130,17 @@ async def raw_stream(pair: Pair):  # type: ignore[no-untyped-def]
     [varint.encode(MAX_MESSAGE_SIZE + 1), b"\x80\x00", varint.encode(3) + b"\xff\xff\xff"],
     ids=["oversized-prefix", "non-minimal-prefix", "bad-protobuf"],
 )
-async def test_a_malformed_frame_resets_the_stream_without_an_answer(pair: Pair, garbage: bytes) -> None:
+async def test_a_malformed_frame_resets_the_stream_without_an_answer(
+    pair: Pair, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     stream = await raw_stream(pair)
     await stream.send(garbage)
     with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
         await stream.receive()
     assert pair.kad.stats["malformed_requests"] == 1
     assert pair.handler.seen == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
 
 
 async def test_requests_pipelined_on_one_stream_are_answered_in_order(pair: Pair) -> None:
