@@ -358,3 +358,28 @@ async def test_a_connection_from_our_own_identity_is_refused(hosts: list[Host]) 
             while not conn.closed:
                 await anyio.sleep(0.01)
     assert a.stats["handshake_failures"] == 1 and a.connected_peers() == []
+
+
+async def test_garbage_after_the_handshake_closes_only_that_connection(
+    hosts: list[Host], caplog: pytest.LogCaptureFixture
+) -> None:
+    from dhtstore.network import tcp
+    from dhtstore.network.connection import upgrade
+
+    caplog.set_level(logging.INFO)
+    a, b, _ = hosts
+    host, port = multiaddrs.tcp_endpoint(b.listen_addrs[0])
+    sock = await tcp.connect(host, port)
+    upgraded = await upgrade(sock, PrivateKey.generate(), True, b.peer_id)
+    await sock.send(upgraded.transport.encrypt(b"\x07" + b"\xff" * 11))  # yamux version 7
+    with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+        while True:
+            data = await sock.receive()
+            upgraded.transport.receive_data(data)
+            upgraded.transport.decrypt_available()  # the go-away, then the close
+    await sock.aclose()
+    stream = await a.new_stream(addr_of(b), [ECHO])  # b serves others as before
+    await stream.send(b"fine")
+    assert await stream.receive() == b"fine"
+    assert b.stats["internal_errors"] == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
