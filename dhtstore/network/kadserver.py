@@ -2,11 +2,13 @@
 
 Per stream (libp2p kad-dht spec, go ``dht_net.go``): several requests one after
 another; the stream is reset, with no answer, on a malformed frame or an
-``InvalidRequest``; a stream idle for 60 s is reset. A ``None`` reply (ADD_PROVIDER)
-sends nothing and the stream stays open for the next request.
+``InvalidRequest``; a stream idle for 60 s, or a request not answered within 30 s, is
+reset. A ``None`` reply (ADD_PROVIDER) sends nothing and the stream stays open for the
+next request.
 
-A per-peer token bucket (``PeerRateLimiter``) slows a flooding peer: its requests
-wait for its own tokens while other peers' streams are served at once. Every refusal
+A per-peer token bucket (``PeerRateLimiter``, 200 requests/s with bursts of 400 by
+default) slows a flooding peer: its requests wait for its own tokens while other
+peers' streams are served at once. Every refusal
 is counted in ``KadServer.stats``; nothing a peer sends logs above DEBUG.
 """
 
