@@ -22,6 +22,8 @@ CPU time for the cycle (simulated peers included); peak RSS is the process's.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import bisect
 import hashlib
 import os
 import platform
@@ -38,11 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dhtstore.data.schema import create_or_upgrade, open_store  # noqa: E402
 from dhtstore.multihash import cid_string  # noqa: E402
-from dhtstore.network.api import Message, MessageType, NetworkError  # noqa: E402
+from dhtstore.kadkey import Key  # noqa: E402
+from dhtstore.network.api import Message, MessageType, NetworkError, PeerInfo  # noqa: E402
+from dhtstore.peerid import PeerId  # noqa: E402
+from dhtstore.provider.keyspace import Prefix  # noqa: E402
 from dhtstore.provider.providelist import ProvideListStore  # noqa: E402
 from dhtstore.provider.reprovider import Reprovider  # noqa: E402
-from dhtstore.provider.simulation import TimedStore, run_in, run_schedule  # noqa: E402
+from dhtstore.provider.simulation import StoreTimeLoop, TimedStore, run_in, run_schedule  # noqa: E402
 from dhtstore.sim import SimConfig, SimNetwork  # noqa: E402
+from dhtstore.sim.network import EPOCH  # noqa: E402
 
 HOUR = 3600.0
 
@@ -63,7 +69,15 @@ def main() -> None:
     ap.add_argument("--naive-sample", type=int, default=500, help="CIDs the naive provider is measured on")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--append", type=Path, help="append the results section to this file (BENCHMARKS.md)")
+    ap.add_argument(
+        "--provider-only",
+        action="store_true",
+        help="no simulated network: lookups answered by an exact oracle, messages counted and dropped "
+        "(the provider's own CPU and memory, e.g. for the 1M-CID target)",
+    )
     args = ap.parse_args()
+    if args.provider_only:
+        return report_provider_only(args)
 
     t = time.process_time()
     net = SimNetwork(SimConfig(nodes=args.nodes, seed=args.seed))
@@ -122,18 +136,46 @@ def main() -> None:
             out.write("\n" + text)
 
 
+def report_provider_only(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        anyio.run(create_or_upgrade, url)
+        base = peak_rss_mb()
+        r = anyio.run(
+            provider_only, url, args.nodes, args.cids, args.seed, backend="asyncio",
+            backend_options={"loop_factory": StoreTimeLoop},
+        )
+    load = os.getloadavg()
+    command = f"python scripts/bench_reprovide.py --provider-only --nodes {args.nodes} --cids {args.cids}"
+    text = "\n".join(
+        [
+            f"### Reprovide: the provider's own cost, {args.cids:,} CIDs, {args.nodes:,} servers (no simulated network)",
+            "",
+            f"`{command}` — {time.strftime('%Y-%m-%d')}, {platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} cores, load average {load[0]:.1f} (shared machine). Lookups answered by an exact oracle, "
+            "ADD_PROVIDER counted and dropped: what remains is the sweep, the SQLite store and the scheduling.",
+            "",
+            "| | first provide | one 22 h reprovide cycle |",
+            "|---|---|---|",
+            f"| CPU time | {r['first_cpu']:.0f} s | {r['cpu']:.0f} s ({r['cpu'] / 60:.1f} min) |",
+            f"| region visits | {r['first_visits']} | {r['visits']} |",
+            f"| lookups (cycle) | | {r['lookups']:,} |",
+            f"| ADD_PROVIDER (cycle) | | {r['sent']:,} ({r['sent'] / args.cids:.1f} per CID) |",
+            f"| peak RSS | {r['rss_first']:.0f} MB | {peak_rss_mb():.0f} MB (interpreter and imports: {base:.0f} MB) |",
+            "",
+        ]
+    )
+    print(text)
+    if args.append:
+        with args.append.open("a") as out:
+            out.write("\n" + text)
+
+
 async def sweep_cycle(net: SimNetwork, node, url: str, n: int) -> dict:  # type: ignore[no-untyped-def]
     engine = await open_store(url)
     try:
         store = ProvideListStore(engine)
-        batch: list[tuple[str, bytes]] = []
-        for mh in multihashes(n):
-            batch.append((cid_string(mh), mh))
-            if len(batch) == 10_000:
-                await store.add(batch, int(net.wall_clock()))
-                batch = []
-        if batch:
-            await store.add(batch, int(net.wall_clock()))
+        await add_all(store, n, int(net.wall_clock()))
         r = Reprovider(TimedStore(store), node.router, node.messenger, lambda: node.info, clock=net.wall_clock)  # type: ignore[arg-type]
         t = time.process_time()
         first = await r.run_due()
@@ -158,6 +200,81 @@ async def sweep_cycle(net: SimNetwork, node, url: str, n: int) -> dict:  # type:
         }
     finally:
         await engine.dispose()
+
+
+class OracleDHT:
+    """The exact k closest of a fixed set of peers, at almost no CPU: isolates the
+    provider's own cost (sweep, store, scheduling) from the simulated network's."""
+
+    def __init__(self, nodes: int, seed: int):
+        rng = random.Random(seed)
+        self.peers = [PeerInfo(PeerId(b"\x00\x24\x08\x01\x12\x20" + rng.randbytes(32)), (b"\x04\x7f\x00\x00\x01",)) for _ in range(nodes)]
+        by_key = {Key.for_peer(p.peer_id).value: p for p in self.peers}
+        self.keys = sorted(by_key)
+        self.by_key = by_key
+        self.lookups = 0
+
+    async def find_closest_peers(self, key: bytes, n: int = 20) -> list[PeerInfo]:
+        self.lookups += 1
+        target = Key.hash(key).value
+        for length in range(256, -1, -1):
+            p = Prefix.of(target, length)
+            lo, hi = bisect.bisect_left(self.keys, p.first), bisect.bisect_right(self.keys, p.last)
+            if hi - lo >= n or length == 0:
+                break
+        return [self.by_key[k] for k in sorted(self.keys[lo:hi], key=lambda k: k ^ target)[:n]]
+
+
+class CountingMessenger:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        raise NetworkError("not used")
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        self.sent += 1
+
+
+async def provider_only(url: str, nodes: int, n: int, seed: int) -> dict:  # type: ignore[no-untyped-def]
+    """One cycle of the sweep against OracleDHT: the provider's own CPU and memory."""
+    dht, messenger = OracleDHT(nodes, seed), CountingMessenger()
+    me = PeerInfo(PeerId(b"\x00\x24\x08\x01\x12\x20" + bytes(32)), (b"\x04\x7f\x00\x00\x01",))
+    clock = lambda: EPOCH + asyncio.get_running_loop().time()  # noqa: E731
+    engine = await open_store(url)
+    try:
+        store = ProvideListStore(engine)
+        await add_all(store, n, int(clock()))
+        r = Reprovider(TimedStore(store), dht, messenger, lambda: me, clock=clock)  # type: ignore[arg-type]
+        t = time.process_time()
+        first = await r.run_due()
+        first_cpu = time.process_time() - t
+        rss_first = peak_rss_mb()
+        lookups, sent = dht.lookups, messenger.sent
+        t = time.process_time()
+        reports = await run_schedule(r, clock() + r.interval)
+        return {
+            "cpu": time.process_time() - t,
+            "first_cpu": first_cpu,
+            "lookups": dht.lookups - lookups,
+            "sent": messenger.sent - sent,
+            "visits": len(reports),
+            "first_visits": len(first),
+            "rss_first": rss_first,
+        }
+    finally:
+        await engine.dispose()
+
+
+async def add_all(store: ProvideListStore, n: int, now: int) -> None:
+    batch: list[tuple[str, bytes]] = []
+    for mh in multihashes(n):
+        batch.append((cid_string(mh), mh))
+        if len(batch) == 10_000:
+            await store.add(batch, now)
+            batch = []
+    if batch:
+        await store.add(batch, now)
 
 
 async def naive_sample(net: SimNetwork, node, sample: int) -> dict:  # type: ignore[no-untyped-def]
