@@ -12,7 +12,7 @@ from contextlib import AsyncExitStack
 import anyio
 import pytest
 from cid import make_cid
-from jspeer import JsPeerError, start_js_peers
+from jspeer import start_js_peers
 
 from dhtstore import multihash
 from dhtstore.crypto.keys import KeyType, PrivateKey
@@ -48,18 +48,6 @@ def our_addr(node: Node) -> str:
     return f"{node.host.listen_addrs[0]}/p2p/{node.peer_id}"
 
 
-async def dial_with_retry(peer, addr: str, attempts: int = 3) -> None:
-    """js gives up a handshake quickly on a loaded machine ("Encryption failed")."""
-    for attempt in range(attempts):
-        try:
-            await peer.dial(addr)
-            return
-        except JsPeerError:
-            if attempt == attempts - 1:
-                raise
-            await anyio.sleep(0.5)
-
-
 async def eventually(check, timeout: float = 30.0, interval: float = 0.25):
     """Await ``check()`` until it returns a truthy value (bounded by ``timeout``)."""
     with anyio.fail_after(timeout):
@@ -73,7 +61,7 @@ async def test_mixed_network(js_harness, tmp_path):
         js = await stack.enter_async_context(start_js_peers(js_harness, JS_SERVERS))
         boot = js[0]
         for peer in js[1:]:
-            await dial_with_retry(peer, boot.addr)
+            await peer.dial(boot.addr)
         # An RSA identity too, so the /pk/ record is one that must be stored (not inlined).
         s1 = await stack.enter_async_context(Node.start(node_options(boot.addr, identity=PrivateKey.generate(KeyType.RSA))))
         s2 = await stack.enter_async_context(Node.start(node_options(boot.addr)))
@@ -138,8 +126,8 @@ async def test_mixed_network(js_harness, tmp_path):
         await eventually(js_reads_our_record)
 
         rsa_js = await stack.enter_async_context(start_js_peers(js_harness, 1, key_type="RSA"))
-        await dial_with_retry(rsa_js[0], boot.addr)
-        await dial_with_retry(rsa_js[0], our_addr(s1))  # s1's identify learns the js peer's RSA key
+        await rsa_js[0].dial(boot.addr)
+        await rsa_js[0].dial(our_addr(s1))  # s1's identify learns the js peer's RSA key
         await rsa_js[0].get_closest_peers(rsa_js[0].peer_id.to_bytes())
         js_public_key = s1.host.identify.info(rsa_js[0].peer_id).public_key
         js_key = pk.routing_key(rsa_js[0].peer_id)
