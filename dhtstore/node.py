@@ -8,8 +8,8 @@ What starts, in order, each owned by the node's exit stack and task group: the s
 (checked to be at the code's schema revision), the provider store's writer and sweep,
 the libp2p host, the routing table (primed from the newest snapshot), the Kademlia
 server (server mode only: the kad protocol is neither advertised nor served by a
-client), routing-table upkeep (bootstrap, admission, refresh), periodic snapshots and
-the reprovider. Leaving the ``async with`` writes a final snapshot and stops
+client), routing-table upkeep (bootstrap, admission, refresh), periodic snapshots, the
+peer book (identify info into ``peers``), the value-record sweep and the reprovider. Leaving the ``async with`` writes a final snapshot and stops
 everything, with nothing half-written.
 
 Without a ``store_url`` (the one-shot client commands) the stores are in memory and
@@ -40,6 +40,7 @@ from .network.api import PeerInfo, Record
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .network.kadserver import KadServer
+from .peerbook import PeerBook
 from .peerid import PeerId
 from .provider.api import AddResult, ProvideEntry
 from .provider.metrics import ProvideMetrics
@@ -155,6 +156,9 @@ class Node:
                 tg.start_soon(node._snapshot_loop)
                 tg.start_soon(node._store_stats_loop)
                 tg.start_soon(node._value_gc_loop)
+                peers = PeerBook(engine)
+                host.on_identify(peers.on_identify)
+                tg.start_soon(peers.run)
                 await node._start_reprovider(tg)
             body_error: Exception | None = None
             try:

@@ -1,0 +1,115 @@
+"""What the node learns about peers from identify, kept in the ``peers`` table so that
+``select agent, count(*) from peers group by agent`` answers with no helper.
+
+Identify arrives per connection, often many a second; the book keeps the latest info
+per peer in memory (bounded) and writes it in one transaction every ``FLUSH_INTERVAL``.
+It updates protocols, agent and last-seen time; addresses are written only for a peer
+new to the table, since the provider store owns a provider's announced addresses and
+their 24 h expiry. Rows of peers not seen for ``FORGET_AFTER`` that provide nothing are
+deleted in batches, so the table does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import anyio
+from sqlalchemy import delete, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .amino import PROVIDER_ADDR_TTL
+from .data.models import PeerRow, ProviderRecordRow
+from .network.identify import IdentifyInfo
+from .peerid import PeerId
+from .providerstore.validation import pack_addrs
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 30.0
+MAX_PENDING = 10_000  # peers waiting to be written; the oldest updates are dropped past it
+FORGET_AFTER = 7 * 24 * 3600
+PRUNE_BATCH = 1000
+MAX_PRUNE_BATCHES = 1000  # bounds one prune run
+
+
+class PeerBook:
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time):
+        self._engine = engine
+        self._clock = clock
+        self._pending: OrderedDict[PeerId, tuple[IdentifyInfo, int]] = OrderedDict()
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert(PeerRow)
+        self._upsert = stmt.on_conflict_do_update(
+            index_elements=["peer_id"], set_={c: stmt.excluded[c] for c in ("protocols", "agent", "last_seen_at")}
+        )
+        self.written = 0
+
+    def on_identify(self, peer: PeerId, info: IdentifyInfo) -> None:
+        """Host callback: remember the latest info; the next flush writes it."""
+        self._pending.pop(peer, None)
+        self._pending[peer] = (info, int(self._clock()))
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    async def flush(self) -> int:
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, OrderedDict()
+        rows = [
+            {
+                "peer_id": peer.to_bytes(),
+                "peer_id_text": peer.to_base58(),
+                "addrs": pack_addrs(info.listen_addrs),
+                "addrs_expire_at": seen + int(PROVIDER_ADDR_TTL.total_seconds()) if info.listen_addrs else 0,
+                "protocols": "\n".join(info.protocols),
+                "agent": info.agent_version or "",
+                "first_seen_at": seen,
+                "last_seen_at": seen,
+            }
+            for peer, (info, seen) in sorted(pending.items(), key=lambda item: item[0].to_bytes())
+        ]
+        async with self._engine.begin() as conn:
+            await conn.execute(self._upsert, rows)
+        self.written += len(rows)
+        return len(rows)
+
+    async def prune(self) -> int:
+        """Delete peers not seen for FORGET_AFTER that no provider record names."""
+        cutoff = int(self._clock()) - FORGET_AFTER
+        doomed = (
+            select(PeerRow.peer_id)
+            .where(PeerRow.last_seen_at < cutoff, ~exists().where(ProviderRecordRow.peer_id == PeerRow.peer_id))
+            .limit(PRUNE_BATCH)
+        )
+        deleted = 0
+        for _ in range(MAX_PRUNE_BATCHES):
+            async with self._engine.begin() as conn:
+                n = (await conn.execute(delete(PeerRow).where(PeerRow.peer_id.in_(doomed)))).rowcount
+            deleted += n
+            if n < PRUNE_BATCH:
+                break
+        return deleted
+
+    async def run(self) -> None:
+        """Flush every FLUSH_INTERVAL and prune hourly, until cancelled (then flush once more)."""
+        last_prune = float("-inf")
+        try:
+            while True:
+                await anyio.sleep(FLUSH_INTERVAL)
+                try:
+                    await self.flush()
+                    if time.monotonic() - last_prune > 3600:
+                        last_prune = time.monotonic()
+                        await self.prune()
+                except Exception as exc:  # the store may be down; identify goes on
+                    log.warning("peer book not written: %s", exc)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await self.flush()
+                except Exception as exc:
+                    log.warning("peer book not written at shutdown: %s", exc)
