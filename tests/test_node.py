@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from dhtstore import multihash
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import default_store_url
-from dhtstore.data.models import RoutingSnapshotPeerRow
+from dhtstore.data.models import PeerRow, RoutingSnapshotPeerRow
 from dhtstore.network import multiaddrs
 from dhtstore.node import Node, NodeOptions
 from dhtstore.records import pk
@@ -115,6 +115,9 @@ async def test_snapshot_is_written_at_shutdown_and_reloaded(make_store):
             async with b2.engine.connect() as conn:
                 count = (await conn.execute(select(func.count()).select_from(RoutingSnapshotPeerRow))).scalar()
             assert count >= 1
+            async with b2.engine.connect() as conn:
+                agents = (await conn.execute(select(PeerRow.agent).where(PeerRow.peer_id == a.peer_id.to_bytes()))).all()
+            assert agents == [("dhtstore/0.1.0",)], "the peer book was flushed at shutdown"
             await wait_until(lambda: a.peer_id in b2.table)
     assert engine is not None
 
