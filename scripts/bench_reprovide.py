@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--cids", type=int, default=100_000)
     ap.add_argument("--naive-sample", type=int, default=500, help="CIDs the naive provider is measured on")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--unresponsive", type=float, default=0.0, help="fraction of simulated servers that never answer")
     ap.add_argument("--append", type=Path, help="append the results section to this file (BENCHMARKS.md)")
     ap.add_argument(
         "--provider-only",
@@ -80,7 +81,7 @@ def main() -> None:
         return report_provider_only(args)
 
     t = time.process_time()
-    net = SimNetwork(SimConfig(nodes=args.nodes, seed=args.seed))
+    net = SimNetwork(SimConfig(nodes=args.nodes, seed=args.seed, unresponsive=args.unresponsive))
     build_cpu = time.process_time() - t
     rss_after_build = peak_rss_mb()
     node = net.node(0)
@@ -104,10 +105,13 @@ def main() -> None:
     ]
     load = os.getloadavg()
     command = "python scripts/bench_reprovide.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in (("nodes", args.nodes), ("cids", args.cids), ("naive_sample", args.naive_sample))
+        f" --{k.replace('_', '-')} {v}"
+        for k, v in (("nodes", args.nodes), ("cids", args.cids), ("naive_sample", args.naive_sample), ("unresponsive", args.unresponsive))
+        if k != "unresponsive" or v
     )
     lines = [
-        f"### Reprovide: sweep vs naive, {args.nodes:,} nodes, {args.cids:,} CIDs (one 22 h cycle)",
+        f"### Reprovide: sweep vs naive, {args.nodes:,} nodes, {args.cids:,} CIDs (one 22 h cycle)"
+        + (f", {args.unresponsive:.0%} of servers unresponsive" if args.unresponsive else ""),
         "",
         f"`{command}` — {time.strftime('%Y-%m-%d')}, {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} cores, load average {load[0]:.1f} while it ran (other jobs shared the machine).",
@@ -122,9 +126,9 @@ def main() -> None:
         f"- naive figures: measured on {args.naive_sample} CIDs "
         f"({naive['messages'] / args.naive_sample:.1f} messages and {naive['cpu'] / args.naive_sample * 1000:.1f} ms CPU "
         f"per CID) and scaled to {args.cids:,}.",
-        f"- CPU includes the simulated network's side (handlers, routing tables) and the SQLite store; "
-        f"peak RSS {sweep_peak:.0f} MB, of which {rss_after_build:.0f} MB is the simulated network "
-        f"(so about {sweep_peak - rss_after_build:.0f} MB for the provider, its store driver and the records the peers hold).",
+        f"- CPU includes the simulated network's side (handlers, routing tables, provider stores) and the SQLite store; "
+        f"peak RSS {sweep_peak:.0f} MB: {rss_after_build:.0f} MB is the simulated network as built, most of the rest "
+        f"the {args.cids * 20:,} provider records its peers then hold (the provider's own memory: `--provider-only`).",
         "- Targets (issue 6): sweep ≤ 3% of naive lookups and ≤ 35% of its messages; "
         "1M CIDs through a cycle in ≤ 15 CPU-minutes with peak RSS ≤ 500 MB.",
         "",

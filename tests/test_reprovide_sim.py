@@ -183,3 +183,22 @@ def test_few_keys_are_provided_one_by_one_and_failures_are_reported(sqlite_store
         await close(r)
 
     run_in(net, run)
+
+
+def test_unresponsive_servers_do_not_collapse_the_regions(sqlite_store_url: str) -> None:
+    # Lookups that come back short (silent peers dropped) must not be taken for the
+    # whole network: the records still reach the 20 closest live servers.
+    net = SimNetwork(SimConfig(nodes=500, seed=14, unresponsive=0.1))
+    node = net.live_nodes()[0]
+    keys = multihashes(2_000, b"silent")
+
+    async def run() -> None:
+        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        reports = await r.run_due()
+        assert r.sweep is not None and len(r.sweep.regions) >= 8
+        assert sum(x.lookups for x in reports) < len(keys) / 20
+        assert min(await all_held(net, node, keys)) == 20
+        await close(r)
+
+    run_in(net, run)

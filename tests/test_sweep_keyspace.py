@@ -42,13 +42,14 @@ def test_covered_prefix() -> None:
     for _ in range(50):
         target = rng.getrandbits(BITS)
         closest = sorted(peers, key=lambda p: p ^ target)[:20]
-        c = covered_prefix(target, closest, 20)
+        c = covered_prefix(target, closest)
         assert c is not None and c.contains(target)
         # Every peer under the covered prefix is in the answer, and the answer is not all under it.
         assert {p for p in peers if c.contains(p)} <= set(closest)
         assert not all(c.contains(p) for p in closest)
-    assert covered_prefix(5, [1, 2], 20) == Prefix(0, 0)  # fewer than k: the whole network
-    assert covered_prefix(5, [], 20) is None
+    # A short answer is not taken for the whole network.
+    assert covered_prefix(0b1000 << 252, [0b1001 << 252, 0b1010 << 252]) == Prefix.parse("100")
+    assert covered_prefix(5, []) is None
 
 
 def test_gaps_and_prefix_basics() -> None:

@@ -77,19 +77,17 @@ def common_prefix_length(a: int, b: int) -> int:
     return BITS - (a ^ b).bit_length()
 
 
-def covered_prefix(target: int, closest: Sequence[int], k: int) -> Prefix | None:
+def covered_prefix(target: int, closest: Sequence[int]) -> Prefix | None:
     """The largest prefix of ``target`` all of whose peers are in ``closest``.
 
-    ``closest`` is the answer of a lookup for the ``k`` peers closest to ``target``. If
-    it holds fewer than ``k`` peers the lookup saw the whole network: everything is
-    covered. Otherwise the farthest answers share ``m`` leading bits with the target,
-    and every peer under the target's first ``m + 1`` bits is closer than them, so it is
-    in the answer. None if the answer is empty.
+    ``closest`` is the answer of a lookup for the peers closest to ``target``. If the
+    farthest answers share ``m`` leading bits with the target, every peer under the
+    target's first ``m + 1`` bits is closer than them, so the lookup would have returned
+    it. A short answer (unresponsive peers dropped) is treated the same way, never as
+    "the whole network". None if the answer is empty.
     """
     if not closest:
         return None
-    if len(closest) < k:
-        return Prefix(0, 0)
     m = min(common_prefix_length(target, p) for p in closest)
     return Prefix.of(target, min(m + 1, BITS))
 

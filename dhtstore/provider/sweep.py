@@ -261,7 +261,7 @@ class Sweep:
         answer = await self._lookup(mh)
         if not answer:
             return None
-        self.prefix_len = covered_prefix_len(kad, answer, self.config.replication)
+        self.prefix_len = covered_prefix_len(kad, answer)
         return mh, answer
 
     async def _some_key(self, prefix: Prefix) -> bytes:
@@ -304,7 +304,7 @@ class Sweep:
                 if key not in ex.peers:
                     ex.peers[key] = p
                     fresh += 1
-            covered = covered_prefix(Key.for_multihash(target).value, [Key.for_peer(p.peer_id).value for p in answer], c.replication)
+            covered = covered_prefix(Key.for_multihash(target).value, [Key.for_peer(p.peer_id).value for p in answer])
             if covered is None:
                 raise ExploreError(f"lookups in region {start} found no peers")
             ex.covered.append(covered)
@@ -491,8 +491,8 @@ class Sweep:
         return VisitReport(prefix, len(keys), 0, len(keys), 0, 0, 0, 0, individual=False, error=error)
 
 
-def covered_prefix_len(kad: int, answer: Sequence[PeerInfo], k: int) -> int:
-    """The number of leading bits all of ``answer`` share with ``kad`` (0 if fewer than k answers)."""
-    if len(answer) < k:
+def covered_prefix_len(kad: int, answer: Sequence[PeerInfo]) -> int:
+    """The number of leading bits all of ``answer`` share with ``kad`` (0 for fewer than two answers)."""
+    if len(answer) < 2:
         return 0
     return min(common_prefix_length(kad, Key.for_peer(p.peer_id).value) for p in answer)
