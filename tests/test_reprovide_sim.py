@@ -185,6 +185,7 @@ def test_few_keys_are_provided_one_by_one_and_failures_are_reported(sqlite_store
     run_in(net, run)
 
 
+@pytest.mark.slow
 def test_unresponsive_servers_do_not_collapse_the_regions(sqlite_store_url: str) -> None:
     # Lookups that come back short (silent peers dropped) must not be taken for the
     # whole network: the records still reach the 20 closest live servers.
