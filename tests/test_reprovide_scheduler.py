@@ -39,18 +39,18 @@ async def wait_until(predicate, what: str, limit: float = 20.0) -> None:  # type
             await anyio.sleep(0.05)
 
 
-async def test_runs_on_apscheduler_and_picks_up_cli_changes(sqlite_store_url: str) -> None:
+async def test_runs_on_apscheduler_and_picks_up_cli_changes(store_url: str) -> None:
     net = SimNetwork(SimConfig(nodes=120, seed=21, latency=(0.0, 0.0)))  # real time: no delays
     node = net.node(0)
     messenger = RecordingMessenger(node.messenger)
-    engine = await open_store(sqlite_store_url)
+    engine = await open_store(store_url)
     registry = CollectorRegistry()
     local = MemoryProviderStore()
     r = Reprovider(
         ProvideListStore(engine), node.router, messenger, lambda: node.info, poll_interval=0.1,
         metrics=ProvideMetrics(registry), local_store=local,
     )
-    cli_engine = await open_store(sqlite_store_url)  # the CLI: another engine on the same file
+    cli_engine = await open_store(store_url)  # the CLI: another engine on the same file
     cli = ProvideListService(ProvideListStore(cli_engine))
     try:
         async with anyio.create_task_group() as tg:
