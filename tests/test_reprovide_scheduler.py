@@ -65,10 +65,14 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(store_url: str) -> N
             assert len(messenger.sent) == 30
             # Our own provider store answers for what we provide, as go's addLocalRecord does.
             assert all([(await local.get_providers(mh))[0].provider.peer_id == node.peer_id for mh in messenger.sent])
-            # One timer, pointed at the earliest next reprovide.
-            assert r._scheduler is not None
-            job = r._scheduler.get_job(NEXT_JOB)
-            assert job is not None and int(job.next_run_time.timestamp()) == await r.store.next_due()
+            # One timer, pointed at the earliest next reprovide (once the worker is through).
+            async def armed() -> bool:
+                assert r._scheduler is not None
+                job = r._scheduler.get_job(NEXT_JOB)
+                return job is not None and int(job.next_run_time.timestamp()) == await r.store.next_due()
+
+            await wait_until(armed, "the timer is set for the next due key")
+            assert len(r._scheduler.get_jobs()) == 3  # that timer, the poll and the metrics refresh
 
             added_by_cli = cids(5, b"cli")
             await cli.start_provide(added_by_cli)

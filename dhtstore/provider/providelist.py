@@ -208,18 +208,32 @@ class ProvideListStore:
             row = (await conn.execute(stmt)).first()
         return None if row is None else (int.from_bytes(row[0], "big"), row[1])
 
-    async def due_keys(self, prefix: Prefix, before: int, limit: int | None = None) -> list[KeyRow]:
-        """Keys under ``prefix`` due before ``before``, sorted by Kademlia key."""
-        stmt = (
-            select(ProvidedKeyRow.kad_key, ProvidedKeyRow.multihash)
-            .where(and_(_in_prefix(prefix), ProvidedKeyRow.next_due_at < before))
-            .order_by(ProvidedKeyRow.kad_key)
-        )
+    async def due_keys(
+        self, prefix: Prefix, before: int, limit: int | None = None, provided_before: int | None = None
+    ) -> list[KeyRow]:
+        """Keys under ``prefix`` due before ``before`` (and, if given, not provided since
+        ``provided_before``), sorted by Kademlia key."""
+        k = ProvidedKeyRow
+        where = and_(_in_prefix(prefix), k.next_due_at < before)
+        if provided_before is not None:
+            where = and_(where, or_(k.last_provided_at.is_(None), k.last_provided_at < provided_before))
+        stmt = select(k.kad_key, k.multihash).where(where).order_by(k.kad_key)
         if limit is not None:
             stmt = stmt.limit(limit)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [KeyRow(int.from_bytes(kad, "big"), mh) for kad, mh in rows]
+
+    async def realign(self, prefix: Prefix, before: int, provided_since: int, next_due: int) -> None:
+        """Move keys under ``prefix`` due before ``before`` but provided since
+        ``provided_since`` to ``next_due``, without providing them again."""
+        k = ProvidedKeyRow
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(k)
+                .where(_in_prefix(prefix), k.next_due_at < before, k.last_provided_at >= provided_since)
+                .values(next_due_at=next_due)
+            )
 
     async def any_key(self, prefix: Prefix) -> bytes | None:
         """A multihash of the list under ``prefix`` (a lookup target inside it), if any."""

@@ -337,7 +337,11 @@ class Sweep:
         new_rows: list[RegionRow] = []
         for part in parts:
             turn = self._turn(part, now)
-            keys = await self.store.due_keys(part, turn)
+            # Keys another visit sent minutes ago (while the regions were being
+            # refined) only move to this region's turn; they do not go out twice.
+            fresh = int(now - c.grace)
+            keys = await self.store.due_keys(part, turn, provided_before=fresh)
+            await self.store.realign(part, turn, fresh, turn)
             peer_keys = [k for k in inside if part.contains(k)]
             peers = [ex.peers[k] for k in peer_keys]
             reached, messages = await self._send(keys, peer_keys, peers)
