@@ -63,8 +63,7 @@ def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -
         reports = await r.run_due()
         lookups = sum(x.lookups for x in reports)
         assert lookups < len(keys) / 50  # one lookup per CID would be 20,000
-        # (a few keys go out twice while the first visits still refine the regions)
-        assert len(keys) <= sum(x.provided for x in reports) < 1.05 * len(keys)
+        assert sum(x.provided for x in reports) == len(keys)  # each once, though regions were refined meanwhile
         assert not any(x.failed for x in reports)
         assert min(await all_held(net, node, keys)) == 20  # every CID at all of its 20 closest
         # Found by real lookups from 20 random nodes.
