@@ -42,8 +42,9 @@ unfinished one's are still due. Visiting a region sends every key of it that is 
 before the region's next turn (``schedule.next_turn``, offset by prefix XOR the node's
 order key), then sets their ``next_due_at`` to that turn. So new keys go out at once
 (they are due when added), and a region's keys line up on its turn after their first
-visit. A turn less than a ``grace`` away is taken now, so keys do not go out twice in a
-few minutes. Failed keys count ``attempts``, keep ``last_error`` and come back after
+visit. A turn less than a ``grace`` (interval/128) away is taken now, and keys another
+visit sent within the grace (while the first visits still refine the regions) are only
+moved to the turn, so no key goes out twice in a few minutes. Failed keys count ``attempts``, keep ``last_error`` and come back after
 a doubling backoff; they are reported as failing, never dropped.
 """
 
@@ -421,7 +422,21 @@ class Sweep:
                         self.counters.messages += sent
                         return sent, False
         self.counters.messages += sent
-        return sent, errors < sent
+        return sent, errors < sent and await self._processed(peer)
+
+    async def _processed(self, peer: PeerInfo) -> bool:
+        """ADD_PROVIDER gets no reply, and a sent message may still sit in a buffer (or a
+        rate limiter) when we move on. A PING on the same stream, answered in order by
+        go, js and us, proves the peer has processed every ADD_PROVIDER before it: only
+        then are the keys marked provided, so a crash never marks a key whose records
+        were lost in flight."""
+        try:
+            with anyio.fail_after(self.config.send_timeout):
+                await self.messenger.request(peer, Message(MessageType.PING))
+        except (NetworkError, TimeoutError, OSError) as exc:
+            log.debug("%s did not confirm its ADD_PROVIDERs: %s", peer.peer_id, exc)
+            return False
+        return True
 
     async def _add_locally(self, keys: Sequence[KeyRow]) -> None:
         """We provide these keys, so our own provider store answers for them too (as go does)."""
