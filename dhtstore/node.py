@@ -9,7 +9,9 @@ What starts, in order, each owned by the node's exit stack and task group: the s
 the libp2p host, the routing table (primed from the newest snapshot), the Kademlia
 server (server mode only: the kad protocol is neither advertised nor served by a
 client), routing-table upkeep (bootstrap, admission, refresh), periodic snapshots, the
-peer book (identify info into ``peers``), the value-record sweep and the reprovider. Leaving the ``async with`` writes a final snapshot and stops
+peer book (identify info into ``peers``), the value-record sweep and the reprovider (on
+a shared PostgreSQL store, in the one process that holds the reprovide lock). Leaving
+the ``async with`` writes a final snapshot and stops
 everything, with nothing half-written.
 
 Without a ``store_url`` (the one-shot client commands) the stores are in memory and
@@ -18,6 +20,7 @@ nothing is persisted.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -28,10 +31,13 @@ from typing import Literal
 
 import anyio
 import anyio.abc
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import amino, ipfs
 from .crypto.keys import PrivateKey
+from .data.locks import try_advisory_lock
 from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
@@ -64,6 +70,9 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["server", "client", "auto"]
 STORE_STATS_INTERVAL = 60.0  # seconds between row counts for status and metrics
+REPROVIDE_LOCK = 0x6468_7473_7265_7072  # advisory lock id ("dhtsrepr"): one reprovider per store
+LEADER_RETRY = 5.0  # seconds between a standby's attempts to take the reprovide lock
+LOCK_PROBE_INTERVAL = 5.0  # seconds between checks that the lock's connection is alive
 VALUE_GC_INTERVAL = 24 * 3600.0  # go's ValueGCInterval: drop value records past MAX_RECORD_AGE
 
 
@@ -116,6 +125,8 @@ class Node:
         self.handler: KademliaHandler
         self.kadserver: KadServer
         self.reprovider: Reprovider | None = None
+        self.reprovide_active = False  # this process is the one providing the list
+        self._provide_list: ProvideListStore | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -135,7 +146,8 @@ class Node:
             else:
                 node.providers = MemoryProviderStore()
                 node.values = MemoryValueStore(node.validator)
-            own_provides = ProvideListStore(engine).contains if engine is not None and options.reprovide else None
+            if engine is not None and options.reprovide:
+                node._provide_list = ProvideListStore(engine)
             node.handler = KademliaHandler(
                 node.local,
                 node.table,
@@ -143,7 +155,7 @@ class Node:
                 node.values,
                 node.validator,
                 address_book=host.peer_addrs,
-                own_provides=own_provides,
+                own_provides=node._provides,
             )
             node.kadserver = KadServer(host, node.handler, [options.protocol])
             if node.serves_dht:
@@ -177,21 +189,6 @@ class Node:
                     log.warning("final routing-table snapshot not written: %s", exc)
         tg.cancel_scope.cancel()
 
-    async def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
-        """Keep the store's provide list provided: the sweeping reprovider, on this loop."""
-        if not self.options.reprovide:
-            return
-        assert self.engine is not None
-        self.reprovider = Reprovider(
-            ProvideListStore(self.engine),
-            self.router,
-            self.messenger,
-            self._self_info,
-            config=SweepConfig(interval=self.options.reprovide_interval),
-            metrics=ProvideMetrics(self.metrics.registry),
-        )
-        await tg.start(self.reprovider.run)
-
     @property
     def serves_dht(self) -> bool:
         """Server mode. ``auto`` serves on the LAN DHT (where every host is a server) and,
@@ -202,6 +199,57 @@ class Node:
                 is_public_addr(a) for a in self.host.advertised_addrs()
             )
         return self.options.mode == "server"
+
+    def _new_reprovider(self) -> Reprovider:
+        assert self.engine is not None
+        return Reprovider(
+            ProvideListStore(self.engine),
+            self.router,
+            self.messenger,
+            self._self_info,
+            config=SweepConfig(interval=self.options.reprovide_interval),
+            metrics=ProvideMetrics(self.metrics.registry) if self.reprovider is None else self.reprovider.metrics,
+        )
+
+    async def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
+        """Keep the store's provide list provided: the sweeping reprovider, on this loop."""
+        if not self.options.reprovide:
+            return
+        assert self.engine is not None
+        self.reprovider = self._new_reprovider()
+        if self.engine.dialect.name == "postgresql":
+            tg.start_soon(self._reprovide_while_leader)
+        else:
+            self.reprovide_active = True
+            await tg.start(self.reprovider.run)
+
+    async def _reprovide_while_leader(self) -> None:
+        """Several processes may share a PostgreSQL store and its provide list; exactly one,
+        the holder of REPROVIDE_LOCK, reprovides it, so each key is provided once per
+        cycle. The others stand by and retry; when the leader dies its connection, and so
+        the lock, goes, and a standby takes over from the schedule in the store."""
+        assert self.engine is not None
+        while True:
+            try:
+                async with try_advisory_lock(self.engine, REPROVIDE_LOCK) as lock:
+                    if lock is not None:
+                        log.info("this process reprovides the shared provide list")
+                        self.reprovider = self._new_reprovider()  # fresh: read the schedule as the last leader left it
+                        async with anyio.create_task_group() as tg:
+                            await tg.start(self.reprovider.run)
+                            self.reprovide_active = True
+                            for _ in itertools.count():  # the lock lives as long as its connection
+                                await anyio.sleep(LOCK_PROBE_INTERVAL)
+                                await lock.execute(text("SELECT 1"))
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("reprovide lock lost (%s); standing by", exc)
+            finally:
+                self.reprovide_active = False
+            await anyio.sleep(LEADER_RETRY)
+
+    async def _provides(self, multihash: bytes) -> bool:
+        """Whether we answer GET_PROVIDERS for ourselves: only while we reprovide the list."""
+        return self.reprovide_active and self._provide_list is not None and await self._provide_list.contains(multihash)
 
     # -- routing table ---------------------------------------------------------------
 
@@ -321,6 +369,7 @@ class Node:
             "identity": self.options.identity_name,
             "store": self.store_state(),
             "mode": "server" if self.serves_dht else "client",
+            "reprovider": "active" if self.reprovide_active else ("standby" if self.reprovider else "off"),
             "uptime_s": int(time.time() - self.started_at),
             "routing_table": len(self.table),
             "provider_records": self.store_rows.get("provider_records"),
