@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import amino, ipfs
 from .crypto.keys import PrivateKey
@@ -238,18 +238,24 @@ class Node:
                         async with anyio.create_task_group() as tg:
                             await tg.start(self.reprovider.run)
                             self.reprovide_active = True
-                            for _ in itertools.count():  # the lock lives as long as its connection
-                                await anyio.sleep(LOCK_PROBE_INTERVAL)
-                                await lock.execute(text("SELECT 1"))
+                            lost = await _until_lost(lock)
+                            tg.cancel_scope.cancel()  # stop reproviding the moment the lock may be gone
+                        log.warning("reprovide lock lost (%s); standing by", lost)
             except (SQLAlchemyError, OSError) as exc:
-                log.warning("reprovide lock lost (%s); standing by", exc)
+                log.warning("reprovide lock lost (%s); standing by", exc.__class__.__name__)
             finally:
                 self.reprovide_active = False
             await anyio.sleep(LEADER_RETRY)
 
     async def _provides(self, multihash: bytes) -> bool:
         """Whether we answer GET_PROVIDERS for ourselves: only while we reprovide the list."""
-        return self.reprovide_active and self._provide_list is not None and await self._provide_list.contains(multihash)
+        if not self.reprovide_active or self._provide_list is None:
+            return False
+        try:
+            return await self._provide_list.contains(multihash)
+        except (SQLAlchemyError, OSError) as exc:  # store down: the other providers still answer
+            log.debug("provide list unavailable: %s", exc.__class__.__name__)
+            return False
 
     # -- routing table ---------------------------------------------------------------
 
@@ -378,6 +384,17 @@ class Node:
             "lookups": dict(self.lookups),
             "errors": {**dict(self.kadserver.stats), **{k: v for k, v in self.host.stats.items()}},
         }
+
+
+async def _until_lost(lock: AsyncConnection) -> str:
+    """Wait until the connection holding an advisory lock fails; say how."""
+    try:
+        for _ in itertools.count():  # the lock lives as long as its connection
+            await anyio.sleep(LOCK_PROBE_INTERVAL)
+            await lock.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as exc:
+        return exc.__class__.__name__
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _printable(addrs: Iterable[bytes]) -> list[str]:

@@ -89,7 +89,7 @@ def _format_status(status: dict[str, Any]) -> str:
     errors = sum(v for k, v in status["errors"].items() if "fail" in k or "invalid" in k or "refused" in k)
     return (
         f"status: identity={status['identity']} store={status['store']} table={status['routing_table']} connected={status['connected_peers']} "
-        f"provider_records={status['provider_records']} requests[{served}] errors={errors}"
+        f"provider_records={status['provider_records']} reprovider={status['reprovider']} requests[{served}] errors={errors}"
     )
 
 
