@@ -55,7 +55,6 @@ from .provider.reprovider import Reprovider
 from .provider.sweep import SweepConfig
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
-from .records.api import RecordError
 from .records.memory import MemoryValueStore
 from .records.sql import SqlValueStore
 from .records.validators import NamespacedValidator
@@ -354,6 +353,10 @@ class Node:
         if self.reprovider is None:
             raise RuntimeError("this node has no provide list: start it with a store and reprovide=True")
         return self.reprovider
+
+    def addresses(self) -> list[str]:
+        """Our listen addresses with ``/p2p/<peer id>``: what others bootstrap from."""
+        return [f"{addr}/p2p/{self.peer_id}" for addr in self.host.listen_addrs]
 
     def _self_info(self) -> PeerInfo:
         return PeerInfo(self.peer_id, tuple(self.host.advertised_addrs()))

@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -151,3 +151,34 @@ def sqlite_store_url(_sqlite_template: Path, tmp_path: Path) -> str:
 def store_url(request: pytest.FixtureRequest) -> str:
     """A migrated, empty store, once on SQLite and once on PostgreSQL."""
     return request.getfixturevalue(f"{'sqlite' if request.param == 'sqlite' else 'pg'}_store_url")
+
+
+# --- dhtstore nodes on loopback ---------------------------------------------------
+
+
+@pytest.fixture
+def loopback_options() -> Callable[..., Any]:
+    """A factory of NodeOptions for a node on 127.0.0.1 that admits loopback peers."""
+    from dhtstore.crypto.keys import PrivateKey
+    from dhtstore.node import NodeOptions
+
+    def make(
+        store_url: str | None = None,
+        bootstrap: Sequence[str] = (),
+        *,
+        mode: str = "server",
+        identity: PrivateKey | None = None,
+        reprovide: bool = False,
+    ) -> NodeOptions:
+        return NodeOptions(
+            identity=identity or PrivateKey.generate(),
+            store_url=store_url,
+            listen=["/ip4/127.0.0.1/tcp/0"],
+            bootstrap=list(bootstrap),
+            mode=mode,
+            allow_private_addrs=True,
+            ip_diversity=False,
+            reprovide=reprovide,
+        )
+
+    return make

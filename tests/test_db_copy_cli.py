@@ -7,7 +7,6 @@ from pathlib import Path
 import anyio
 from click.testing import CliRunner
 
-import dhtstore.cli.copy  # noqa: F401  (registers `db copy`)
 from dhtstore.cli import main
 from dhtstore.data.engine import default_store_url
 

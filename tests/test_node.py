@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -16,7 +15,7 @@ from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import default_store_url
 from dhtstore.data.models import PeerRow, RoutingSnapshotPeerRow
 from dhtstore.network import multiaddrs
-from dhtstore.node import Node, NodeOptions
+from dhtstore.node import Node
 from dhtstore.records import pk
 
 pytestmark = pytest.mark.anyio
@@ -37,35 +36,18 @@ def make_store(_sqlite_template: Path, tmp_path: Path):
     return make
 
 
-def options(store: str | None, bootstrap: list[str] = (), mode: str = "server", identity=None) -> NodeOptions:
-    return NodeOptions(
-        identity=identity or PrivateKey.generate(),
-        store_url=store,
-        listen=["/ip4/127.0.0.1/tcp/0"],
-        bootstrap=bootstrap,
-        mode=mode,
-        allow_private_addrs=True,
-        ip_diversity=False,
-        reprovide=False,
-    )
-
-
-def address_of(node: Node) -> str:
-    return f"{node.host.listen_addrs[0]}/p2p/{node.peer_id}"
-
-
 async def wait_until(predicate, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.05)
 
 
-async def test_three_nodes_route_provide_and_store_values(make_store):
+async def test_three_nodes_route_provide_and_store_values(make_store, loopback_options):
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(Node.start(options(make_store())))
-        b = await stack.enter_async_context(Node.start(options(make_store(), [address_of(a)])))
-        c = await stack.enter_async_context(Node.start(options(make_store(), [address_of(a)])))
-        client = await stack.enter_async_context(Node.start(options(None, [address_of(a)], mode="client")))
+        a = await stack.enter_async_context(Node.start(loopback_options(make_store())))
+        b = await stack.enter_async_context(Node.start(loopback_options(make_store(), [a.addresses()[0]])))
+        c = await stack.enter_async_context(Node.start(loopback_options(make_store(), [a.addresses()[0]])))
+        client = await stack.enter_async_context(Node.start(loopback_options(None, [a.addresses()[0]], mode="client")))
 
         await wait_until(lambda: b.peer_id in a.table and c.peer_id in a.table)
         await b.closest_peers(b.peer_id.to_bytes())  # learns c through a
@@ -102,16 +84,16 @@ async def test_three_nodes_route_provide_and_store_values(make_store):
         assert status["requests"].get("find_node_ok", 0) >= 1
 
 
-async def test_snapshot_is_written_at_shutdown_and_reloaded(make_store):
+async def test_snapshot_is_written_at_shutdown_and_reloaded(make_store, loopback_options):
     identity = PrivateKey.generate()
     store = make_store()
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(Node.start(options(make_store())))
-        async with Node.start(options(store, [address_of(a)], identity=identity)) as b:
+        a = await stack.enter_async_context(Node.start(loopback_options(make_store())))
+        async with Node.start(loopback_options(store, [a.addresses()[0]], identity=identity)) as b:
             await wait_until(lambda: a.peer_id in b.table)
             engine = b.engine
         # A fresh start, with no bootstrap peers, finds its way back from the snapshot.
-        async with Node.start(options(store, [], identity=identity)) as b2:
+        async with Node.start(loopback_options(store, [], identity=identity)) as b2:
             async with b2.engine.connect() as conn:
                 count = (await conn.execute(select(func.count()).select_from(RoutingSnapshotPeerRow))).scalar()
             assert count >= 1
@@ -122,11 +104,11 @@ async def test_snapshot_is_written_at_shutdown_and_reloaded(make_store):
     assert engine is not None
 
 
-async def test_the_provide_list_is_provided_and_found(make_store):
+async def test_the_provide_list_is_provided_and_found(make_store, loopback_options):
     async with AsyncExitStack() as stack:
-        a = await stack.enter_async_context(Node.start(options(make_store())))
-        b = await stack.enter_async_context(Node.start(options(make_store(), [address_of(a)])))
-        provider_options = dataclasses.replace(options(make_store(), [address_of(a)]), reprovide=True)
+        a = await stack.enter_async_context(Node.start(loopback_options(make_store())))
+        b = await stack.enter_async_context(Node.start(loopback_options(make_store(), [a.addresses()[0]])))
+        provider_options = loopback_options(make_store(), [a.addresses()[0]], reprovide=True)
         c = await stack.enter_async_context(Node.start(provider_options))
         await wait_until(lambda: c.peer_id in a.table and b.peer_id in a.table)
         cids = [CID, "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"]

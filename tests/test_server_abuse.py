@@ -22,7 +22,7 @@ from dhtstore.network.api import Message, MessageType, PeerInfo, Record
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
-from dhtstore.node import Node, NodeOptions
+from dhtstore.node import Node
 from dhtstore.records import ipns
 
 pytestmark = pytest.mark.anyio
@@ -43,16 +43,8 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture):
 
 
 @pytest.fixture
-async def node(sqlite_store_url: str) -> AsyncIterator[Node]:
-    options = NodeOptions(
-        identity=PrivateKey.generate(),
-        store_url=sqlite_store_url,
-        listen=["/ip4/127.0.0.1/tcp/0"],
-        allow_private_addrs=True,
-        ip_diversity=False,
-        reprovide=False,
-    )
-    async with Node.start(options) as started:
+async def node(sqlite_store_url: str, loopback_options) -> AsyncIterator[Node]:
+    async with Node.start(loopback_options(sqlite_store_url)) as started:
         yield started
 
 

@@ -11,8 +11,7 @@ import anyio
 import pytest
 
 from dhtstore import multihash, node as node_module
-from dhtstore.crypto.keys import PrivateKey
-from dhtstore.node import Node, NodeOptions
+from dhtstore.node import Node
 from dhtstore.peerid import PeerId
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -24,32 +23,16 @@ def cid_mh(i: int) -> bytes:
     return multihash.Multihash(multihash.SHA2_256, hashlib.sha256(b"shared %d" % i).digest()).to_bytes()
 
 
-def options(store: str | None, bootstrap: list[str]) -> NodeOptions:
-    return NodeOptions(
-        identity=PrivateKey.generate(),
-        store_url=store,
-        listen=["/ip4/127.0.0.1/tcp/0"],
-        bootstrap=bootstrap,
-        allow_private_addrs=True,
-        ip_diversity=False,
-        reprovide=store is not None,
-    )
-
-
-def address(node: Node) -> str:
-    return f"{node.host.listen_addrs[0]}/p2p/{node.peer_id}"
-
-
-async def start_network(stack: AsyncExitStack) -> list[Node]:
-    first = await stack.enter_async_context(Node.start(options(None, [])))
+async def start_network(stack: AsyncExitStack, loopback_options) -> list[Node]:
+    first = await stack.enter_async_context(Node.start(loopback_options()))
     servers = [first]
     for _ in range(SERVERS - 1):
-        servers.append(await stack.enter_async_context(Node.start(options(None, [address(first)]))))
+        servers.append(await stack.enter_async_context(Node.start(loopback_options(None, first.addresses()))))
     return servers
 
 
-async def start_head(stack: AsyncExitStack, pg_store_url: str, servers: list[Node]) -> Node:
-    head = await stack.enter_async_context(Node.start(options(pg_store_url, [address(servers[0])])))
+async def start_head(stack: AsyncExitStack, options) -> Node:
+    head = await stack.enter_async_context(Node.start(options))
     await head.upkeep.bootstrapped.wait()
     return head
 
@@ -71,12 +54,14 @@ async def wait_all_provided(head: Node, count: int, timeout: float = 90) -> None
             await anyio.sleep(0.2)
 
 
-async def test_one_process_provides_the_shared_list_exactly_once(pg_store_url, monkeypatch):
+async def test_one_process_provides_the_shared_list_exactly_once(pg_store_url, monkeypatch, loopback_options):
     monkeypatch.setattr(node_module, "LEADER_RETRY", 0.3)
     keys = [cid_mh(i) for i in range(300)]
     async with AsyncExitStack() as stack:
-        servers = await start_network(stack)
-        heads = [await start_head(stack, pg_store_url, servers) for _ in range(3)]
+        servers = await start_network(stack, loopback_options)
+        heads = [
+            await start_head(stack, loopback_options(pg_store_url, servers[0].addresses(), reprovide=True)) for _ in range(3)
+        ]
         await heads[1].start_provide([multihash.cid_string(k) for k in keys])  # any head may add: the list is the store's
         await wait_all_provided(heads[0], len(keys))
         assert sum(h.reprovide_active for h in heads) == 1
@@ -86,22 +71,25 @@ async def test_one_process_provides_the_shared_list_exactly_once(pg_store_url, m
         assert all(s == {leader.peer_id} for s in seen.values()), "each key provided by the leader alone"
 
 
-async def run_head(pg_store_url: str, servers: list[Node], stop: anyio.Event, *, task_status) -> None:
+async def run_head(options, stop: anyio.Event, *, task_status) -> None:
     """A head in its own task, so any one can be stopped while the others run."""
-    async with Node.start(options(pg_store_url, [address(servers[0])])) as head:
+    async with Node.start(options) as head:
         await head.upkeep.bootstrapped.wait()
         task_status.started(head)
         await stop.wait()
 
 
-async def test_a_standby_takes_over_when_the_leader_dies_mid_cycle(pg_store_url, monkeypatch):
+async def test_a_standby_takes_over_when_the_leader_dies_mid_cycle(pg_store_url, monkeypatch, loopback_options):
     monkeypatch.setattr(node_module, "LEADER_RETRY", 0.3)
     keys = [cid_mh(i) for i in range(1500)]
     async with AsyncExitStack() as stack:
-        servers = await start_network(stack)
+        servers = await start_network(stack, loopback_options)
         async with anyio.create_task_group() as tg:
             stops = [anyio.Event() for _ in range(3)]
-            heads = [await tg.start(run_head, pg_store_url, servers, stop) for stop in stops]
+            heads = [
+                await tg.start(run_head, loopback_options(pg_store_url, servers[0].addresses(), reprovide=True), stop)
+                for stop in stops
+            ]
             await heads[0].start_provide([multihash.cid_string(k) for k in keys])
             with anyio.fail_after(60):
                 while not any(h.reprovide_active for h in heads):

@@ -137,8 +137,8 @@ def _parse_host_port(text: str) -> tuple[str, int]:
 
 async def _run_node(opts: NodeOptions, metrics_endpoint: tuple[str, int] | None, status_interval: float) -> None:
     async with Node.start(opts) as node:
-        for addr in node.host.listen_addrs:
-            log.info("listening on %s/p2p/%s", addr, node.peer_id)
+        for addr in node.addresses():
+            log.info("listening on %s", addr)
         log.info("identity %s, peer id %s, mode %s, protocol %s, store %s", opts.identity_name, node.peer_id, node.status()["mode"], opts.protocol, "yes" if opts.store_url else "memory")
         if metrics_endpoint:
             node.metrics.serve(*metrics_endpoint)

@@ -7,7 +7,7 @@ comparison; a sorted list of ints splits at a bit boundary with one bisect.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 

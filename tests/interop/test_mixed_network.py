@@ -16,7 +16,7 @@ from jspeer import start_js_peers
 
 from dhtstore import multihash
 from dhtstore.crypto.keys import KeyType, PrivateKey
-from dhtstore.node import Node, NodeOptions
+from dhtstore.node import Node
 from dhtstore.peerid import PeerId
 from dhtstore.records import pk
 
@@ -31,23 +31,6 @@ def sha256_cid(data: bytes) -> str:
     return make_cid(1, "raw", mh).encode("base32").decode()
 
 
-def node_options(bootstrap: str, mode: str = "server", identity: PrivateKey | None = None) -> NodeOptions:
-    return NodeOptions(
-        identity=identity or PrivateKey.generate(),
-        store_url=None,
-        listen=["/ip4/127.0.0.1/tcp/0"],
-        bootstrap=[bootstrap],
-        mode=mode,
-        allow_private_addrs=True,
-        ip_diversity=False,
-        reprovide=False,
-    )
-
-
-def our_addr(node: Node) -> str:
-    return f"{node.host.listen_addrs[0]}/p2p/{node.peer_id}"
-
-
 async def eventually(check, timeout: float = 30.0, interval: float = 0.25):
     """Await ``check()`` until it returns a truthy value (bounded by ``timeout``)."""
     with anyio.fail_after(timeout):
@@ -56,16 +39,16 @@ async def eventually(check, timeout: float = 30.0, interval: float = 0.25):
     return result
 
 
-async def test_mixed_network(js_harness, tmp_path):
+async def test_mixed_network(js_harness, tmp_path, loopback_options):
     async with AsyncExitStack() as stack:
         js = await stack.enter_async_context(start_js_peers(js_harness, JS_SERVERS))
         boot = js[0]
         for peer in js[1:]:
             await peer.dial(boot.addr)
         # An RSA identity too, so the /pk/ record is one that must be stored (not inlined).
-        s1 = await stack.enter_async_context(Node.start(node_options(boot.addr, identity=PrivateKey.generate(KeyType.RSA))))
-        s2 = await stack.enter_async_context(Node.start(node_options(boot.addr)))
-        client = await stack.enter_async_context(Node.start(node_options(boot.addr, mode="client")))
+        s1 = await stack.enter_async_context(Node.start(loopback_options(None, [boot.addr], identity=PrivateKey.generate(KeyType.RSA))))
+        s2 = await stack.enter_async_context(Node.start(loopback_options(None, [boot.addr])))
+        client = await stack.enter_async_context(Node.start(loopback_options(None, [boot.addr], mode="client")))
         for node in (s1, s2, client):
             with anyio.fail_after(30):
                 await node.upkeep.bootstrapped.wait()
@@ -127,7 +110,7 @@ async def test_mixed_network(js_harness, tmp_path):
 
         rsa_js = await stack.enter_async_context(start_js_peers(js_harness, 1, key_type="RSA"))
         await rsa_js[0].dial(boot.addr)
-        await rsa_js[0].dial(our_addr(s1))  # s1's identify learns the js peer's RSA key
+        await rsa_js[0].dial(s1.addresses()[0])  # s1's identify learns the js peer's RSA key
         await rsa_js[0].get_closest_peers(rsa_js[0].peer_id.to_bytes())
         js_public_key = s1.host.identify.info(rsa_js[0].peer_id).public_key
         js_key = pk.routing_key(rsa_js[0].peer_id)

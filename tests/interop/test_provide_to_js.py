@@ -4,9 +4,7 @@ js-libp2p kad-dht servers, and js finds every CID."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import anyio
 import pytest
@@ -14,9 +12,7 @@ from cid import make_cid
 from jspeer import start_js_peers
 
 from dhtstore import multihash
-from dhtstore.crypto.keys import PrivateKey
-from dhtstore.data.engine import default_store_url
-from dhtstore.node import Node, NodeOptions
+from dhtstore.node import Node
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.slow]
 
@@ -29,23 +25,12 @@ def sha256_cid(i: int) -> str:
     return make_cid(1, "raw", mh).encode("base32").decode()
 
 
-async def test_js_finds_every_cid_we_provide(js_harness, _sqlite_template: Path, tmp_path: Path):
-    (tmp_path / "store").mkdir()
-    shutil.copyfile(_sqlite_template, tmp_path / "store" / "dhtstore.db")
+async def test_js_finds_every_cid_we_provide(js_harness, sqlite_store_url: str, loopback_options):
     async with AsyncExitStack() as stack:
         js = await stack.enter_async_context(start_js_peers(js_harness, JS_SERVERS))
         for peer in js[1:]:
             await peer.dial(js[0].addr)
-        async with Node.start(
-            NodeOptions(
-                identity=PrivateKey.generate(),
-                store_url=default_store_url(tmp_path / "store"),
-                listen=["/ip4/127.0.0.1/tcp/0"],
-                bootstrap=[js[0].addr],
-                allow_private_addrs=True,
-                ip_diversity=False,
-            )
-        ) as node:
+        async with Node.start(loopback_options(sqlite_store_url, [js[0].addr], reprovide=True)) as node:
             with anyio.fail_after(30):
                 await node.upkeep.bootstrapped.wait()
             await node.closest_peers(node.peer_id.to_bytes())
