@@ -212,6 +212,8 @@ class TableUpkeep:
         async with anyio.create_task_group() as tg:
             for addr in peers:
                 tg.start_soon(dial, addr)
+        if peers and not reached and not len(self.table):
+            log.warning("none of %d bootstrap peers could be reached: check the network or pass --bootstrap", len(peers))
         if len(self.table):
             await self._lookup(self.router.local.peer_id.to_bytes())
         self.counters["bootstraps"] += 1

@@ -119,6 +119,9 @@ def run_command(
 ) -> None:
     """Run the node until SIGINT or SIGTERM (SIGUSR1 prints a status line)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # their per-job and per-migration chatter is debug detail here
+        for noisy in ("apscheduler", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     config = _config(where)
     try:
         opts = _node_options(where, config, listen=listen, bootstrap=bootstrap, mode=mode, lan=lan, allow_private=allow_private, reprovide=not no_reprovide)
