@@ -30,7 +30,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..dht import DHT
 from ..network.api import KadMessenger, PeerInfo
-from ..providerstore.api import ProviderStore
 from .api import AddResult
 from .keyspace import Prefix
 from .metrics import ProvideMetrics
@@ -67,7 +66,6 @@ class Reprovider(ProvideListService):
         config: SweepConfig = SweepConfig(),
         clock: Callable[[], float] = time.time,
         poll_interval: float = 2.0,
-        local_store: ProviderStore | None = None,
         metrics: ProvideMetrics | None = None,
     ):
         super().__init__(store, interval=config.interval, clock=clock)
@@ -76,7 +74,6 @@ class Reprovider(ProvideListService):
         self.self_info = self_info
         self.config = config
         self.poll_interval = poll_interval
-        self.local_store = local_store
         self.metrics = metrics or ProvideMetrics()
         self.sweep: Sweep | None = None
         self._wake = anyio.Event()
@@ -114,7 +111,6 @@ class Reprovider(ProvideListService):
             regions=await self.store.regions(),
             prefix_len=int(prefix_len) if prefix_len else None,
             config=self.config,
-            local_store=self.local_store,
             on_region=self._region_started,
         )
         return self.sweep

@@ -62,7 +62,6 @@ from ..amino import BUCKET_SIZE, REPROVIDE_INTERVAL
 from ..kadkey import Key
 from ..dht import DHT
 from ..network.api import KadMessenger, Message, MessageType, NetworkError, PeerInfo
-from ..providerstore.api import ProviderStore
 from ..routing.api import RoutingError
 from .api import FAILING_AFTER_ATTEMPTS
 from .keyspace import Prefix, allocate, common_prefix_length, covered_prefix, gaps, minimal_regions
@@ -170,7 +169,6 @@ class Sweep:
         regions: Sequence[RegionRow],
         prefix_len: int | None,
         config: SweepConfig,
-        local_store: ProviderStore | None = None,
         on_region: Callable[[Prefix], Awaitable[None]] | None = None,
     ):
         self.store = store
@@ -181,7 +179,6 @@ class Sweep:
         self.order = order
         self.cycle_start = cycle_start
         self.config = config
-        self.local_store = local_store
         self.prefix_len = prefix_len
         self.counters = SweepCounters()
         self.current: Prefix | None = None
@@ -380,7 +377,6 @@ class Sweep:
         """Send every key to its k closest of ``peers``; return (peers reached, messages sent)."""
         if not keys or not peers:
             return 0, 0
-        await self._add_locally(keys)
         allocation = allocate([k.kad for k in keys], peer_keys, self.config.replication)
         reached = 0
         messages = 0
@@ -437,16 +433,6 @@ class Sweep:
             log.debug("%s did not confirm its ADD_PROVIDERs: %s", peer.peer_id, exc)
             return False
         return True
-
-    async def _add_locally(self, keys: Sequence[KeyRow]) -> None:
-        """We provide these keys, so our own provider store answers for them too (as go does)."""
-        if self.local_store is None:
-            return
-        me = self.self_info()
-        store = self.local_store
-        async with anyio.create_task_group() as tg:  # concurrent: the SQL store commits them together
-            for k in keys:
-                tg.start_soon(store.add_provider, k.multihash, me.peer_id, me.addrs)
 
     # --- keys one by one -----------------------------------------------------------------
 
