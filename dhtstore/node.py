@@ -276,18 +276,20 @@ class Node:
         while True:
             await anyio.sleep(self.options.snapshot_interval)
             try:
-                await self.save_snapshot()
+                with _uninterrupted():
+                    await self.save_snapshot()
             except Exception as exc:
                 log.warning("routing-table snapshot failed: %s", exc)
 
     async def _store_stats_loop(self) -> None:
         assert self.engine is not None
         while True:
+            await anyio.sleep(STORE_STATS_INTERVAL)
             try:
-                self.store_rows = (await store_stats(self.engine)).rows
+                with _uninterrupted():
+                    self.store_rows = (await store_stats(self.engine)).rows
             except Exception as exc:
                 log.warning("store statistics unavailable: %s", exc)
-            await anyio.sleep(STORE_STATS_INTERVAL)
 
     async def _value_gc_loop(self) -> None:
         """Reads already hide old records; this deletes them, in case nobody reads them."""
@@ -295,7 +297,8 @@ class Node:
         while True:
             await anyio.sleep(VALUE_GC_INTERVAL)
             try:
-                removed = await self.values.sweep()
+                with _uninterrupted():
+                    removed = await self.values.sweep()
             except Exception as exc:
                 log.warning("value-record sweep failed: %s", exc)
             else:
@@ -387,6 +390,14 @@ class Node:
             "lookups": dict(self.lookups),
             "errors": {**dict(self.kadserver.stats), **{k: v for k, v in self.host.stats.items()}},
         }
+
+
+def _uninterrupted() -> anyio.CancelScope:
+    """A periodic store query finishes before shutdown proceeds (bounded): a query cut by
+    cancellation leaves SQLAlchemy a connection to terminate after the engine is gone."""
+    scope = anyio.CancelScope(shield=True)
+    scope.deadline = anyio.current_time() + 30
+    return scope
 
 
 async def _until_lost(lock: AsyncConnection) -> str:

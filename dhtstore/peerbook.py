@@ -101,10 +101,13 @@ class PeerBook:
             while True:
                 await anyio.sleep(FLUSH_INTERVAL)
                 try:
-                    await self.flush()
-                    if time.monotonic() - last_prune > 3600:
-                        last_prune = time.monotonic()
-                        await self.prune()
+                    # Shielded (bounded): a write cut by cancellation would leave SQLAlchemy
+                    # a connection to terminate after the engine is gone.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+                        await self.flush()
+                        if time.monotonic() - last_prune > 3600:
+                            last_prune = time.monotonic()
+                            await self.prune()
                 except Exception as exc:  # the store may be down; identify goes on
                     log.warning("peer book not written: %s", exc)
         finally:
