@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..amino import PROVIDER_ADDR_TTL, PROVIDER_GC_INTERVAL
 from ..data.engine import OPEN_ERRORS, StoreError
+from ..data.locks import try_advisory_lock
 from ..data.models import PeerRow, ProviderRecordRow
 from ..data.schema import open_store
 from ..peerid import PeerId
@@ -463,16 +464,11 @@ class SqlProviderStore:
         """
         if self._dialect != "postgresql":
             return await self._sweep_batches()
-        async with self._engine.connect() as lock_conn:
-            lock_conn = await lock_conn.execution_options(isolation_level="AUTOCOMMIT")
-            locked = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:id)"), {"id": SWEEP_LOCK})).scalar()
-            if not locked:
+        async with try_advisory_lock(self._engine, SWEEP_LOCK) as lock:
+            if lock is None:
                 self.counters["sweeps_skipped"] += 1
                 return 0
-            try:
-                return await self._sweep_batches()
-            finally:
-                await lock_conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": SWEEP_LOCK})
+            return await self._sweep_batches()
 
     async def _sweep_batches(self) -> int:
         deleted = 0
