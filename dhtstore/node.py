@@ -42,6 +42,7 @@ from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
 from .metrics import Metrics
+from .network import multiaddrs
 from .network.api import PeerInfo, Record
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
@@ -313,7 +314,7 @@ class Node:
         for peer in peers:
             self.host.add_addrs(peer.peer_id, peer.addrs)
         self.upkeep.bootstrap_peers.extend(
-            f"{addr}/p2p/{peer.peer_id}" for peer in peers for addr in _printable(peer.addrs[:1])
+            f"{addr}/p2p/{peer.peer_id}" for peer in peers for addr in multiaddrs.printable(peer.addrs[:1])
         )
         if peers:
             log.info("loaded %d peers from the routing-table snapshot", len(peers))
@@ -409,15 +410,3 @@ async def _until_lost(lock: AsyncConnection) -> str:
     except (SQLAlchemyError, OSError) as exc:
         return exc.__class__.__name__
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _printable(addrs: Iterable[bytes]) -> list[str]:
-    from .network import multiaddrs
-
-    out = []
-    for raw in addrs:
-        try:
-            out.append(str(multiaddrs.parse(raw)))
-        except multiaddrs.MultiaddrFormatError:
-            continue
-    return out

@@ -202,13 +202,7 @@ def _one_shot(where: Location, bootstrap: tuple[str, ...], lan: bool, timeout: f
 
 
 def _peer_json(peer: PeerInfo) -> dict[str, Any]:
-    addrs = []
-    for raw in peer.addrs:
-        try:
-            addrs.append(str(multiaddrs.parse(raw)))
-        except multiaddrs.MultiaddrFormatError:
-            continue
-    return {"id": str(peer.peer_id), "addrs": addrs}
+    return {"id": str(peer.peer_id), "addrs": multiaddrs.printable(peer.addrs)}
 
 
 def _print_peers(peers: list[PeerInfo], as_json: bool) -> None:

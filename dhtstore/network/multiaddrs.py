@@ -9,6 +9,7 @@ walks the protocol codes and their sizes, then lets the package check the values
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 import ipaddress
 
 from multiaddr import Multiaddr, protocols
@@ -114,3 +115,14 @@ def is_loopback(ma: Multiaddr) -> bool:
     except MultiaddrFormatError:
         return False
     return ipaddress.ip_address(host).is_loopback
+
+
+def printable(addrs: Iterable[bytes]) -> list[str]:
+    """The text form of each binary multiaddr that parses (the others are skipped)."""
+    out = []
+    for raw in addrs:
+        try:
+            out.append(str(parse(raw)))
+        except MultiaddrFormatError:
+            continue
+    return out
