@@ -22,10 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .amino import PROVIDER_ADDR_TTL
+from .data.addrs import pack_addrs
 from .data.models import PeerRow, ProviderRecordRow
 from .network.identify import IdentifyInfo
 from .peerid import PeerId
-from .providerstore.validation import pack_addrs
 
 log = logging.getLogger(__name__)
 

@@ -44,12 +44,13 @@ from sqlalchemy.engine import make_url
 
 from dhtstore.amino import PROVIDE_VALIDITY, PROVIDER_ADDR_TTL
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.addrs import pack_addrs
 from dhtstore.data.engine import default_store_url, make_engine
 from dhtstore.data.models import metadata
 from dhtstore.data.schema import create_or_upgrade
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.providerstore.sql import SqlProviderStore
-from dhtstore.providerstore.validation import base58btc, pack_addrs
+from dhtstore.providerstore.validation import base58btc
 
 WRITERS = 64
 PROVIDERS = 1000  # distinct provider peers; record j is (key j // 2, peer j % PROVIDERS)

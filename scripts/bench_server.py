@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from dhtstore.amino import PROTOCOL_ID, PROVIDE_VALIDITY, PROVIDER_ADDR_TTL  # noqa: E402
 from dhtstore.crypto.keys import PrivateKey  # noqa: E402
+from dhtstore.data.addrs import pack_addrs  # noqa: E402
 from dhtstore.data.engine import default_store_url, make_engine  # noqa: E402
 from dhtstore.data.models import PeerRow, ProviderRecordRow  # noqa: E402
 from dhtstore.data.schema import create_or_upgrade  # noqa: E402
@@ -68,7 +69,7 @@ from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame  # noqa: E402
 from dhtstore.network.kadserver import KadServer  # noqa: E402
 from dhtstore.node import Node, NodeOptions  # noqa: E402
-from dhtstore.providerstore.validation import base58btc, pack_addrs  # noqa: E402
+from dhtstore.providerstore.validation import base58btc  # noqa: E402
 
 PROVIDERS = 1000  # distinct provider peers in the pre-filled store
 ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001

@@ -31,13 +31,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.addrs import pack_addrs
 from dhtstore.data.engine import default_store_url, make_engine
 from dhtstore.data.schema import alembic_config, downgrade, head_revision, open_store, upgrade
 from dhtstore.data.stats import store_stats
 from dhtstore.multihash import SHA2_256, Multihash, cid_string
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.sql import SqlProviderStore
-from dhtstore.providerstore.validation import base58btc, pack_addrs
+from dhtstore.providerstore.validation import base58btc
 from dhtstore.records.sql import SqlValueStore, key_text
 from dhtstore.records.validators import NamespacedValidator
 from dhtstore.routingtable.snapshots import load_latest_snapshot

@@ -1,4 +1,4 @@
-"""Helpers the provider stores share: key text, packed addresses."""
+"""Helpers the provider stores share: key text."""
 
 from __future__ import annotations
 
@@ -6,20 +6,9 @@ import base58
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dhtstore.providerstore.validation import base58btc, pack_addrs, unpack_addrs
+from dhtstore.providerstore.validation import base58btc
 
 
 @given(st.binary(max_size=80))
 def test_key_text_is_base58btc(data: bytes) -> None:
     assert base58btc(data) == base58.b58encode(data).decode()
-
-
-@given(st.lists(st.binary(min_size=1, max_size=300), max_size=32))
-def test_packed_addresses_round_trip(addrs: list[bytes]) -> None:
-    assert unpack_addrs(pack_addrs(tuple(addrs))) == tuple(addrs)
-
-
-def test_damaged_address_blob_keeps_what_came_before_the_damage() -> None:
-    blob = pack_addrs((b"abc", b"defg"))
-    assert unpack_addrs(blob[:-1]) == (b"abc",)
-    assert unpack_addrs(b"\xff") == ()

@@ -54,6 +54,7 @@ from sqlalchemy.exc import DataError, IntegrityError, NotSupportedError, Program
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..amino import PROVIDER_ADDR_TTL, PROVIDER_GC_INTERVAL
+from ..data.addrs import pack_addrs, unpack_addrs
 from ..data.engine import OPEN_ERRORS, StoreError
 from ..data.locks import try_advisory_lock
 from ..data.models import PeerRow, ProviderRecordRow
@@ -67,8 +68,6 @@ from .validation import (
     check_ttl,
     base58btc,
     make_record,
-    pack_addrs,
-    unpack_addrs,
 )
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from .. import multihash
-from ..varint import VarintError, decode_exact, encode
 from ..amino import MAX_PEER_RECORD_SIZE, PROVIDE_VALIDITY
 from ..network.api import PeerInfo
 from ..peerid import PeerId, PeerIdError
@@ -59,27 +58,6 @@ def check_ttl(ttl: timedelta | None) -> int:
     if not timedelta(seconds=1) <= ttl <= PROVIDE_VALIDITY:
         raise ValueError(f"provider record TTL {ttl} is outside 1 s … {PROVIDE_VALIDITY}")
     return int(ttl.total_seconds())
-
-
-def pack_addrs(addrs: tuple[bytes, ...]) -> bytes:
-    """Addresses as stored in ``peers.addrs``: each prefixed with its uvarint length."""
-    return b"".join(encode(len(a)) + a for a in addrs)
-
-
-def unpack_addrs(blob: bytes) -> tuple[bytes, ...]:
-    """Inverse of pack_addrs; a damaged blob yields the addresses before the damage."""
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(blob):
-        try:
-            length, pos = decode_exact(blob, pos)
-        except VarintError:
-            break
-        if length == 0 or pos + length > len(blob):
-            break
-        out.append(blob[pos : pos + length])
-        pos += length
-    return tuple(out)
 
 
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"

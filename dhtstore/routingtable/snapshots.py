@@ -12,10 +12,10 @@ import time
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..data.addrs import pack_addrs, unpack_addrs
 from ..data.models import RoutingSnapshotPeerRow, RoutingSnapshotRow
 from ..network.api import PeerInfo
 from ..peerid import PeerId, PeerIdError
-from ..providerstore.validation import pack_addrs, unpack_addrs
 
 KEEP_SNAPSHOTS = 3
 
