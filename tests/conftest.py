@@ -153,6 +153,25 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(f"{'sqlite' if request.param == 'sqlite' else 'pg'}_store_url")
 
 
+@pytest.fixture
+def count_provider_records() -> Callable[[str], Coroutine[Any, Any, int]]:
+    """An async function: the number of provider_records rows in the store at a URL."""
+    from sqlalchemy import func, select
+
+    from dhtstore.data.engine import make_engine
+    from dhtstore.data.models import ProviderRecordRow
+
+    async def count(url: str) -> int:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(select(func.count()).select_from(ProviderRecordRow))).scalar_one()
+        finally:
+            await engine.dispose()
+
+    return count
+
+
 # --- dhtstore nodes on loopback ---------------------------------------------------
 
 

@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
 from dhtstore.data.engine import StoreError, make_engine
 from dhtstore.data.models import PeerRow, ProviderRecordRow
@@ -25,6 +26,7 @@ from dhtstore.peerid import PeerId
 pytestmark = pytest.mark.anyio
 
 ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001
+CountRecords = Callable[[str], Awaitable[int]]  # the count_provider_records fixture
 _PEERS = [PrivateKey.generate().peer_id() for _ in range(8)]
 
 
@@ -36,16 +38,7 @@ def peer(i: int) -> PeerId:
     return _PEERS[i]
 
 
-async def _count(url: str) -> int:
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(select(func.count()).select_from(ProviderRecordRow))).scalar_one()
-    finally:
-        await engine.dispose()
-
-
-async def test_concurrent_adds_share_transactions(store_url: str) -> None:
+async def test_concurrent_adds_share_transactions(store_url: str, count_provider_records: CountRecords) -> None:
     async with open_provider_store(store_url) as store:
         async with anyio.create_task_group() as tg:
             for i in range(600):
@@ -53,16 +46,16 @@ async def test_concurrent_adds_share_transactions(store_url: str) -> None:
         assert store.counters["records_written"] == 600
         assert store.counters["transactions"] <= 20
         assert (await store.stats()).records == 600
-    assert await _count(store_url) == 600
+    assert await count_provider_records(store_url) == 600
 
 
-async def test_reannounce_while_queued_is_one_row(sqlite_store_url: str) -> None:
+async def test_reannounce_while_queued_is_one_row(sqlite_store_url: str, count_provider_records: CountRecords) -> None:
     async with open_provider_store(sqlite_store_url) as store:
         async with anyio.create_task_group() as tg:
             for _ in range(50):
                 tg.start_soon(store.add_provider, mh(1), peer(0), (ADDR,))
         assert [r.provider.addrs for r in await store.get_providers(mh(1))] == [(ADDR,)]
-    assert await _count(sqlite_store_url) == 1
+    assert await count_provider_records(sqlite_store_url) == 1
 
 
 async def test_reads_never_cache_a_stale_set(store_url: str) -> None:
@@ -90,7 +83,9 @@ async def test_cached_addresses_follow_new_announcements(sqlite_store_url: str) 
         assert (await store.get_providers(mh(1)))[0].provider.addrs == (other,)
 
 
-async def test_leaving_commits_queued_records_and_refuses_later_adds(sqlite_store_url: str) -> None:
+async def test_leaving_commits_queued_records_and_refuses_later_adds(
+    sqlite_store_url: str, count_provider_records: CountRecords,
+) -> None:
     engine = make_engine(sqlite_store_url)
     results: list[str] = []
     try:
@@ -110,7 +105,7 @@ async def test_leaving_commits_queued_records_and_refuses_later_adds(sqlite_stor
             await store.add_provider(mh(99), peer(0))
     finally:
         await engine.dispose()
-    assert await _count(sqlite_store_url) == 20
+    assert await count_provider_records(sqlite_store_url) == 20
 
 
 async def test_peer_text_columns_are_base58(sqlite_store_url: str) -> None:
@@ -157,7 +152,9 @@ def _start_writer(url: str, first: int, n: int) -> subprocess.Popen[str]:
     )
 
 
-async def test_records_survive_kill_9_and_a_second_process_writes_alongside(sqlite_store_url: str) -> None:
+async def test_records_survive_kill_9_and_a_second_process_writes_alongside(
+    sqlite_store_url: str, count_provider_records: CountRecords,
+) -> None:
     child = _start_writer(sqlite_store_url, 0, 300)
     try:
         async with open_provider_store(sqlite_store_url) as store:  # this process writes at the same time
@@ -170,10 +167,12 @@ async def test_records_survive_kill_9_and_a_second_process_writes_alongside(sqli
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
-    assert await _count(sqlite_store_url) == 600
+    assert await count_provider_records(sqlite_store_url) == 600
 
 
-async def test_a_failed_transaction_fails_its_callers_and_the_store_carries_on(sqlite_store_url: str) -> None:
+async def test_a_failed_transaction_fails_its_callers_and_the_store_carries_on(
+    sqlite_store_url: str, count_provider_records: CountRecords,
+) -> None:
     async with open_provider_store(sqlite_store_url) as store:
         await store.add_provider(mh(1), peer(0))
         engine = make_engine(sqlite_store_url)
@@ -189,10 +188,12 @@ async def test_a_failed_transaction_fails_its_callers_and_the_store_carries_on(s
         with pytest.raises(ValueError):
             await store.add_provider(b"junk", peer(0))
         assert store.counters["rejected"] == 1
-    assert await _count(sqlite_store_url) == 2
+    assert await count_provider_records(sqlite_store_url) == 2
 
 
-async def test_sweep_deletes_in_batches_until_nothing_expired_is_left(store_url: str) -> None:
+async def test_sweep_deletes_in_batches_until_nothing_expired_is_left(
+    store_url: str, count_provider_records: CountRecords,
+) -> None:
     now = [1_800_000_000.0]
     async with open_provider_store(store_url, clock=lambda: now[0], sweep_batch=3) as store:
         for i in range(10):
@@ -201,4 +202,4 @@ async def test_sweep_deletes_in_batches_until_nothing_expired_is_left(store_url:
         await store.add_provider(mh(99), peer(0))
         assert await store.sweep_expired() == 10
         assert store.counters["swept"] == 10
-    assert await _count(store_url) == 1
+    assert await count_provider_records(store_url) == 1

@@ -10,17 +10,16 @@ PostgreSQL server would break the tests running beside these.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 import asyncpg
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dhtstore.data.engine import StoreError, make_engine
-from dhtstore.data.models import ProviderRecordRow
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.providerstore import sql
@@ -29,6 +28,7 @@ from dhtstore.providerstore.sql import SWEEP_LOCK, open_provider_store
 pytestmark = pytest.mark.anyio
 
 ADDR = b"\x04\x7f\x00\x00\x01\x06\x0f\xa1"  # /ip4/127.0.0.1/tcp/4001
+CountRecords = Callable[[str], Awaitable[int]]  # the count_provider_records fixture
 
 
 def mh(n: int) -> bytes:
@@ -58,15 +58,6 @@ async def outage(url: str) -> AsyncIterator[None]:
             await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
     finally:
         await admin.close()
-
-
-async def count_records(url: str) -> int:
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(select(func.count()).select_from(ProviderRecordRow))).scalar_one()
-    finally:
-        await engine.dispose()
 
 
 async def test_sqlite_keeps_its_single_process_caches(sqlite_store_url: str) -> None:
@@ -111,7 +102,7 @@ async def test_a_set_emptied_by_another_process_is_dropped_not_kept_stale(pg_sto
                 await b.get_providers(mh(1))
 
 
-async def test_the_sweep_runs_in_one_process_at_a_time(pg_store_url: str) -> None:
+async def test_the_sweep_runs_in_one_process_at_a_time(pg_store_url: str, count_provider_records: CountRecords) -> None:
     now = [1_000_000.0]
     async with open_provider_store(pg_store_url, clock=lambda: now[0]) as store:
         for i in range(5):
@@ -122,16 +113,18 @@ async def test_the_sweep_runs_in_one_process_at_a_time(pg_store_url: str) -> Non
         try:
             assert await other.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK)
             assert await store.sweep_expired() == 0
-            assert store.counters["sweeps_skipped"] == 1 and await count_records(pg_store_url) == 5
+            assert store.counters["sweeps_skipped"] == 1 and await count_provider_records(pg_store_url) == 5
             await other.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK)
         finally:
             await other.close()
         assert await store.sweep_expired() == 5
-        assert await count_records(pg_store_url) == 0
+        assert await count_provider_records(pg_store_url) == 0
         assert await store.sweep_expired() == 0  # the lock was released after the last sweep
 
 
-async def test_two_stores_sweeping_at_once_delete_each_record_once(pg_store_url: str) -> None:
+async def test_two_stores_sweeping_at_once_delete_each_record_once(
+    pg_store_url: str, count_provider_records: CountRecords,
+) -> None:
     now = [1_000_000.0]
     async with (
         open_provider_store(pg_store_url, clock=lambda: now[0], sweep_batch=50) as a,
@@ -140,14 +133,14 @@ async def test_two_stores_sweeping_at_once_delete_each_record_once(pg_store_url:
         async with anyio.create_task_group() as tg:  # concurrent adds: a few group commits
             for i in range(300):
                 tg.start_soon(a.add_provider, mh(i), PEERS[i % 4], (ADDR,))
-        written = await count_records(pg_store_url)
+        written = await count_provider_records(pg_store_url)
         assert written == 300
         now[0] += 3 * 24 * 3600
         results: list[int] = []
         async with anyio.create_task_group() as tg:
             for store in (a, b):
                 tg.start_soon(lambda s=store: _append(results, s.sweep_expired()))
-        assert sum(results) == written and await count_records(pg_store_url) == 0
+        assert sum(results) == written and await count_provider_records(pg_store_url) == 0
 
 
 async def _append(results: list[int], coro) -> None:  # type: ignore[no-untyped-def]
@@ -167,7 +160,9 @@ async def test_during_an_outage_reads_answer_from_the_cache(pg_store_url: str) -
                 await store.get_providers(mh(9))  # nothing cached to answer from
 
 
-async def test_a_write_in_flight_when_the_store_goes_away_is_retried_until_it_is_back(pg_store_url: str) -> None:
+async def test_a_write_in_flight_when_the_store_goes_away_is_retried_until_it_is_back(
+    pg_store_url: str, count_provider_records: CountRecords,
+) -> None:
     async with open_provider_store(pg_store_url) as store:
         await store.add_provider(mh(1), PEERS[0], (ADDR,))
         done = anyio.Event()
@@ -184,10 +179,12 @@ async def test_a_write_in_flight_when_the_store_goes_away_is_retried_until_it_is
             with anyio.fail_after(10):
                 await done.wait()  # acknowledged only once committed
         assert store.available and store.counters["write_errors"] == 0
-        assert await count_records(pg_store_url) == 2
+        assert await count_provider_records(pg_store_url) == 2
 
 
-async def test_a_write_that_cannot_be_committed_fails_to_its_caller(pg_store_url: str) -> None:
+async def test_a_write_that_cannot_be_committed_fails_to_its_caller(
+    pg_store_url: str, count_provider_records: CountRecords,
+) -> None:
     async with open_provider_store(pg_store_url, retry_delays=(0.05, 0.05)) as store:
         await store.add_provider(mh(1), PEERS[0], (ADDR,))
         async with outage(pg_store_url):
@@ -198,10 +195,12 @@ async def test_a_write_that_cannot_be_committed_fails_to_its_caller(pg_store_url
             while not store.available:  # the probe notices the store is back
                 await anyio.sleep(0.1)
         await store.add_provider(mh(3), PEERS[2], (ADDR,))  # and writes work again, on new connections
-        assert await count_records(pg_store_url) == 2
+        assert await count_provider_records(pg_store_url) == 2
 
 
-async def test_an_idle_store_notices_an_outage_and_the_return(pg_store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_idle_store_notices_an_outage_and_the_return(
+    pg_store_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(sql, "HEALTH_INTERVAL", 0.2)
     monkeypatch.setattr(sql, "PROBE_INTERVAL", 0.1)
     async with open_provider_store(pg_store_url) as store:
@@ -215,7 +214,9 @@ async def test_an_idle_store_notices_an_outage_and_the_return(pg_store_url: str,
         assert store.counters["store_down"] == 1
 
 
-async def test_the_node_reports_the_store_down_and_back(pg_store_url: str) -> None:
+async def test_the_node_reports_the_store_down_and_back(
+    pg_store_url: str, count_provider_records: CountRecords,
+) -> None:
     from prometheus_client import generate_latest
 
     from dhtstore.cli.run import _format_status
@@ -234,4 +235,4 @@ async def test_the_node_reports_the_store_down_and_back(pg_store_url: str) -> No
             while node.store_state() != "up":
                 await anyio.sleep(0.1)
         await node.providers.add_provider(mh(5), PEERS[0], (ADDR,))
-    assert await count_records(pg_store_url) == 1
+    assert await count_provider_records(pg_store_url) == 1
