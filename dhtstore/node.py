@@ -10,7 +10,8 @@ the libp2p host, the routing table (primed from the newest snapshot), the Kademl
 server (server mode only: the kad protocol is neither advertised nor served by a
 client), routing-table upkeep (bootstrap, admission, refresh), periodic snapshots, the
 peer book (identify info into ``peers``), the value-record sweep and the reprovider (on
-a shared PostgreSQL store, in the one process that holds the reprovide lock). Leaving
+a shared PostgreSQL store, every process's reprovider takes its share of the provide
+list by claiming slices of the keyspace: ``provider.claims``). Leaving
 the ``async with`` writes a final snapshot and stops
 everything, with nothing half-written.
 
@@ -20,7 +21,6 @@ nothing is persisted.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections import Counter
@@ -31,13 +31,11 @@ from typing import Literal
 
 import anyio
 import anyio.abc
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import amino, ipfs
 from .crypto.keys import PrivateKey
-from .data.locks import try_advisory_lock
 from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
@@ -53,7 +51,7 @@ from .provider.api import AddResult, ProvideEntry
 from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
-from .provider.sweep import SweepConfig
+from .provider.sweep import CLAIM_LEASE, SweepConfig
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
 from .records.memory import MemoryValueStore
@@ -70,9 +68,6 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["server", "client", "auto"]
 STORE_STATS_INTERVAL = 60.0  # seconds between row counts for status and metrics
-REPROVIDE_LOCK = 0x6468_7473_7265_7072  # advisory lock id ("dhtsrepr"): one reprovider per store
-LEADER_RETRY = 5.0  # seconds between a standby's attempts to take the reprovide lock
-LOCK_PROBE_INTERVAL = 5.0  # seconds between checks that the lock's connection is alive
 VALUE_GC_INTERVAL = 24 * 3600.0  # go's ValueGCInterval: drop value records past MAX_RECORD_AGE
 
 
@@ -90,6 +85,7 @@ class NodeOptions:
     limits: HostLimits = field(default_factory=HostLimits)
     reprovide: bool = True  # run the reprovider on the store's provide list
     reprovide_interval: float = amino.REPROVIDE_INTERVAL.total_seconds()
+    claim_lease: float = CLAIM_LEASE  # a dead process's share of a shared list waits this long
     identity_name: str = "default"  # which identity of the data directory, for status and metrics
 
 
@@ -125,8 +121,6 @@ class Node:
         self.handler: KademliaHandler
         self.kadserver: KadServer
         self.reprovider: Reprovider | None = None
-        self.reprovide_active = False  # this process is the one providing the list
-        self._provide_list: ProvideListStore | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -146,8 +140,6 @@ class Node:
             else:
                 node.providers = MemoryProviderStore()
                 node.values = MemoryValueStore(node.validator)
-            if engine is not None and options.reprovide:
-                node._provide_list = ProvideListStore(engine)
             node.handler = KademliaHandler(
                 node.local,
                 node.table,
@@ -200,59 +192,27 @@ class Node:
             )
         return self.options.mode == "server"
 
-    def _new_reprovider(self) -> Reprovider:
-        assert self.engine is not None
-        return Reprovider(
-            ProvideListStore(self.engine),
-            self.router,
-            self.messenger,
-            self._self_info,
-            config=SweepConfig(interval=self.options.reprovide_interval),
-            metrics=ProvideMetrics(self.metrics.registry) if self.reprovider is None else self.reprovider.metrics,
-        )
-
     async def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
         """Keep the store's provide list provided: the sweeping reprovider, on this loop."""
         if not self.options.reprovide:
             return
         assert self.engine is not None
-        self.reprovider = self._new_reprovider()
-        if self.engine.dialect.name == "postgresql":
-            tg.start_soon(self._reprovide_while_leader)
-        else:
-            self.reprovide_active = True
-            await tg.start(self.reprovider.run)
-
-    async def _reprovide_while_leader(self) -> None:
-        """Several processes may share a PostgreSQL store and its provide list; exactly one,
-        the holder of REPROVIDE_LOCK, reprovides it, so each key is provided once per
-        cycle. The others stand by and retry; when the leader dies its connection, and so
-        the lock, goes, and a standby takes over from the schedule in the store."""
-        assert self.engine is not None
-        while True:
-            try:
-                async with try_advisory_lock(self.engine, REPROVIDE_LOCK) as lock:
-                    if lock is not None:
-                        log.info("this process reprovides the shared provide list")
-                        self.reprovider = self._new_reprovider()  # fresh: read the schedule as the last leader left it
-                        async with anyio.create_task_group() as tg:
-                            await tg.start(self.reprovider.run)
-                            self.reprovide_active = True
-                            lost = await _until_lost(lock)
-                            tg.cancel_scope.cancel()  # stop reproviding the moment the lock may be gone
-                        log.warning("reprovide lock lost (%s); standing by", lost)
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("reprovide lock lost (%s); standing by", exc.__class__.__name__)
-            finally:
-                self.reprovide_active = False
-            await anyio.sleep(LEADER_RETRY)
+        self.reprovider = Reprovider(
+            ProvideListStore(self.engine),
+            self.router,
+            self.messenger,
+            self._self_info,
+            config=SweepConfig(interval=self.options.reprovide_interval, claim_lease=self.options.claim_lease),
+            metrics=ProvideMetrics(self.metrics.registry),
+        )
+        await tg.start(self.reprovider.run)
 
     async def _provides(self, multihash: bytes) -> bool:
-        """Whether we answer GET_PROVIDERS for ourselves: only while we reprovide the list."""
-        if not self.reprovide_active or self._provide_list is None:
+        """Whether we answer GET_PROVIDERS for ourselves: for the list we reprovide."""
+        if self.reprovider is None:
             return False
         try:
-            return await self._provide_list.contains(multihash)
+            return await self.reprovider.store.contains(multihash)
         except (SQLAlchemyError, OSError) as exc:  # store down: the other providers still answer
             log.debug("provide list unavailable: %s", exc.__class__.__name__)
             return False
@@ -382,7 +342,7 @@ class Node:
             "identity": self.options.identity_name,
             "store": self.store_state(),
             "mode": "server" if self.serves_dht else "client",
-            "reprovider": "active" if self.reprovide_active else ("standby" if self.reprovider else "off"),
+            "reprovider": "active" if self.reprovider else "off",
             "uptime_s": int(time.time() - self.started_at),
             "routing_table": len(self.table),
             "provider_records": self.store_rows.get("provider_records"),
@@ -399,14 +359,3 @@ def _uninterrupted() -> anyio.CancelScope:
     scope = anyio.CancelScope(shield=True)
     scope.deadline = anyio.current_time() + 30
     return scope
-
-
-async def _until_lost(lock: AsyncConnection) -> str:
-    """Wait until the connection holding an advisory lock fails; say how."""
-    try:
-        for _ in itertools.count():  # the lock lives as long as its connection
-            await anyio.sleep(LOCK_PROBE_INTERVAL)
-            await lock.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as exc:
-        return exc.__class__.__name__
-    raise AssertionError("unreachable")  # pragma: no cover

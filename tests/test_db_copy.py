@@ -15,6 +15,7 @@ from dhtstore.data.models import (
     ProvidedKeyRow,
     ProviderRecordRow,
     ProviderStateRow,
+    ReprovideClaimRow,
     ReprovideRegionRow,
     RoutingSnapshotPeerRow,
     RoutingSnapshotRow,
@@ -64,6 +65,11 @@ def rows_for_every_table(n: int) -> dict[type, list[dict[str, object]]]:
         ReprovideRegionRow: [
             dict(prefix=bytes([i]) + b"\x00" * 31, prefix_len=8, next_due_at=12, last_run_at=None, attempts=0,
                  last_error=None)
+            for i in range(min(n, 256))
+        ],
+        ReprovideClaimRow: [
+            dict(region=format(i, "08b") + "*", first_key=bytes([i]) + b"\x00" * 31, last_key=bytes([i]) + b"\xff" * 31,
+                 owner=f"12D3KooW{i}", claimed_at=14, expires_at=15)
             for i in range(min(n, 256))
         ],
         ProviderStateRow: [dict(name=f"state-{i}", value=f"v{i}", updated_at=13) for i in range(n)]

@@ -99,9 +99,11 @@ async def test_open_store_refuses_uninitialised_store(empty_url: str) -> None:
         await open_store(empty_url)
 
 
-async def test_open_store_refuses_older_revision(sqlite_store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(schema, "head_revision", lambda: "9999")
-    with pytest.raises(StoreError, match=r"revision 0001, older than this dhtstore's 9999: run `dhtstore db upgrade`"):
+async def test_open_store_refuses_older_revision(sqlite_store_url: str) -> None:
+    engine = make_engine(sqlite_store_url)
+    await downgrade(engine, "0001")
+    await engine.dispose()
+    with pytest.raises(StoreError, match=rf"revision 0001, older than this dhtstore's {head_revision()}: run `dhtstore db upgrade`"):
         await open_store(sqlite_store_url)
 
 

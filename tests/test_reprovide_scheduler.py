@@ -21,7 +21,7 @@ from dhtstore.provider.api import KeyState
 from dhtstore.provider.metrics import ProvideMetrics
 from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.provider.reprovider import NEXT_JOB, Reprovider
-from dhtstore.provider.service import STATE_CURRENT_REGION, STATE_CYCLE_START, STATE_ORDER, ProvideListService
+from dhtstore.provider.service import STATE_CYCLE_START, STATE_ORDER, ProvideListService
 from dhtstore.provider.simulation import RecordingMessenger
 from dhtstore.sim import SimConfig, SimNetwork
 
@@ -82,7 +82,8 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(store_url: str) -> N
             assert registry.get_sample_value("dhtstore_provide_messages_total") == sum(messenger.sent.values())
             tg.cancel_scope.cancel()
         state = await r.store.get_state()
-        assert state[STATE_CURRENT_REGION] == "" and STATE_ORDER in state and STATE_CYCLE_START in state
+        assert STATE_ORDER in state and STATE_CYCLE_START in state
+        assert (await r.status()).current_region is None, "every claim released when the reprovider stops"
     finally:
         await engine.dispose()
         await cli_engine.dispose()

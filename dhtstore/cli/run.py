@@ -4,6 +4,8 @@ client-mode node with in-memory stores."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import signal
@@ -104,6 +106,14 @@ def _format_status(status: dict[str, Any]) -> str:
 @click.option("--metrics", "metrics_addr", metavar="HOST:PORT", help="Serve Prometheus metrics here.")
 @click.option("--status-interval", type=float, default=60.0, show_default=True, help="Seconds between status lines.")
 @click.option("--no-reprovide", is_flag=True, help="Serve the DHT but do not provide the provide list.")
+@click.option(
+    "--claim-lease",
+    type=click.FloatRange(min=3),
+    default=NodeOptions.claim_lease,
+    show_default=True,
+    metavar="SECONDS",
+    help="On a shared store: how long the slice of the provide list a stopped process was providing waits before another process takes it over.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def run_command(
     where: Location,
@@ -115,6 +125,7 @@ def run_command(
     metrics_addr: str | None,
     status_interval: float,
     no_reprovide: bool,
+    claim_lease: float,
     verbose: bool,
 ) -> None:
     """Run the node until SIGINT or SIGTERM (SIGUSR1 prints a status line)."""
@@ -125,6 +136,7 @@ def run_command(
     config = _config(where)
     try:
         opts = _node_options(where, config, listen=listen, bootstrap=bootstrap, mode=mode, lan=lan, allow_private=allow_private, reprovide=not no_reprovide)
+        opts = dataclasses.replace(opts, claim_lease=claim_lease)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     metrics_endpoint = _parse_host_port(metrics_addr) if metrics_addr else None

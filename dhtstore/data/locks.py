@@ -1,9 +1,13 @@
 """Store-wide locks for work that one process of a shared store must do alone.
 
-On PostgreSQL: a session advisory lock held on its own connection. If the process
-dies or loses that connection, PostgreSQL releases the lock and a standby process
-takes it over: there is no claim to expire by hand. On SQLite a store has one node
-process, so the lock is always granted.
+``try_advisory_lock``: on PostgreSQL, a session advisory lock held on its own
+connection. If the process dies or loses that connection, PostgreSQL releases the
+lock and a standby process takes it over: there is no claim to expire by hand. On
+SQLite a store has one node process, so the lock is always granted.
+
+``take_turn``: for a short read-check-write transaction that processes must not
+interleave, a transaction-scoped advisory lock on PostgreSQL; on SQLite the
+transaction's first write already excludes every other writer.
 """
 
 from __future__ import annotations
@@ -34,3 +38,9 @@ async def try_advisory_lock(engine: AsyncEngine, lock_id: int) -> AsyncIterator[
                 await conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
             except Exception:  # connection gone: PostgreSQL released the lock with it
                 pass
+
+
+async def take_turn(conn: AsyncConnection, lock_id: int) -> None:
+    """Wait until no other transaction holds ``lock_id``; hold it until this one ends."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})

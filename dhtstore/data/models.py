@@ -6,7 +6,7 @@ Conventions, chosen so that plain SQL reads the same in ``sqlite3`` and ``psql``
 - binary ids (multihashes, peer ids, Kademlia keys) are BLOB/BYTEA, and each one a
   person looks up has a text twin (base58btc peer id, CID / base58 multihash).
 
-Alembic owns the schema: the first revision creates exactly these tables, and a test
+Alembic owns the schema: the revisions create exactly these tables, and a test
 checks that autogenerate finds no difference. Change a model only together with a new
 revision.
 """
@@ -140,6 +140,25 @@ class ReprovideRegionRow(Base):
     last_run_at: Mapped[int | None] = mapped_column(Epoch)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReprovideClaimRow(Base):
+    """A slice of the keyspace one process of a shared store is providing now.
+
+    ``region`` is the prefix as a bit string ("0110*"; "*" is the whole keyspace) and
+    ``first_key``..``last_key`` its range of Kademlia keys, so "keys nobody else has
+    claimed" is one range test. A claim lives until ``expires_at``; its owner renews it
+    while it works, so a process that dies has its slice taken over after the lease.
+    """
+
+    __tablename__ = "reprovide_claims"
+
+    region: Mapped[str] = mapped_column(String(260), primary_key=True)
+    first_key: Mapped[bytes] = mapped_column(LargeBinary)
+    last_key: Mapped[bytes] = mapped_column(LargeBinary)
+    owner: Mapped[str] = mapped_column(String(120))  # the claiming node's peer id (base58)
+    claimed_at: Mapped[int] = mapped_column(Epoch)
+    expires_at: Mapped[int] = mapped_column(Epoch)
 
 
 class ProviderStateRow(Base):

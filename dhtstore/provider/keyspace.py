@@ -73,6 +73,15 @@ class Prefix:
         return (format(self.bits, f"0{self.length}b") if self.length else "") + "*"
 
 
+def intersection(a: Prefix, b: Prefix) -> Prefix | None:
+    """The keys under both prefixes: the longer one if one covers the other, else None."""
+    if a.covers(b):
+        return b
+    if b.covers(a):
+        return a
+    return None
+
+
 def common_prefix_length(a: int, b: int) -> int:
     return BITS - (a ^ b).bit_length()
 

@@ -15,7 +15,8 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..data.models import ProvidedKeyRow, ProviderStateRow, ReprovideRegionRow
+from ..data.locks import take_turn
+from ..data.models import ProvidedKeyRow, ProviderStateRow, ReprovideClaimRow, ReprovideRegionRow
 from ..kadkey import Key
 from .api import FAILING_AFTER_ATTEMPTS, AddResult
 from .keyspace import Prefix
@@ -24,6 +25,7 @@ from .keyspace import Prefix
 # that a million-row import is a few hundred statements.
 WRITE_BATCH = 2_000
 READ_BATCH = 1_000
+REGIONS_LOCK = 0x6468_7473_7265_6769  # advisory lock id ("dhtsregi"): one region writer at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,16 @@ def _region_values(g: RegionRow) -> dict[str, object]:
 
 def _in_prefix(prefix: Prefix):  # type: ignore[no-untyped-def]
     return ProvidedKeyRow.kad_key.between(prefix.first_bytes(), prefix.last_bytes())
+
+
+def _unclaimed(owner: str, now: int):  # type: ignore[no-untyped-def]
+    """Keys under no live claim of another process (``provider.claims``)."""
+    c = ReprovideClaimRow
+    return ~(
+        select(c.region)
+        .where(c.owner != owner, c.expires_at > now, ProvidedKeyRow.kad_key.between(c.first_key, c.last_key))
+        .exists()
+    )
 
 
 class ProvideListStore:
@@ -191,16 +203,25 @@ class ProvideListStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.min(ProvidedKeyRow.next_due_at)))).scalar()
 
+    async def next_due_for(self, owner: str, now: int) -> int | None:
+        """The earliest ``next_due_at`` among keys ``owner`` may provide: those under no
+        other process's live claim."""
+        k = ProvidedKeyRow
+        stmt = select(k.next_due_at).where(_unclaimed(owner, now)).order_by(k.next_due_at).limit(1)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(stmt)).scalar()
+
     async def last_due(self) -> int | None:
         """The latest ``next_due_at`` of the list: when the current cycle will be through."""
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.max(ProvidedKeyRow.next_due_at)))).scalar()
 
-    async def oldest_due(self, now: int) -> tuple[int, int] | None:
-        """``(kad key, next_due_at)`` of the key overdue longest, if any is due at ``now``."""
+    async def oldest_due(self, now: int, owner: str) -> tuple[int, int] | None:
+        """``(kad key, next_due_at)`` of the key overdue longest that ``owner`` may
+        provide (under no other process's live claim), if any is due at ``now``."""
         stmt = (
             select(ProvidedKeyRow.kad_key, ProvidedKeyRow.next_due_at)
-            .where(ProvidedKeyRow.next_due_at <= now)
+            .where(ProvidedKeyRow.next_due_at <= now, _unclaimed(owner, now))
             .order_by(ProvidedKeyRow.next_due_at)
             .limit(1)
         )
@@ -223,6 +244,13 @@ class ProvideListStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [KeyRow(int.from_bytes(kad, "big"), mh) for kad, mh in rows]
+
+    async def count_due(self, prefix: Prefix, before: int, limit: int) -> int:
+        """How many keys under ``prefix`` are due before ``before``, counting at most ``limit``."""
+        k = ProvidedKeyRow
+        due = select(k.id).where(_in_prefix(prefix), k.next_due_at < before).limit(limit).subquery()
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(func.count()).select_from(due))).scalar_one()
 
     async def realign(self, prefix: Prefix, before: int, provided_since: int, next_due: int) -> None:
         """Move keys under ``prefix`` due before ``before`` but provided since
@@ -282,34 +310,29 @@ class ProvideListStore:
         ]
 
     async def replace_regions(self, covering: Prefix, regions: Sequence[RegionRow]) -> None:
-        """Put ``regions`` (which tile ``covering``) in place of every region under ``covering``."""
+        """Put ``regions`` (which tile ``covering``) in place of every region under
+        ``covering``. Processes sharing the store take turns, so regions never overlap."""
         r = ReprovideRegionRow
         async with self.engine.begin() as conn:
+            await take_turn(conn, REGIONS_LOCK)
             await conn.execute(
                 delete(r).where(r.prefix.between(covering.first_bytes(), covering.last_bytes()), r.prefix_len >= covering.length)
             )
             if regions:
                 await conn.execute(insert(r), [_region_values(g) for g in regions])
 
-    async def save_region(self, region: RegionRow) -> None:
-        r = ReprovideRegionRow
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(r)
-                .where(r.prefix == region.prefix.first_bytes(), r.prefix_len == region.prefix.length)
-                .values(
-                    next_due_at=region.next_due_at,
-                    last_run_at=region.last_run_at,
-                    attempts=region.attempts,
-                    last_error=region.last_error,
-                )
-            )
-
     # --- named state ----------------------------------------------------------------
 
     async def get_state(self) -> dict[str, str]:
         async with self.engine.connect() as conn:
             return dict((await conn.execute(select(ProviderStateRow.name, ProviderStateRow.value))).all())
+
+    async def state_since(self, prefix: str, since: int) -> dict[str, str]:
+        """The named values starting with ``prefix`` updated at or after ``since``."""
+        s = ProviderStateRow
+        stmt = select(s.name, s.value).where(s.name.startswith(prefix, autoescape=True), s.updated_at >= since)
+        async with self.engine.connect() as conn:
+            return dict((await conn.execute(stmt)).all())
 
     async def set_state(self, values: dict[str, str], now: int) -> None:
         rows = [{"name": n, "value": v, "updated_at": now} for n, v in values.items()]

@@ -31,17 +31,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..dht import DHT
 from ..network.api import KadMessenger, PeerInfo
 from .api import AddResult
-from .keyspace import Prefix
 from .metrics import ProvideMetrics
 from .providelist import ProvideListStore
 from .service import (
-    STATE_CURRENT_REGION,
     STATE_CYCLE_START,
     STATE_INTERVAL,
     STATE_ORDER,
     STATE_PREFIX_LEN,
-    STATE_THROUGHPUT,
     ProvideListService,
+    throughput_state,
 )
 from .sweep import Sweep, SweepConfig, VisitReport
 
@@ -108,10 +106,10 @@ class Reprovider(ProvideListService):
             self.self_info,
             order=int(state[STATE_ORDER], 16),
             cycle_start=int(state[STATE_CYCLE_START]),
-            regions=await self.store.regions(),
             prefix_len=int(prefix_len) if prefix_len else None,
             config=self.config,
-            on_region=self._region_started,
+            clock=self.clock,
+            on_region=lambda prefix: self.metrics.region_started(str(prefix)),
         )
         return self.sweep
 
@@ -136,8 +134,6 @@ class Reprovider(ProvideListService):
             finally:
                 self._scheduler = None
                 scheduler.shutdown(wait=False)
-                with anyio.CancelScope(shield=True):
-                    await self._set_current(None)
 
     def stop(self) -> None:
         if self._cancel is not None:
@@ -175,7 +171,8 @@ class Reprovider(ProvideListService):
             return
         try:
             await self.run_due()
-            await self._arm()
+            # Work still due now is another process's (a lost race for a claim): look again shortly.
+            await self._arm(not_before=self.clock() + self.poll_interval)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("provider: store error, retrying in %ds: %s", STORE_RETRY, exc)
             self._arm_at(self.clock() + STORE_RETRY)
@@ -194,40 +191,37 @@ class Reprovider(ProvideListService):
                 round(self.interval / 3600, 2),
             )
 
-    async def _region_started(self, prefix: Prefix) -> None:
-        self.metrics.region_started(str(prefix))
-        await self._set_current(str(prefix))
-
-    async def _set_current(self, label: str | None) -> None:
-        try:
-            await self.store.set_state({STATE_CURRENT_REGION: label or ""}, int(self.clock()))
-        except (SQLAlchemyError, OSError) as exc:
-            log.info("provider: could not record the current region: %s", exc)
-
     async def _record_progress(self, report: VisitReport, seconds: float) -> None:
-        """Keep the figures the CLI's status needs: throughput (a moving average) and prefix length."""
+        """Keep the figures the CLI's status needs: this process's throughput (a moving
+        average; processes sharing the store each keep their own) and the prefix length."""
+        assert self.sweep is not None
+        name = throughput_state(self.sweep.owner)
         state = await self.store.get_state()
-        rate = float(state.get(STATE_THROUGHPUT, "0") or 0)
+        rate = float(state.get(name, "0") or 0)
         if report.keys and seconds > 0:
             sample = report.keys / seconds
             rate = sample if rate == 0 else 0.8 * rate + 0.2 * sample
-        values = {STATE_THROUGHPUT: f"{rate:.3f}", STATE_CURRENT_REGION: ""}
-        assert self.sweep is not None
+        values = {name: f"{rate:.3f}"}
         if self.sweep.prefix_len is not None:
             values[STATE_PREFIX_LEN] = str(self.sweep.prefix_len)
         await self.store.set_state(values, int(self.clock()))
 
     # --- the timer --------------------------------------------------------------------------
 
-    async def _arm(self) -> None:
-        """Point the one timer at the earliest due key (or wake now if it is due)."""
-        due = await self.store.next_due()
+    async def _arm(self, not_before: float | None = None) -> None:
+        """Point the one timer at the earliest key due that no other process has
+        claimed (or wake now if it is due). The poll notices claims that expire."""
+        due = await self._next_due()
         self._armed_for = due
         if due is None:
             if self._scheduler is not None and self._scheduler.get_job(NEXT_JOB):
                 self._scheduler.remove_job(NEXT_JOB)
             return
-        self._arm_at(due)
+        self._arm_at(max(due, not_before or due))
+
+    async def _next_due(self) -> int | None:
+        sweep = await self.open()
+        return await self.store.next_due_for(sweep.owner, int(self.clock()))
 
     def _arm_at(self, when: float) -> None:
         if when <= self.clock() or self._scheduler is None:
@@ -245,9 +239,10 @@ class Reprovider(ProvideListService):
         self._wake.set()
 
     async def _poll(self) -> None:
-        """Notice keys added by another process (the CLI): they are due now."""
+        """Notice keys added by another process (the CLI), or freed by a claim that
+        expired: they are due now."""
         try:
-            due = await self.store.next_due()
+            due = await self._next_due()
         except (SQLAlchemyError, OSError) as exc:
             log.info("provider: poll failed: %s", exc)
             return

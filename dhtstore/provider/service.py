@@ -2,8 +2,8 @@
 
 The CLI uses this directly (it edits the list beside a running node, which polls for
 changes); the node's ``Reprovider`` extends it with the sweep. Status figures that
-only the running sweep knows (current region, throughput) come from ``provider_state``
-rows it keeps up to date.
+only running sweeps know come from the store: the slices being provided now from
+``reprovide_claims``, each process's throughput from ``provider_state``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,19 @@ from datetime import UTC, datetime
 from ..amino import REPROVIDE_INTERVAL
 from .api import FAILING_AFTER_ATTEMPTS, AddResult, KeyState, ProvideEntry, ProvideError, ProvideStatus
 from .cids import multihash_of
+from .claims import ClaimStore
 from .providelist import ListRow, ProvideListStore
 
 # provider_state names
 STATE_ORDER = "order_key"
 STATE_CYCLE_START = "cycle_start"
 STATE_PREFIX_LEN = "prefix_len"
-STATE_CURRENT_REGION = "current_region"
-STATE_THROUGHPUT = "keys_per_second"
+STATE_THROUGHPUT = "keys_per_second/"  # + the process's peer id
 STATE_INTERVAL = "interval_seconds"
+
+
+def throughput_state(owner: str) -> str:
+    return STATE_THROUGHPUT + owner
 
 
 def parse_cids(cids: Iterable[str | bytes]) -> list[tuple[str, bytes]]:
@@ -108,7 +112,10 @@ class ProvideListService:
         regions = await self.store.regions()
         oldest = await self.store.next_due()
         last_due = await self.store.last_due()
-        throughput = float(state.get(STATE_THROUGHPUT, "0") or 0)
+        claims = await ClaimStore(self.store.engine).live(int(now))
+        # The processes that provided within the interval work side by side: their rates add up.
+        rates = await self.store.state_since(STATE_THROUGHPUT, int(now - self.interval))
+        throughput = sum(float(v or 0) for v in rates.values())
         expected_end: float | None = None
         if counts.keys:
             backlog_end = now + counts.overdue / throughput if counts.overdue and throughput > 0 else None
@@ -128,7 +135,7 @@ class ProvideListService:
             overdue=counts.overdue,
             failing=counts.failing,
             regions=len(regions),
-            current_region=state.get(STATE_CURRENT_REGION) or None,
+            current_region=", ".join(str(c.prefix) for c in claims) or None,
             cycle_started_at=_time(int(cycle_start)) if cycle_start else None,
             expected_cycle_end=_time(int(expected_end)) if expected_end is not None else None,
             falling_behind=behind,

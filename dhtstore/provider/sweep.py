@@ -44,8 +44,18 @@ order key), then sets their ``next_due_at`` to that turn. So new keys go out at 
 (they are due when added), and a region's keys line up on its turn after their first
 visit. A turn less than a ``grace`` (interval/128) away is taken now, and keys another
 visit sent within the grace (while the first visits still refine the regions) are only
-moved to the turn, so no key goes out twice in a few minutes. Failed keys count ``attempts``, keep ``last_error`` and come back after
-a doubling backoff; they are reported as failing, never dropped.
+moved to the turn, so no key goes out twice in a few minutes. Failed keys count
+``attempts``, keep ``last_error`` and come back after a doubling backoff; they are
+reported as failing, never dropped.
+
+Sharing. Several processes may share the store's provide list (``provider.claims``).
+A visit first claims the slice of keys it will send: the region, or, when the region
+holds more than ``claim_batch`` due keys, the part of it around the oldest key that
+holds at most that many, so that several processes share a big region. Other
+processes skip keys under a live claim; the claim is renewed while the visit runs and
+released after its keys are marked, and a visit that loses its claim (the store was
+unreachable past the lease) stops before marking anything. A process explores a
+region once and reuses what it learnt for the region's other slices within the grace.
 """
 
 from __future__ import annotations
@@ -53,18 +63,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..amino import BUCKET_SIZE, REPROVIDE_INTERVAL
-from ..kadkey import Key
+from ..kadkey import BITS, Key
 from ..dht import DHT
 from ..network.api import KadMessenger, Message, MessageType, NetworkError, PeerInfo
 from ..routing.api import RoutingError
 from .api import FAILING_AFTER_ATTEMPTS
-from .keyspace import Prefix, allocate, common_prefix_length, covered_prefix, gaps, minimal_regions
+from .claims import ClaimStore
+from .keyspace import Prefix, allocate, common_prefix_length, covered_prefix, gaps, intersection, minimal_regions
 from .providelist import KeyRow, ProvideListStore, RegionRow
 from .schedule import next_turn, retry_delay
 
@@ -78,10 +91,17 @@ MAX_MINED_PREFIX_BITS = 20
 
 # When even the first lookup fails, the keys under this many bits of the key back off together.
 UNEXPLORED_FAILURE_BITS = 8
+# A visit that loses the race for its slice to another process looks for other work this many times.
+CLAIM_ATTEMPTS = 3
+CLAIM_LEASE = 300.0  # seconds: a dead process's slice is taken over this long after its last renewal
 
 
 class ExploreError(Exception):
     """A region could not be explored (the lookups failed or found nobody)."""
+
+
+class ClaimLost(Exception):
+    """The visit's claim could not be renewed: another process may own its slice now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,8 @@ class SweepConfig:
     max_stale_lookups: int = 2  # go: maxConsecutiveNoFreshPeers
     retry_after: float = 300.0  # go retries failed work every 5 min; we double from there
     max_retry_after: float = 3600.0
+    claim_lease: float = CLAIM_LEASE
+    claim_batch: int = 2_000  # a region with more due keys than this is shared out in slices
 
     @property
     def grace(self) -> float:
@@ -166,12 +188,14 @@ class Sweep:
         *,
         order: int,
         cycle_start: int,
-        regions: Sequence[RegionRow],
         prefix_len: int | None,
         config: SweepConfig,
-        on_region: Callable[[Prefix], Awaitable[None]] | None = None,
+        clock: Callable[[], float],
+        on_region: Callable[[Prefix], None] | None = None,
     ):
+        self.clock = clock
         self.store = store
+        self.claims = ClaimStore(store.engine)
         self.on_region = on_region
         self.dht = dht
         self.messenger = messenger
@@ -181,8 +205,14 @@ class Sweep:
         self.config = config
         self.prefix_len = prefix_len
         self.counters = SweepCounters()
-        self.current: Prefix | None = None
-        self._regions: list[RegionRow] = sorted(regions, key=lambda g: g.prefix.first)
+        self._regions: list[RegionRow] = []
+        self._explored: tuple[float, _Exploration] | None = None  # (when, what): reused within the grace
+        self._claim_lost = False
+
+    @property
+    def owner(self) -> str:
+        """Who claims this process's work: its peer id."""
+        return str(self.self_info().peer_id)
 
     # --- regions in memory ---------------------------------------------------------
 
@@ -213,44 +243,113 @@ class Sweep:
     # --- one visit ----------------------------------------------------------------------
 
     async def visit(self, now: float) -> VisitReport | None:
-        """Provide the region of the key overdue longest, if any key is due at ``now``."""
-        oldest = await self.store.oldest_due(int(now))
-        if oldest is None:
-            return None
-        kad, _due = oldest
-        self.counters.visits += 1
+        """Provide the region of the key overdue longest, if any key is due at ``now``
+        that no other process has claimed."""
         lookups_before = self.counters.lookups
-        report = await self._visit(kad, now)
+        for _ in range(CLAIM_ATTEMPTS):
+            oldest = await self.store.oldest_due(int(now), self.owner)
+            if oldest is None:
+                return None
+            kad, _due = oldest
+            self._regions = sorted(await self.store.regions(), key=lambda g: g.prefix.first)  # others refine them too
+            found = await self._start_of(kad)
+            # No estimate of region sizes yet: back off a slice of the keyspace, not the
+            # whole list (which may be millions of keys) at once.
+            start, seed = found or (Prefix.of(kad, UNEXPLORED_FAILURE_BITS), None)
+            others = [c.prefix for c in await self.claims.live(int(now)) if c.owner != self.owner]
+            piece = await self._slice(start, kad, now, others)
+            if await self.claims.claim(piece, self.owner, int(now), math.ceil(self.config.claim_lease)):
+                break
+        else:
+            return None  # other processes are busy with the due work
+        self.counters.visits += 1
+        if self.on_region is not None:
+            self.on_region(piece)
+        try:
+            async with self._claimed(piece):
+                if found is None:
+                    report = await self._fail_prefix(piece, now, "lookup found no peers")
+                else:
+                    report = await self._visit(start, piece, seed, now)
+        except ClaimLost:
+            report = VisitReport(piece, 0, 0, 0, 0, 0, 0, 0, individual=False, error=f"claim on {piece} lost")
         return replace(report, lookups=self.counters.lookups - lookups_before)
 
-    async def _visit(self, kad: int, now: float) -> VisitReport:
-        seed: tuple[bytes, list[PeerInfo]] | None = None
+    async def _start_of(self, kad: int) -> tuple[Prefix, tuple[bytes, list[PeerInfo]] | None] | None:
+        """The region to visit for ``kad``, and the lookup already made toward it if one
+        was needed to estimate region sizes; None if that lookup found nobody."""
         region = self.region_of(kad)
         if region is not None:
-            start = region.prefix
-        else:
-            if self.prefix_len is None:
-                seed = await self._estimate_prefix_len(kad)
-                if seed is None:
-                    # No estimate of region sizes yet: back off a slice of the keyspace,
-                    # not the whole list (which may be millions of keys) at once.
-                    return await self._fail_prefix(Prefix.of(kad, UNEXPLORED_FAILURE_BITS), now, "lookup found no peers")
-            assert self.prefix_len is not None
-            start = self._free_prefix(kad, self.prefix_len)
-        self.current = start
-        if self.on_region is not None:
-            await self.on_region(start)
+            return region.prefix, None
+        seed = None
+        if self.prefix_len is None:
+            seed = await self._estimate_prefix_len(kad)
+            if seed is None:
+                return None
+        assert self.prefix_len is not None
+        return self._free_prefix(kad, self.prefix_len), seed
+
+    async def _slice(self, region: Prefix, kad: int, now: float, others: Sequence[Prefix]) -> Prefix:
+        """The largest prefix of ``kad`` under ``region`` that holds at most
+        ``claim_batch`` due keys and no slice ``others`` claimed (``kad`` is under none)."""
+        batch = self.config.claim_batch
+        turn = self._turn(region, now)
+        piece = region
+        while piece.length < BITS and (
+            any(piece.covers(o) for o in others) or await self.store.count_due(piece, turn, batch + 1) > batch
+        ):
+            piece = Prefix.of(kad, piece.length + 1)
+        return piece
+
+    @asynccontextmanager
+    async def _claimed(self, piece: Prefix) -> AsyncIterator[None]:
+        """Keep the claim on ``piece`` renewed while the body runs; release it after."""
+        lease = math.ceil(self.config.claim_lease)
+        self._claim_lost = False
+
+        async def renew() -> None:
+            while True:
+                await anyio.sleep(lease / 3)
+                try:
+                    kept = await self.claims.renew(piece, self.owner, int(self.clock()), lease)
+                except (SQLAlchemyError, OSError) as exc:
+                    log.info("could not renew the claim on %s: %s", piece, exc)
+                    continue  # the lease still runs; the next renewal may get through
+                if not kept:
+                    log.warning("the claim on %s was taken over; leaving its keys to the new owner", piece)
+                    self._claim_lost = True
+                    return
+
         try:
-            few = await self.store.due_keys(start, self._turn(start, now), limit=self.config.individual_threshold + 1)
-            if len(few) <= self.config.individual_threshold:
-                return await self._individual(start, few, now, dict([seed]) if seed else {})
-            try:
-                found = await self._explore(start, seed)
-            except ExploreError as exc:
-                return await self._fail_prefix(start, now, str(exc))
-            return await self._provide_explored(found, now)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(renew)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
         finally:
-            self.current = None
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.claims.release(piece, self.owner)
+                except (SQLAlchemyError, OSError) as exc:  # it expires on its own
+                    log.info("could not release the claim on %s: %s", piece, exc)
+
+    async def _visit(self, start: Prefix, piece: Prefix, seed: tuple[bytes, list[PeerInfo]] | None, now: float) -> VisitReport:
+        few = await self.store.due_keys(piece, self._turn(start, now), limit=self.config.individual_threshold + 1)
+        if len(few) <= self.config.individual_threshold:
+            return await self._individual(start, few, now, dict([seed]) if seed else {})
+        try:
+            found = self._recently_explored(start, now) or await self._explore(start, seed)
+        except ExploreError as exc:
+            return await self._fail_prefix(piece, now, str(exc))
+        self._explored = (now, found)
+        return await self._provide_explored(found, piece, now)
+
+    def _recently_explored(self, start: Prefix, now: float) -> _Exploration | None:
+        if self._explored is None:
+            return None
+        at, ex = self._explored
+        return ex if ex.region.covers(start) and now - at < self.config.grace else None
 
     async def _estimate_prefix_len(self, kad: int) -> tuple[bytes, list[PeerInfo]] | None:
         """One lookup toward an overdue key: all k answers share its first m bits, so a
@@ -327,19 +426,24 @@ class Sweep:
     def _count_under(ex: _Exploration, prefix: Prefix) -> int:
         return sum(1 for k in ex.peers if prefix.contains(k))
 
-    async def _provide_explored(self, ex: _Exploration, now: float) -> VisitReport:
+    async def _provide_explored(self, ex: _Exploration, piece: Prefix, now: float) -> VisitReport:
+        """Send the due keys under ``piece`` (the claimed slice) to the explored region's servers."""
         c = self.config
         inside = sorted(k for k in ex.peers if ex.region.contains(k))
         parts = minimal_regions(ex.region, inside, c.replication)
-        total = VisitReport(ex.region, 0, 0, 0, 0, 0, 0, 0, individual=False)
+        total = VisitReport(piece, 0, 0, 0, 0, 0, 0, 0, individual=False)
         new_rows: list[RegionRow] = []
         for part in parts:
             turn = self._turn(part, now)
+            mine = intersection(part, piece)
+            if mine is None:
+                new_rows.append(RegionRow(part, turn, None, 0, None))
+                continue
             # Keys another visit sent minutes ago (while the regions were being
             # refined) only move to this region's turn; they do not go out twice.
             fresh = int(now - c.grace)
-            keys = await self.store.due_keys(part, turn, provided_before=fresh)
-            await self.store.realign(part, turn, fresh, turn)
+            keys = await self.store.due_keys(mine, turn, provided_before=fresh)
+            await self.store.realign(mine, turn, fresh, turn)
             peer_keys = [k for k in inside if part.contains(k)]
             peers = [ex.peers[k] for k in peer_keys]
             reached, messages = await self._send(keys, peer_keys, peers)
@@ -353,7 +457,7 @@ class Sweep:
                 attempts = await self._failed([k.multihash for k in keys], now, error)
             new_rows.append(RegionRow(part, turn, int(now), attempts, error))
             total = VisitReport(
-                ex.region,
+                piece,
                 total.keys + len(keys),
                 total.provided + (len(keys) if ok else 0),
                 total.failed + (0 if ok else len(keys)),
@@ -403,6 +507,9 @@ class Sweep:
         sent = errors = streak = 0
         for start, stop in slices:
             for i in range(start, stop):
+                if self._claim_lost:
+                    self.counters.messages += sent
+                    return sent, False
                 message = Message(MessageType.ADD_PROVIDER, key=keys[i].multihash, provider_peers=(provider,))
                 sent += 1
                 try:
@@ -473,11 +580,15 @@ class Sweep:
     # --- outcomes -------------------------------------------------------------------------
 
     async def _provided(self, multihashes: Sequence[bytes], now: float, turn: int) -> None:
+        if self._claim_lost:  # the new owner sends them; marking them here would skip its visit
+            raise ClaimLost
         await self.store.mark_provided(multihashes, int(now), turn)
         self.counters.keys_provided += len(multihashes)
 
     async def _failed(self, multihashes: Sequence[bytes], now: float, error: str) -> int:
         """Back the keys off; returns their new attempt count."""
+        if self._claim_lost:
+            raise ClaimLost
         c = self.config
         attempts = await self.store.max_attempts(multihashes) + 1
         retry_at = math.ceil(now + retry_delay(attempts, c.retry_after, c.max_retry_after))
