@@ -14,6 +14,7 @@
 
     python scripts/bench_shared_store.py                  # 20k records per process
     python scripts/bench_shared_store.py --records 50000
+    python scripts/bench_shared_store.py --ingest-only --repeat 3   # only the ingest ratio, 3 times
     DHTSTORE_BENCH_PG_URL=postgresql+asyncpg://postgres@127.0.0.1/test python scripts/bench_shared_store.py
 
 Runs in a scratch database created (and dropped) through the given URL. Each process
@@ -35,6 +36,7 @@ import time
 
 import anyio
 import asyncpg
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dhtstore.crypto.keys import PrivateKey
@@ -66,13 +68,27 @@ def ms(values: list[float]) -> str:
     return f"p50 {percentile(values, 0.5) * 1e3:.2f} ms, p99 {percentile(values, 0.99) * 1e3:.2f} ms"
 
 
+def backend_cpu(pids: list[int]) -> float | None:
+    """CPU seconds used so far by these (local) PostgreSQL backends; None if not readable."""
+    total = 0.0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 # -- worker (one process) ------------------------------------------------------------
 
 
 async def worker(url: str, index: int, count: int, start_at: float, read_from: list[int], pool: list[str]) -> dict:
     peers = [PeerId(bytes.fromhex(p)) for p in pool]  # the same providers announce to every head
     rng = random.Random(index)
-    engine = make_engine(url, pool_size=CALLERS // 4, max_overflow=CALLERS)
+    app = f"dhtstore-bench-{index}"  # names this worker's PostgreSQL backends
+    engine = make_engine(url, pool_size=CALLERS // 4, max_overflow=CALLERS, connect_args={"server_settings": {"application_name": app}})
     out: dict = {"index": index}
     async with SqlProviderStore(engine) as store:
         base = index * count
@@ -88,6 +104,9 @@ async def worker(url: str, index: int, count: int, start_at: float, read_from: l
             for _ in range(CALLERS):
                 tg.start_soon(caller)
         out.update(started=started, ended=time.time(), cpu=time.process_time() - cpu, transactions=store.counters["transactions"])
+        async with engine.connect() as conn:
+            pids = (await conn.execute(text("SELECT pid FROM pg_stat_activity WHERE application_name = :app"), {"app": app})).scalars().all()
+        out["server_cpu"] = backend_cpu(pids)
         if read_from:  # once every process has written all its records
             expected = count * (len(read_from) + 1)
             with anyio.fail_after(600):
@@ -135,11 +154,11 @@ async def cache_policy(url: str, label: str, **options) -> str:  # type: ignore[
 # -- driver ----------------------------------------------------------------------------
 
 
-def spawn(url: str, count: int, n: int, pool: str) -> list[dict]:
+def spawn(url: str, count: int, n: int, pool: str, reads: bool = True) -> list[dict]:
     start_at = time.time() + 4.0  # past every process's imports and engine setup
     procs = []
     for i in range(n):
-        read_from = [j for j in range(n) if j != i]
+        read_from = [j for j in range(n) if j != i] if reads else []
         args = json.dumps({"url": url, "index": i, "count": count, "start_at": start_at, "read_from": read_from, "pool": pool})
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", args], stdout=subprocess.PIPE, text=True))
     results = []
@@ -170,14 +189,21 @@ def ingest_line(label: str, results: list[dict], count: int) -> float:
     rate = count * len(results) / wall
     txs = sum(r["transactions"] for r in results)
     busy = sum(r["cpu"] for r in results) / (wall * len(results))
-    print(f"{label:<26} {count * len(results):>8,} records in {wall:6.2f} s = {rate:>8,.0f} records/s "
-          f"({txs:,} transactions; each process on CPU {busy:.0%} of the time)")
+    records = count * len(results)
+    server = [r.get("server_cpu") for r in results]
+    cost = f"CPU per 1000 records: processes {sum(r['cpu'] for r in results) / records * 1e3 * 1e3:.0f} ms"
+    if None not in server:  # the backends' CPU includes their connection setup
+        cost += f", PostgreSQL backends {sum(server) / records * 1e3 * 1e3:.0f} ms"  # type: ignore[arg-type]
+    print(f"{label:<26} {records:>8,} records in {wall:6.2f} s = {rate:>8,.0f} records/s "
+          f"({txs:,} transactions; each process on CPU {busy:.0%} of the time; {cost})")
     return rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20_000, help="records per process")
+    parser.add_argument("--ingest-only", action="store_true", help="measure only the ingest (1 process, then 3)")
+    parser.add_argument("--repeat", type=int, default=1, help="ingest measurements (1 then 3 processes) in a row")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -197,11 +223,16 @@ def main() -> None:
         pool = os.path.join(tempfile.mkdtemp(prefix="bench-shared-"), "providers.json")
         with open(pool, "w") as f:
             json.dump([PrivateKey.generate().peer_id().to_bytes().hex() for _ in range(PROVIDERS)], f)
-        one = ingest_line("1 process", spawn(url, args.records, 1, pool), args.records)
-        empty(url)
-        three_results = spawn(url, args.records, 3, pool)
-        three = ingest_line("3 processes, one store", three_results, args.records)
-        print(f"three writers / one: {three / one:.2f}x (load average now {os.getloadavg()[0]:.1f})")
+        for run in range(args.repeat):
+            if run:
+                empty(url)
+            one = ingest_line("1 process", spawn(url, args.records, 1, pool), args.records)
+            empty(url)
+            three_results = spawn(url, args.records, 3, pool, reads=not args.ingest_only)
+            three = ingest_line("3 processes, one store", three_results, args.records)
+            print(f"three writers / one: {three / one:.2f}x (load average now {os.getloadavg()[0]:.1f})")
+        if args.ingest_only:
+            return
         cold = [x for r in three_results for x in r["cold"]]
         warm = [x for r in three_results for x in r["warm"]]
         missing = sum(r["missing"] for r in three_results)

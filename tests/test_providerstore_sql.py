@@ -120,6 +120,53 @@ async def test_peer_text_columns_are_base58(sqlite_store_url: str) -> None:
     assert key_b58.startswith("Qm")  # sha2-256 multihash in base58btc = the CIDv0 form
 
 
+async def test_peers_rows_keep_addresses_an_announcement_without_them_does_not_carry(
+    store_url: str,
+) -> None:
+    """The peers upsert on both stores (one statement from arrays on PostgreSQL): a record
+    with addresses sets them, one without later only refreshes last_seen_at, and one
+    batch mixing both kinds writes each peer once with the right columns."""
+    now = [1_800_000_000.0]
+    async with open_provider_store(store_url, clock=lambda: now[0]) as store:
+        await store.add_provider(mh(1), peer(0), (ADDR,))
+        now[0] += 120  # past PEER_REFRESH: the row is written again
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.add_provider, mh(2), peer(0))  # no addresses: keeps ADDR
+            tg.start_soon(store.add_provider, mh(3), peer(1))  # new peer, no addresses
+            tg.start_soon(store.add_provider, mh(4), peer(2), (ADDR,))
+            tg.start_soon(store.add_provider, mh(5), peer(2))  # same batch: the addresses win
+    engine = make_engine(store_url)
+    async with engine.connect() as conn:
+        rows = {bytes(r.peer_id): r for r in (await conn.execute(select(PeerRow))).all()}
+        records = (await conn.execute(select(ProviderRecordRow.key_mh, ProviderRecordRow.key_b58))).all()
+    await engine.dispose()
+    t = 1_800_000_120
+    assert {k: (r.addrs, r.addrs_expire_at, r.first_seen_at, r.last_seen_at, r.peer_id_text) for k, r in rows.items()} == {
+        peer(0).to_bytes(): (b"\x08" + ADDR, t - 120 + 86400, t - 120, t, peer(0).to_base58()),
+        peer(1).to_bytes(): (b"", 0, t, t, peer(1).to_base58()),
+        peer(2).to_bytes(): (b"\x08" + ADDR, t + 86400, t, t, peer(2).to_base58()),
+    }
+    assert len(records) == 5 and all(b58.startswith("Qm") for _, b58 in records)
+
+
+async def test_the_writer_replaces_a_connection_that_died_while_idle(pg_store_url: str) -> None:
+    """The PostgreSQL writer keeps its connection between batches; a server that dropped it
+    (a restart) costs the next batch one immediate retry, not an outage."""
+    async with open_provider_store(pg_store_url) as store:
+        await store.add_provider(mh(1), peer(0), (ADDR,))
+        engine = make_engine(pg_store_url)
+        async with engine.connect() as conn:
+            await conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))
+        await engine.dispose()
+        await store.add_provider(mh(2), peer(0), (ADDR,))
+        assert store.available
+        assert (store.counters["write_retries"], store.counters["write_errors"], store.counters["store_down"]) == (0, 0, 0)
+        assert len(await store.get_providers(mh(2))) == 1
+
+
 WRITER = textwrap.dedent(
     """
     import hashlib, sys, anyio
