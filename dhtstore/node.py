@@ -193,7 +193,9 @@ class Node:
         return self.options.mode == "server"
 
     async def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
-        """Keep the store's provide list provided: the sweeping reprovider, on this loop."""
+        """Keep the store's provide list provided: the sweeping reprovider, on this loop,
+        once the first bootstrap has ended. Before it, the routing table may be empty and
+        every due key would fail its lookup and back off for minutes."""
         if not self.options.reprovide:
             return
         assert self.engine is not None
@@ -205,7 +207,13 @@ class Node:
             config=SweepConfig(interval=self.options.reprovide_interval, claim_lease=self.options.claim_lease),
             metrics=ProvideMetrics(self.metrics.registry),
         )
-        await tg.start(self.reprovider.run)
+
+        async def run_after_bootstrap() -> None:
+            await self.upkeep.bootstrapped.wait()
+            assert self.reprovider is not None
+            await self.reprovider.run()
+
+        tg.start_soon(run_after_bootstrap)
 
     async def _provides(self, multihash: bytes) -> bool:
         """Whether we answer GET_PROVIDERS for ourselves: for the list we reprovide."""
