@@ -42,9 +42,10 @@ unfinished one's are still due. Visiting a region sends every key of it that is 
 before the region's next turn (``schedule.next_turn``, offset by prefix XOR the node's
 order key), then sets their ``next_due_at`` to that turn. So new keys go out at once
 (they are due when added), and a region's keys line up on its turn after their first
-visit. A turn less than a ``grace`` (interval/128) away is taken now, and keys another
-visit sent within the grace (while the first visits still refine the regions) are only
-moved to the turn, so no key goes out twice in a few minutes. Failed keys count
+visit. A turn less than a ``grace`` (interval/128) away is taken now. A key whose last
+provide is recent enough that the turn falls at most ``max_delay`` past a full interval
+after it (one an earlier visit sent while the first visits still refine the regions)
+is only moved to the turn, so no key goes out twice in a cycle. Failed keys count
 ``attempts``, keep ``last_error`` and come back after a doubling backoff; they are
 reported as failing, never dropped.
 
@@ -124,6 +125,12 @@ class SweepConfig:
     def grace(self) -> float:
         """A region whose turn is this close is provided now rather than twice."""
         return self.interval / 128
+
+    @property
+    def max_delay(self) -> float:
+        """How far past one interval a key's next provide may fall (1 h at 22 h, go's
+        ``DefaultMaxReprovideDelay``); records live 48 h, far longer."""
+        return self.interval / 22
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,9 +446,10 @@ class Sweep:
             if mine is None:
                 new_rows.append(RegionRow(part, turn, None, 0, None))
                 continue
-            # Keys another visit sent minutes ago (while the regions were being
-            # refined) only move to this region's turn; they do not go out twice.
-            fresh = int(now - c.grace)
+            # Keys an earlier visit sent (while the regions were being refined) only
+            # move to this region's turn if that is within an interval (and the
+            # slack) of their last provide; they do not go out twice in a cycle.
+            fresh = math.floor(turn - c.interval - c.max_delay)
             keys = await self.store.due_keys(mine, turn, provided_before=fresh)
             await self.store.realign(mine, turn, fresh, turn)
             peer_keys = [k for k in inside if part.contains(k)]
