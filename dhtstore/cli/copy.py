@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..data.copy import DEFAULT_BATCH_SIZE, CopyReport, copy_store
@@ -17,7 +19,7 @@ class _ProgressBar:
         self._bar: click.progressbar[int] | None = None  # type: ignore[type-var]
 
     def start(self, total_rows: int) -> None:
-        self._bar = click.progressbar(length=total_rows, label="copying", show_pos=True, file=click.get_text_stream("stderr"))
+        self._bar = click.progressbar(length=total_rows, label="copying", show_pos=True, file=sys.stderr)
         self._bar.__enter__()
 
     def advance(self, rows: int) -> None:
