@@ -53,7 +53,7 @@ class ProvideStatus:
     overdue: int  # due before now (pending keys included)
     failing: int
     regions: int  # keyspace regions in the schedule
-    current_region: str | None  # bit string of the region being provided, if any
+    current_region: str | None  # the slices being provided now, by any process of the store ("01*, 110*")
     cycle_started_at: datetime | None
     expected_cycle_end: datetime | None  # when every key will have been provided once more
     falling_behind: bool  # the node cannot keep up with the interval
