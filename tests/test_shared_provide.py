@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from functools import partial
 
 import anyio
 import pytest
+from sqlalchemy import delete, update
 
 from dhtstore import multihash, node as node_module
+from dhtstore.data.models import ReprovideClaimRow
 from dhtstore.node import Node
 from dhtstore.peerid import PeerId
 from dhtstore.provider.sweep import SweepConfig
@@ -116,3 +119,33 @@ async def test_the_others_finish_the_share_of_a_process_stopped_mid_cycle(pg_sto
             for stop in stops:
                 stop.set()
         assert all(seen.values()), "no key left unprovided"
+
+
+async def test_a_process_whose_claim_is_taken_over_stops_and_marks_nothing(pg_store_url, loopback_options, monkeypatch):
+    """Its store connection hung past the lease, say: another process owns the slice now."""
+    monkeypatch.setattr(node_module, "SweepConfig", partial(SweepConfig, claim_batch=10_000))
+    keys = [cid_mh(i) for i in range(3000)]
+    async with AsyncExitStack() as stack:
+        servers = await start_network(stack, loopback_options)
+        options = replace(loopback_options(pg_store_url, servers[0].addresses(), reprovide=True), claim_lease=3)
+        head = await start_head(stack, options)
+        await head.start_provide([multihash.cid_string(k) for k in keys])
+        sweep = await head.reprovider.open()
+        with anyio.fail_after(60):  # mid-visit: sending under its claim on every key
+            while not sweep.counters.messages:
+                await anyio.sleep(0.005)
+        async with head.engine.begin() as conn:
+            stolen = await conn.execute(update(ReprovideClaimRow).values(owner="another process", expires_at=ReprovideClaimRow.expires_at + 3600))
+        assert stolen.rowcount == 1
+        with anyio.fail_after(30):  # its next renewal (every lease/3) finds the claim gone
+            while not sweep._claim_lost:
+                await anyio.sleep(0.05)
+        sent = sweep.counters.messages
+        await anyio.sleep(1.5)
+        assert sweep.counters.messages == sent < len(keys) * SERVERS, "it stopped sending"
+        status = await head.reprovider.status()
+        assert status.provided_within_interval == 0 and sweep.counters.keys_failed == 0, "and marked nothing"
+        async with head.engine.begin() as conn:
+            await conn.execute(delete(ReprovideClaimRow))  # the other process is done (it released)
+        await wait_all_provided(head, len(keys))
+        assert sweep.counters.keys_provided == len(keys)

@@ -119,6 +119,9 @@ class SweepConfig:
     retry_after: float = 300.0  # go retries failed work every 5 min; we double from there
     max_retry_after: float = 3600.0
     claim_lease: float = CLAIM_LEASE
+    # A PING after this many ADD_PROVIDERs to one peer: its backlog stays short (servers
+    # rate-limit each peer, ours to 200 requests/s), so the PING is answered in time.
+    confirm_every: int = 256
     claim_batch: int = 2_000  # a region with more due keys than this is shared out in slices
 
     @property
@@ -272,14 +275,14 @@ class Sweep:
         self.counters.visits += 1
         if self.on_region is not None:
             self.on_region(piece)
-        try:
-            async with self._claimed(piece):
+        async with self._claimed(piece):
+            try:
                 if found is None:
                     report = await self._fail_prefix(piece, now, "lookup found no peers")
                 else:
                     report = await self._visit(start, piece, seed, now)
-        except ClaimLost:
-            report = VisitReport(piece, 0, 0, 0, 0, 0, 0, 0, individual=False, error=f"claim on {piece} lost")
+            except ClaimLost:
+                report = VisitReport(piece, 0, 0, 0, 0, 0, 0, 0, individual=False, error=f"claim on {piece} lost")
         return replace(report, lookups=self.counters.lookups - lookups_before)
 
     async def _start_of(self, kad: int) -> tuple[Prefix, tuple[bytes, list[PeerInfo]] | None] | None:
@@ -510,37 +513,41 @@ class Sweep:
     async def _send_to_peer(
         self, peer: PeerInfo, provider: PeerInfo, keys: Sequence[KeyRow], slices: Sequence[tuple[int, int]]
     ) -> tuple[int, bool]:
-        """ADD_PROVIDER for each allotted key, one after the other on the peer's stream."""
+        """ADD_PROVIDER for each allotted key, one after the other on the peer's stream,
+        with a PING every ``confirm_every`` of them and after the last."""
         c = self.config
-        sent = errors = streak = 0
+        sent = errors = streak = unconfirmed = 0
         for start, stop in slices:
             for i in range(start, stop):
                 if self._claim_lost:
-                    self.counters.messages += sent
                     return sent, False
                 message = Message(MessageType.ADD_PROVIDER, key=keys[i].multihash, provider_peers=(provider,))
                 sent += 1
+                self.counters.messages += 1
                 try:
                     with anyio.fail_after(c.send_timeout):
                         await self.messenger.send(peer, message)
                     streak = 0
+                    unconfirmed += 1
                 except (NetworkError, TimeoutError, OSError) as exc:
                     errors += 1
                     streak += 1
                     self.counters.message_failures += 1
                     if streak > c.max_failure_streak:
                         log.debug("giving up on %s after %d failures: %s", peer.peer_id, streak, exc)
-                        self.counters.messages += sent
                         return sent, False
-        self.counters.messages += sent
-        return sent, errors < sent and await self._processed(peer)
+                if unconfirmed >= c.confirm_every:
+                    if not await self._processed(peer):
+                        return sent, False
+                    unconfirmed = 0
+        return sent, errors < sent and (unconfirmed == 0 or await self._processed(peer))
 
     async def _processed(self, peer: PeerInfo) -> bool:
         """ADD_PROVIDER gets no reply, and a sent message may still sit in a buffer (or a
         rate limiter) when we move on. A PING on the same stream, answered in order by
-        go, js and us, proves the peer has processed every ADD_PROVIDER before it: only
-        then are the keys marked provided, so a crash never marks a key whose records
-        were lost in flight."""
+        go, js and us, proves the peer has processed every ADD_PROVIDER before it: keys
+        are marked provided only once all are confirmed, so a crash never marks a key
+        whose records were lost in flight."""
         try:
             with anyio.fail_after(self.config.send_timeout):
                 await self.messenger.request(peer, Message(MessageType.PING))
