@@ -95,8 +95,9 @@ def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -
 
     run_in(net, run_until, 0, cycle_start + interval / 2)
     assert visited[0] and recorder.sent  # the first half did reprovide some regions
-    # The second half, until the last turn of a region provided at the end of the first provide.
-    run_in(net, run_until, 1, cycle_start + interval + grace + (cycle_start - provide_started))
+    # The second half, until the last turn of a region provided at the end of the first
+    # provide (a key moved to a refined region's turn may wait up to max_delay more).
+    run_in(net, run_until, 1, cycle_start + interval + SweepConfig().max_delay + (cycle_start - provide_started))
     # Every kept key went out in the cycle, removed ones never; and no key went out twice
     # within an interval: the restarted node did not redo the regions finished before it.
     assert set(recorder.episodes) == set(kept)
@@ -203,3 +204,40 @@ def test_unresponsive_servers_do_not_collapse_the_regions(sqlite_store_url: str)
         await close(r)
 
     run_in(net, run)
+
+
+@pytest.mark.slow
+def test_three_processes_on_one_store_provide_each_key_once_per_cycle(sqlite_store_url: str) -> None:
+    """Three provider identities share one provide list (``provider.claims``): through the
+    first provide and a reprovide cycle, every key goes out once per cycle, from one of
+    them, and each takes a share."""
+    net = SimNetwork(SimConfig(nodes=1000, seed=13))
+    nodes = [net.node(i) for i in range(3)]
+    keys = multihashes(4_000, b"shared")
+    interval = SweepConfig().interval
+    recorders = [RecordingMessenger(n.messenger, clock=net.wall_clock) for n in nodes]
+
+    async def three_processes(until: float) -> None:
+        engine = await open_store(sqlite_store_url)
+        store = TimedStore(ProvideListStore(engine))
+        config = SweepConfig(claim_batch=100)  # several slices per region, so all three share them
+        processes = [
+            Reprovider(store, n.router, rec, (lambda n=n: n.info), clock=net.wall_clock, config=config)  # type: ignore[arg-type]
+            for n, rec in zip(nodes, recorders, strict=True)
+        ]
+        await processes[0].start_provide([cid_string(mh) for mh in keys])
+        async with anyio.create_task_group() as tg:
+            for r in processes:
+                tg.start_soon(run_schedule, r, until)
+        await engine.dispose()
+
+    run_in(net, three_processes, net.wall_clock() + interval + 2 * HOUR)
+    grace = SweepConfig().grace
+    for mh in keys:
+        # When it went out, from whichever process: the first provide, then at its region's
+        # turn (at least a grace later), then one interval after that if the turn came early.
+        times = sorted(t for rec in recorders for t in rec.episodes.get(mh, ()))
+        assert len(times) >= 2 and times[1] - times[0] >= grace / 2, f"{mh.hex()[:12]}: {times}"
+        assert all(b - a >= interval - grace for a, b in zip(times[1:], times[2:])), f"{mh.hex()[:12]}: {times}"
+        assert sum(rec.sent[mh] for rec in recorders) == 20 * len(times)
+    assert all(rec.sent for rec in recorders), "each process took a share"

@@ -334,6 +334,13 @@ class ProvideListStore:
         async with self.engine.connect() as conn:
             return dict((await conn.execute(stmt)).all())
 
+    async def add_state(self, values: dict[str, str], now: int) -> None:
+        """Set the named values that are not set yet (processes starting together on a
+        shared store agree on the first one's)."""
+        rows = [{"name": n, "value": v, "updated_at": now} for n, v in values.items()]
+        async with self.engine.begin() as conn:
+            await conn.execute(self._insert(ProviderStateRow).on_conflict_do_nothing(index_elements=["name"]), rows)
+
     async def set_state(self, values: dict[str, str], now: int) -> None:
         rows = [{"name": n, "value": v, "updated_at": now} for n, v in values.items()]
         stmt = self._insert(ProviderStateRow)

@@ -88,16 +88,12 @@ class Reprovider(ProvideListService):
             return self.sweep
         now = int(self.clock())
         state = await self.store.get_state()
-        fresh = {}
-        if STATE_ORDER not in state:
-            fresh[STATE_ORDER] = format(secrets.randbits(256), "064x")
-        if STATE_CYCLE_START not in state:
-            fresh[STATE_CYCLE_START] = str(now)
+        if STATE_ORDER not in state or STATE_CYCLE_START not in state:
+            # The schedule of a shared list is the store's: the first process to start sets it.
+            await self.store.add_state({STATE_ORDER: format(secrets.randbits(256), "064x"), STATE_CYCLE_START: str(now)}, now)
+            state = await self.store.get_state()
         if state.get(STATE_INTERVAL) != str(self.interval):
-            fresh[STATE_INTERVAL] = str(self.interval)
-        if fresh:
-            await self.store.set_state(fresh, now)
-            state.update(fresh)
+            await self.store.set_state({STATE_INTERVAL: str(self.interval)}, now)
         prefix_len = state.get(STATE_PREFIX_LEN)
         self.sweep = Sweep(
             self.store,
@@ -211,7 +207,7 @@ class Reprovider(ProvideListService):
     async def _arm(self, not_before: float | None = None) -> None:
         """Point the one timer at the earliest key due that no other process has
         claimed (or wake now if it is due). The poll notices claims that expire."""
-        due = await self._next_due()
+        due = await self.next_unclaimed_due()
         self._armed_for = due
         if due is None:
             if self._scheduler is not None and self._scheduler.get_job(NEXT_JOB):
@@ -219,7 +215,8 @@ class Reprovider(ProvideListService):
             return
         self._arm_at(max(due, not_before or due))
 
-    async def _next_due(self) -> int | None:
+    async def next_unclaimed_due(self) -> int | None:
+        """The earliest ``next_due_at`` among keys no other process has claimed."""
         sweep = await self.open()
         return await self.store.next_due_for(sweep.owner, int(self.clock()))
 
@@ -242,7 +239,7 @@ class Reprovider(ProvideListService):
         """Notice keys added by another process (the CLI), or freed by a claim that
         expired: they are due now."""
         try:
-            due = await self._next_due()
+            due = await self.next_unclaimed_due()
         except (SQLAlchemyError, OSError) as exc:
             log.info("provider: poll failed: %s", exc)
             return

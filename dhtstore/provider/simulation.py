@@ -111,16 +111,22 @@ async def run_schedule(reprovider: Reprovider, until: float) -> list[VisitReport
     """What the APScheduler timer does, on virtual time: sleep to the next due key,
     provide what is due, repeat, until the wall clock ``until``."""
     clock = reprovider.clock
+    sweep = await reprovider.open()
     reports: list[VisitReport] = []
     while True:
-        due = await reprovider.store.next_due()
-        if due is None or due > until:
-            if until > clock():
-                await anyio.sleep(until - clock())
+        due = await reprovider.next_unclaimed_due()
+        if due is not None and due <= clock():
+            done = await reprovider.run_due()
+            if not done:  # another process took the due work first
+                await anyio.sleep(reprovider.poll_interval)
+            reports += done
+            continue
+        if clock() >= until:
             return reports
-        if due > clock():
-            await anyio.sleep(due - clock())
-        reports += await reprovider.run_due()
+        wake = until if due is None else min(due, until)
+        if any(c.owner != sweep.owner for c in await sweep.claims.live(int(clock()))):
+            wake = min(wake, clock() + reprovider.poll_interval)  # as the poll: their keys may come free
+        await anyio.sleep(wake - clock())
 
 
 class RecordingMessenger:
