@@ -163,7 +163,7 @@ class Node:
                 peers = PeerBook(engine)
                 host.on_identify(peers.on_identify)
                 tg.start_soon(peers.run)
-                await node._start_reprovider(tg)
+                node._start_reprovider(tg)
             body_error: Exception | None = None
             try:
                 yield node
@@ -192,7 +192,7 @@ class Node:
             )
         return self.options.mode == "server"
 
-    async def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
+    def _start_reprovider(self, tg: anyio.abc.TaskGroup) -> None:
         """Keep the store's provide list provided: the sweeping reprovider, on this loop,
         once the first bootstrap has ended. Before it, the routing table may be empty and
         every due key would fail its lookup and back off for minutes."""

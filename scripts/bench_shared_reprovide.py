@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "inter
 from jspeer import JsPeer, ensure_node_modules, start_js_peers  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from test_scaling_out import free_port, wait_listening  # noqa: E402
-from test_shared_reprovide import Head, add_cids, cids, cli, count_provided, wait_provided  # noqa: E402
+from test_shared_reprovide import Head, add_cids, cids, cli, wait_provided  # noqa: E402
 
 from dhtstore.config import read_identity  # noqa: E402
 from dhtstore.data.engine import make_engine  # noqa: E402

@@ -16,7 +16,6 @@ so the test moves about 200,000 ADD_PROVIDER messages.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
