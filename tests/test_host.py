@@ -383,3 +383,32 @@ async def test_garbage_after_the_handshake_closes_only_that_connection(
     assert await stream.receive() == b"fine"
     assert b.stats["internal_errors"] == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+
+
+async def test_yamux_is_agreed_in_the_noise_handshake_or_else_by_multistream(
+    hosts: list[Host], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dhtstore.network import connection
+
+    a, b, c = hosts
+
+    async def accepted(listener: Host) -> connection.Connection:
+        with anyio.fail_after(5):  # the listener adds it once its side of the upgrade is done
+            while (conn := listener.connection(a.peer_id)) is None:
+                await anyio.sleep(0.01)
+        return conn
+
+    conn = await a.connect(addr_of(b))
+    assert conn.early_muxer and (await accepted(b)).early_muxer  # one round trip saved
+    # A dialer that offers no muxer in its handshake (an older peer): multistream picks yamux.
+    offering = connection.NoiseHandshake
+
+    def offering_none_when_dialing(identity, initiator, expected_peer, stream_muxers=()):  # type: ignore[no-untyped-def]
+        return offering(identity, initiator, expected_peer, stream_muxers=() if initiator else stream_muxers)
+
+    monkeypatch.setattr(connection, "NoiseHandshake", offering_none_when_dialing)
+    conn = await a.connect(addr_of(c))
+    assert not conn.early_muxer and not (await accepted(c)).early_muxer
+    stream = await a.new_stream(addr_of(c), [ECHO])
+    await stream.send(b"either way")
+    assert await stream.receive() == b"either way"

@@ -82,12 +82,16 @@ class Upgraded:
     remote_peer: PeerId
     remote_public_key: PublicKey
     plaintext: bytes  # decrypted bytes already received past the muxer negotiation
+    early_muxer: bool  # yamux was agreed in the Noise handshake, not by multistream
 
 
 async def upgrade(
     sock: anyio.abc.ByteStream, identity: PrivateKey, initiator: bool, expected_peer: PeerId | None
 ) -> Upgraded:
-    """multistream(/noise) → Noise XX → multistream(/yamux/1.0.0) on a raw socket.
+    """multistream(/noise) → Noise XX → multistream(/yamux/1.0.0) on a raw socket. When
+    both sides offer yamux in the Noise handshake's extensions (go-libp2p, js-libp2p and
+    us: connections/inlined-muxer-negotiation.md), the last multistream round is skipped,
+    one round trip less per connection.
 
     Raises ProtocolViolation subclasses for bad input and the anyio/OS errors of the
     socket; the caller applies the handshake timeout.
@@ -99,7 +103,7 @@ async def upgrade(
     security = MultistreamDialer([NOISE_PROTOCOL]) if initiator else MultistreamListener([NOISE_PROTOCOL])
     agreed = await negotiate(security, sock.send, raw_receive)
 
-    handshake = NoiseHandshake(identity, initiator, expected_peer)
+    handshake = NoiseHandshake(identity, initiator, expected_peer, stream_muxers=[YAMUX_PROTOCOL])
     if agreed.leftover:
         handshake.receive_data(agreed.leftover)
     while True:
@@ -114,6 +118,8 @@ async def upgrade(
         except anyio.EndOfStream:
             raise NegotiationError("remote closed during the Noise handshake") from None
     transport = handshake.transport()
+    if handshake.selected_muxer == YAMUX_PROTOCOL:
+        return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, transport.decrypt_available(), True)
 
     async def secure_send(data: bytes) -> None:
         await sock.send(transport.encrypt(data))
@@ -127,7 +133,7 @@ async def upgrade(
 
     muxer = MultistreamDialer([YAMUX_PROTOCOL]) if initiator else MultistreamListener([YAMUX_PROTOCOL])
     agreed = await negotiate(muxer, secure_send, secure_receive)
-    return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover)
+    return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover, False)
 
 
 class _Signal:
@@ -288,6 +294,7 @@ class Connection:
         self._muxer = yamux.YamuxConnection(is_client=initiator, max_streams=max_streams)
         self.remote_peer = upgraded.remote_peer
         self.remote_public_key = upgraded.remote_public_key
+        self.early_muxer = upgraded.early_muxer
         self.initiator = initiator
         self.local_addr = local_addr
         self.remote_addr = remote_addr

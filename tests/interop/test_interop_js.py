@@ -87,6 +87,7 @@ async def test_we_dial_js(js_peers: dict[str, JsPeer], key_type: str) -> None:
     async with our_node() as node:
         conn = await node.host.connect(js.addr)
         assert conn.remote_peer == js.peer_id
+        assert conn.early_muxer, "yamux agreed in the Noise handshake, as js offers it"
         assert conn.remote_public_key.key_type.name.lower() == key_type.lower()
         # identify: we see js's protocols and listen address
         info = await node.identified(js.peer_id)
@@ -116,6 +117,7 @@ async def test_js_dials_us(js_peers: dict[str, JsPeer], key_type: str) -> None:
     async with our_node() as node:
         dialled = await js.dial(node.addr)
         assert dialled["peerId"] == str(node.host.peer_id)
+        assert node.host.connection(js.peer_id).early_muxer
         await js.wait_event(lambda e: e["event"] == "identify" and e["peerId"] == str(node.host.peer_id))
         peer_info = await js.peer_info(node.host.peer_id)
         assert {PROTOCOL_ID, "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"} <= set(peer_info["protocols"])
