@@ -11,10 +11,11 @@ another finished it finds nothing due there.
 
 Claiming reads every live claim and checks for overlap, so claimers take turns: on
 PostgreSQL under a transaction-scoped advisory lock, on SQLite under the write lock
-its first statement takes (``data.locks.take_turn``). Claims are few (one or two per process) and held for
-minutes, so the turn is short. Times are each process's clock: processes sharing a
-store keep their clocks in step (NTP), far closer than the lease of minutes. (Row locks with ``FOR UPDATE SKIP LOCKED`` would not
-do: a claim is a range of keys, and two ranges overlap without sharing a row.)
+its first statement takes (``data.locks.take_turn``). Claims are few (one or two per
+process) and held for minutes, so the turn is short. (Row locks with ``FOR UPDATE
+SKIP LOCKED`` would not do: a claim is a range of keys, and two ranges overlap without
+sharing a row.) Times are each process's clock: processes sharing a store keep their
+clocks in step (NTP), far closer than the lease of minutes.
 """
 
 from __future__ import annotations
