@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.postgres, pyte
 JS_SERVERS = 4
 CIDS = 30_000
 LATE_CIDS = 6_000
-LEASE = 5  # seconds: --claim-lease
+LEASE = 15  # seconds: --claim-lease; renewed every 5 s, so only a 10 s stall of a loaded head lets a claim lapse
 CHECKERS = 16  # GET_PROVIDERS in flight while reading the js servers' records
 JS_SAMPLE = 1_000  # CIDs asked of the js servers per phase (js answers a few hundred a second)
 
