@@ -124,7 +124,7 @@ async def run_schedule(reprovider: Reprovider, until: float) -> list[VisitReport
         if clock() >= until:
             return reports
         wake = until if due is None else min(due, until)
-        if any(c.owner != sweep.owner for c in await sweep.claims.live(int(clock()))):
+        if await sweep.claimed_by_others(clock()):
             wake = min(wake, clock() + reprovider.poll_interval)  # as the poll: their keys may come free
         await anyio.sleep(wake - clock())
 

@@ -266,8 +266,7 @@ class Sweep:
             # No estimate of region sizes yet: back off a slice of the keyspace, not the
             # whole list (which may be millions of keys) at once.
             start, seed = found or (Prefix.of(kad, UNEXPLORED_FAILURE_BITS), None)
-            others = [c.prefix for c in await self.claims.live(int(now)) if c.owner != self.owner]
-            piece = await self._slice(start, kad, now, others)
+            piece = await self._slice(start, kad, now, await self.claimed_by_others(now))
             if await self.claims.claim(piece, self.owner, int(now), math.ceil(self.config.claim_lease)):
                 break
         else:
@@ -284,6 +283,10 @@ class Sweep:
             except ClaimLost:
                 report = VisitReport(piece, 0, 0, 0, 0, 0, 0, 0, individual=False, error=f"claim on {piece} lost")
         return replace(report, lookups=self.counters.lookups - lookups_before)
+
+    async def claimed_by_others(self, now: float) -> list[Prefix]:
+        """The slices other processes sharing the store are providing now."""
+        return [c.prefix for c in await self.claims.live(int(now)) if c.owner != self.owner]
 
     async def _start_of(self, kad: int) -> tuple[Prefix, tuple[bytes, list[PeerInfo]] | None] | None:
         """The region to visit for ``kad``, and the lookup already made toward it if one
