@@ -41,7 +41,7 @@ from .data.stats import store_stats
 from .kadkey import Key
 from .metrics import Metrics
 from .network import multiaddrs
-from .network.api import PeerInfo, Record
+from .types import PeerInfo, Record
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .network.kadserver import KadServer

@@ -28,7 +28,8 @@ import anyio.abc
 from . import amino
 from .kadkey import Key
 from .network import dnsaddr, multiaddrs
-from .network.api import Message, MessageType, NetworkError, PeerInfo
+from .errors import NetworkError
+from .types import Message, MessageType, PeerInfo
 from .network.identify import IdentifyInfo
 from .peerid import PeerId
 from .routing.api import RoutingError

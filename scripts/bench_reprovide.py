@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dhtstore.data.schema import create_or_upgrade, open_store  # noqa: E402
 from dhtstore.multihash import cid_string  # noqa: E402
 from dhtstore.kadkey import Key  # noqa: E402
-from dhtstore.network.api import Message, MessageType, NetworkError, PeerInfo  # noqa: E402
+from dhtstore.errors import NetworkError  # noqa: E402
+from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
 from dhtstore.provider.keyspace import Prefix  # noqa: E402
 from dhtstore.provider.providelist import ProvideListStore  # noqa: E402

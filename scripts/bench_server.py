@@ -64,7 +64,7 @@ from dhtstore.data.models import PeerRow, ProviderRecordRow  # noqa: E402
 from dhtstore.data.schema import create_or_upgrade  # noqa: E402
 from dhtstore.multihash import SHA2_256, Multihash  # noqa: E402
 from dhtstore.network import multiaddrs  # noqa: E402
-from dhtstore.network.api import Message, MessageType, PeerInfo  # noqa: E402
+from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame  # noqa: E402
 from dhtstore.network.kadserver import KadServer  # noqa: E402

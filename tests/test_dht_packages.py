@@ -5,7 +5,7 @@ import pytest
 
 from dhtstore import dht, ipfs
 from dhtstore.kadkey import Key
-from dhtstore.network.api import Record
+from dhtstore.types import Record
 from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork
 
 CID = "bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dhtstore import varint
 from dhtstore.amino import MAX_CLOSER_PEERS, MAX_MESSAGE_SIZE, MAX_PEER_RECORD_SIZE
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.network.api import ConnectionType, Message, MessageType, PeerInfo, Record
+from dhtstore.types import ConnectionType, Message, MessageType, PeerInfo, Record
 from dhtstore.network.kadcodec import (
     FrameDecoder,
     KadCodecError,

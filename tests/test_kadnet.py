@@ -14,7 +14,9 @@ import pytest
 from dhtstore import varint
 from dhtstore.amino import LAN_PROTOCOL_ID, MAX_MESSAGE_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.network.api import KadMessenger, Message, MessageType, NetworkError, PeerInfo
+from dhtstore.errors import NetworkError
+from dhtstore.network.api import KadMessenger
+from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger

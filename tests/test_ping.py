@@ -8,7 +8,7 @@ import pytest
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.network import multiaddrs
 from dhtstore.network import ping as ping_protocol
-from dhtstore.network.api import NetworkError
+from dhtstore.errors import NetworkError
 from dhtstore.network.connection import Stream
 from dhtstore.network.host import Host
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from dhtstore.crypto.keys import KeyType, PrivateKey
 from dhtstore.data.schema import open_store
-from dhtstore.network.api import Record
+from dhtstore.types import Record
 from dhtstore.records import ipns, pk
 from dhtstore.records.api import RecordError, ValueStore
 from dhtstore.records.memory import MemoryValueStore

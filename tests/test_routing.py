@@ -6,7 +6,8 @@ import anyio
 import pytest
 
 from dhtstore.kadkey import Key
-from dhtstore.network.api import Message, MessageType, NetworkError, PeerInfo
+from dhtstore.errors import NetworkError
+from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.peerid import PeerId
 from dhtstore.routing.api import NoPeersError
 from dhtstore.routing.query import PeerState, QueryState
@@ -165,7 +166,7 @@ def test_a_lookup_survives_peers_that_reset_every_request():
 
 
 def test_get_value_ignores_invalid_and_mismatched_records_and_corrects_their_holders():
-    from dhtstore.network.api import Record
+    from dhtstore.types import Record
     from dhtstore.sim import SequenceValidator
 
     key = b"/sim/k"

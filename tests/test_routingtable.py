@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtstore.kadkey import Key
-from dhtstore.network.api import PeerInfo
+from dhtstore.types import PeerInfo
 from dhtstore.peerid import PeerId
 from dhtstore.routingtable.api import RoutingTable
 from dhtstore.routingtable.kbuckets import KBucketTable

@@ -18,7 +18,7 @@ import pytest
 from dhtstore import multihash
 from dhtstore.amino import MAX_IPNS_RECORD_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.network.api import Message, MessageType, PeerInfo, Record
+from dhtstore.types import Message, MessageType, PeerInfo, Record
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger

@@ -10,7 +10,7 @@ from dhtstore import amino
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import StoreError
 from dhtstore.kadkey import Key
-from dhtstore.network.api import Message, MessageType, PeerInfo, Record
+from dhtstore.types import Message, MessageType, PeerInfo, Record
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.memory import MemoryProviderStore
 from dhtstore.records import ipns, pk

@@ -6,7 +6,7 @@ import pytest
 
 from dhtstore import multihash
 from dhtstore.kadkey import Key
-from dhtstore.network.api import MessageType, PeerInfo, Record
+from dhtstore.types import MessageType, PeerInfo, Record
 from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimulationStalled, run_virtual
 
 

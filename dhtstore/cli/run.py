@@ -21,7 +21,7 @@ from .. import amino
 from ..config import Config, ConfigError, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 from ..node import Node, NodeOptions
 from ..peerid import PeerId, PeerIdError
 from ..records.sql import key_text

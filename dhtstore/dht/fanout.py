@@ -8,7 +8,9 @@ import logging
 import anyio
 
 from .. import amino
-from ..network.api import KadMessenger, Message, NetworkError, PeerInfo
+from ..errors import NetworkError
+from ..network.api import KadMessenger
+from ..types import Message, PeerInfo
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import logging
 
 from .. import amino
 from ..multihash import SHA2_256, Multihash
-from ..network.api import KadMessenger, Message, MessageType, PeerInfo, Record
+from ..network.api import KadMessenger
+from ..types import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId
 from ..records.api import RecordError, Validator
 from .fanout import ask_each

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..network.api import PeerInfo, Record
+from ..types import PeerInfo, Record
 from ..peerid import PeerId
 
 

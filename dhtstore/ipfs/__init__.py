@@ -14,7 +14,8 @@ from typing import Protocol, runtime_checkable
 from .. import amino, multihash
 from ..dht import DHT, providers_near
 from ..dht.fanout import send_each
-from ..network.api import KadMessenger, Message, MessageType, PeerInfo
+from ..network.api import KadMessenger
+from ..types import Message, MessageType, PeerInfo
 
 
 @runtime_checkable

@@ -25,7 +25,8 @@ from multiaddr import Multiaddr
 from ..crypto.keys import PrivateKey, PublicKey
 from ..peerid import PeerId
 from . import yamux
-from .api import NEED_DATA, NetworkError, ProtocolViolation
+from ..errors import NetworkError, ProtocolViolation
+from .sansio import NEED_DATA
 from .multistream import MultistreamDialer, MultistreamListener, NegotiationFailed, ProtocolAgreed
 from .noise import PROTOCOL_ID as NOISE_PROTOCOL
 from .noise import NoiseHandshake, NoiseTransport

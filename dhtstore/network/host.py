@@ -37,7 +37,8 @@ from ..crypto.keys import PrivateKey
 from ..peerid import PeerId
 from . import multiaddrs, tcp
 from . import ping as ping_protocol
-from .api import NetworkError, PeerInfo
+from ..errors import NetworkError
+from ..types import PeerInfo
 from .connection import (
     CONNECTION_ERRORS,
     Connection,

@@ -31,7 +31,7 @@ from .. import varint
 from ..crypto.keys import KeyFormatError, PublicKey
 from ..peerid import PeerId
 from . import multiaddrs
-from .api import ProtocolViolation
+from ..errors import ProtocolViolation
 from .pb import identify_pb2
 
 PROTOCOL_ID = "/ipfs/id/1.0.0"

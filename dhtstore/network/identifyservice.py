@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..peerid import PeerId
-from .api import NetworkError
+from ..errors import NetworkError
 from .connection import CONNECTION_ERRORS, Connection, Stream
 from .identify import (
     DEFAULT_PROTOCOL_VERSION,

@@ -1,4 +1,4 @@
-"""Kademlia messages: ``network.api.Message`` ↔ ``proto/dht.proto`` bytes, and the
+"""Kademlia messages: ``dhtstore.types.Message`` ↔ ``proto/dht.proto`` bytes, and the
 unsigned-varint length framing of a kad stream.
 
 Decoding is strict where a mistake would hurt and forgiving where go is:
@@ -22,7 +22,8 @@ from .. import varint
 from ..amino import MAX_CLOSER_PEERS, MAX_MESSAGE_SIZE, MAX_PEER_RECORD_SIZE
 from ..peerid import PeerId, PeerIdError
 from . import multiaddrs
-from .api import ConnectionType, Message, MessageType, PeerInfo, ProtocolViolation, Record
+from ..errors import ProtocolViolation
+from ..types import ConnectionType, Message, MessageType, PeerInfo, Record
 from .pb import dht_pb2
 
 _PEER_OVERHEAD = 8  # field tags and length prefixes around a peer's id and addresses

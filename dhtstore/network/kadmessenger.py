@@ -19,7 +19,8 @@ import anyio
 
 from ..amino import PROTOCOL_ID, READ_MESSAGE_TIMEOUT
 from ..peerid import PeerId
-from .api import Message, NetworkError, PeerInfo
+from ..errors import NetworkError
+from ..types import Message, PeerInfo
 from .connection import CONNECTION_ERRORS, Stream
 from .host import Host
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame

@@ -22,7 +22,7 @@ import anyio
 
 from ..amino import PROTOCOL_ID, STREAM_IDLE_TIMEOUT
 from ..server.api import InvalidRequest, RequestHandler
-from .api import PeerInfo
+from ..types import PeerInfo
 from .connection import CONNECTION_ERRORS, Stream
 from .host import Host
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame

@@ -35,7 +35,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .. import varint
-from .api import NEED_DATA, NeedData, ProtocolViolation
+from ..errors import ProtocolViolation
+from .sansio import NEED_DATA, NeedData
 
 PROTOCOL_ID = "/multistream/1.0.0"
 NA = "na"

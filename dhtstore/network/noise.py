@@ -47,7 +47,8 @@ from google.protobuf.message import DecodeError
 
 from ..crypto.keys import KeyFormatError, PrivateKey, PublicKey
 from ..peerid import PeerId
-from .api import NEED_DATA, NeedData, ProtocolViolation
+from ..errors import ProtocolViolation
+from .sansio import NEED_DATA, NeedData
 from .pb import noise_pb2
 
 PROTOCOL_ID = "/noise"

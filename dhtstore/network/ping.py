@@ -13,7 +13,7 @@ import time
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from .api import NetworkError
+from ..errors import NetworkError
 from .connection import CONNECTION_ERRORS, Stream
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"

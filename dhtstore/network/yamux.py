@@ -54,7 +54,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
-from .api import NEED_DATA, NeedData, ProtocolViolation
+from ..errors import ProtocolViolation
+from .sansio import NEED_DATA, NeedData
 
 PROTOCOL_ID = "/yamux/1.0.0"
 VERSION = 0

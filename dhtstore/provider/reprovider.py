@@ -29,7 +29,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..dht import DHT
-from ..network.api import KadMessenger, PeerInfo
+from ..network.api import KadMessenger
+from ..types import PeerInfo
 from .api import AddResult
 from .metrics import ProvideMetrics
 from .providelist import ProvideListStore

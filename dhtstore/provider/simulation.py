@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import anyio
 
 from ..kadkey import BITS, Key
-from ..network.api import KadMessenger, Message, MessageType, PeerInfo
+from ..network.api import KadMessenger
+from ..types import Message, MessageType, PeerInfo
 from ..peerid import PeerId
 from ..sim import SimNetwork
 from .keyspace import Prefix

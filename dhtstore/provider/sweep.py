@@ -74,7 +74,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..amino import BUCKET_SIZE, REPROVIDE_INTERVAL
 from ..kadkey import BITS, Key
 from ..dht import DHT
-from ..network.api import KadMessenger, Message, MessageType, NetworkError, PeerInfo
+from ..errors import NetworkError
+from ..network.api import KadMessenger
+from ..types import Message, MessageType, PeerInfo
 from ..routing.api import RoutingError
 from .api import FAILING_AFTER_ATTEMPTS
 from .claims import ClaimStore

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 from ..peerid import PeerId
 
 

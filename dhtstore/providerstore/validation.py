@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from .. import multihash
 from ..amino import MAX_PEER_RECORD_SIZE, PROVIDE_VALIDITY
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 from ..peerid import PeerId, PeerIdError
 from .api import ProviderRecord
 

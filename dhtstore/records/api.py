@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..network.api import Record
+from ..types import Record
 
 
 class RecordError(ValueError):

@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 
 from ..amino import MAX_RECORD_AGE
-from ..network.api import Record
+from ..types import Record
 from . import timestamps
 from .api import RecordError, Validator
 from .validators import Clock

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..amino import MAX_RECORD_AGE
 from ..data.models import ValueRecordRow
-from ..network.api import Record
+from ..types import Record
 from . import timestamps
 from .api import RecordError, Validator
 from .validators import Clock

@@ -14,7 +14,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from ..dht import FeaturePeersDHT, FindPeerDHT, ValueDHT
 from ..ipfs import FindProvidersDHT, ProvideDHT
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 
 
 class RoutingError(Exception):

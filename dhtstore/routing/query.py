@@ -30,7 +30,9 @@ import anyio
 
 from .. import amino
 from ..kadkey import Key
-from ..network.api import KadMessenger, Message, NetworkError, PeerInfo
+from ..errors import NetworkError
+from ..network.api import KadMessenger
+from ..types import Message, PeerInfo
 from ..peerid import PeerId, PeerIdError
 from .api import LookupStats, NoPeersError, PeerReporter
 

@@ -18,7 +18,8 @@ from .. import amino
 from ..dht.fanout import ask_each, send_each
 from ..dht.functions import feature_key
 from ..kadkey import Key
-from ..network.api import KadMessenger, Message, MessageType, PeerInfo, Record
+from ..network.api import KadMessenger
+from ..types import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId
 from ..records.api import RecordError, Validator
 from ..routingtable.api import RoutingTable

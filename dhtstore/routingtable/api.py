@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from ..kadkey import Key
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 from ..peerid import PeerId
 
 

@@ -17,7 +17,7 @@ from hashlib import sha256
 
 from .. import amino
 from ..kadkey import BITS, Key
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 from ..peerid import PeerId
 from .ipgroups import ip_groups
 from .xorsearch import closest_keys

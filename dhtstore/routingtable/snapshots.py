@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.addrs import pack_addrs, unpack_addrs
 from ..data.models import RoutingSnapshotPeerRow, RoutingSnapshotRow
-from ..network.api import PeerInfo
+from ..types import PeerInfo
 from ..peerid import PeerId, PeerIdError
 
 KEEP_SNAPSHOTS = 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..network.api import Message, PeerInfo
+from ..types import Message, PeerInfo
 
 
 class InvalidRequest(ValueError):

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 from .. import amino, multihash
 from ..data.engine import StoreError
 from ..kadkey import Key
-from ..network.api import Message, MessageType, PeerInfo, Record
+from ..types import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId, PeerIdError
 from ..providerstore.api import ProviderStore
 from ..records.api import RecordError, Validator, ValueStore

@@ -2,7 +2,7 @@
 
 Every node runs the real code (``routingtable.kbuckets.KBucketTable``,
 ``routing.router.KademliaRouter``, ``server.handler.KademliaHandler``); only the
-transport is simulated: messages are the ``network.api`` dataclasses handed from one
+transport is simulated: messages are the ``dhtstore.types`` dataclasses handed from one
 node's messenger to another node's handler after a random latency. Time is virtual
 (``clock.VirtualTimeLoop``), so timeouts cost nothing and a run is reproducible: the
 same config and seed give the same messages in the same order.

@@ -14,7 +14,8 @@ import anyio
 
 from .. import amino
 from ..kadkey import BITS, Key
-from ..network.api import Message, MessageType, NetworkError, PeerInfo
+from ..errors import NetworkError
+from ..types import Message, MessageType, PeerInfo
 from ..peerid import PeerId
 from ..providerstore.memory import MemoryProviderStore
 from ..records.memory import MemoryValueStore

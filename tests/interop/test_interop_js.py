@@ -15,7 +15,7 @@ from jspeer import JsPeer, start_js_peer
 from dhtstore.amino import LAN_PROTOCOL_ID, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.network import multiaddrs
-from dhtstore.network.api import Message, MessageType, PeerInfo
+from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.network.host import Host
 from dhtstore.network.identify import IdentifyInfo
 from dhtstore.network.kadmessenger import LibP2PKadMessenger

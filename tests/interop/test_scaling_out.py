@@ -34,7 +34,7 @@ from dhtstore import multihash
 from dhtstore.config import read_identity
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.network import multiaddrs
-from dhtstore.network.api import Message, MessageType, PeerInfo
+from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.node import Node, NodeOptions
 from dhtstore.peerid import PeerId
 

@@ -38,7 +38,7 @@ from dhtstore.config import read_identity
 from dhtstore.data.engine import make_engine
 from dhtstore.data.models import ProvidedKeyRow, ProviderRecordRow, ReprovideClaimRow
 from dhtstore.network import multiaddrs
-from dhtstore.network.api import Message, MessageType, PeerInfo
+from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.node import Node, NodeOptions
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.peerid import PeerId
