@@ -9,3 +9,13 @@ class NetworkError(Exception):
 
 class ProtocolViolation(NetworkError):
     """The remote sent something the protocol forbids."""
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message is one line saying why and what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """A store operation failed because the database did not answer or refused it (lost
+    connection, locked file, disk full). Every store API raises this, never a driver's or
+    SQLAlchemy's own error, so a caller catches one type and may retry later."""

@@ -41,10 +41,8 @@ from .data.stats import store_stats
 from .kadkey import Key
 from .metrics import Metrics
 from .network import multiaddrs
-from .types import PeerInfo, Record
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
-from .network.kadserver import KadServer
 from .peerbook import PeerBook
 from .peerid import PeerId
 from .provider.api import AddResult, ProvideEntry
@@ -61,8 +59,10 @@ from .routing.api import LookupStats
 from .routing.router import KademliaRouter
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
+from .rtrefresh.upkeep import TableUpkeep
 from .server.handler import KademliaHandler
-from .upkeep import TableUpkeep, is_public_addr
+from .server.kadserver import KadServer
+from .types import PeerInfo, Record
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Node:
         its peers' lookups (facts sheet 7, pain points 7 and 9)."""
         if self.options.mode == "auto":
             return self.options.protocol == amino.LAN_PROTOCOL_ID or any(
-                is_public_addr(a) for a in self.host.advertised_addrs()
+                multiaddrs.is_public_addr(a) for a in self.host.advertised_addrs()
             )
         return self.options.mode == "server"
 

@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 import anyio
 from sqlalchemy import delete, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .amino import PROVIDER_ADDR_TTL
 from .data.addrs import pack_addrs
+from .data.dialects import upsert
 from .data.models import PeerRow, ProviderRecordRow
 from .network.identify import IdentifyInfo
 from .peerid import PeerId
@@ -41,11 +41,7 @@ class PeerBook:
         self._engine = engine
         self._clock = clock
         self._pending: OrderedDict[PeerId, tuple[IdentifyInfo, int]] = OrderedDict()
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert(PeerRow)
-        self._upsert = stmt.on_conflict_do_update(
-            index_elements=["peer_id"], set_={c: stmt.excluded[c] for c in ("protocols", "agent", "last_seen_at")}
-        )
+        self._upsert = upsert(engine, PeerRow, ["peer_id"], ["protocols", "agent", "last_seen_at"])
         self.written = 0
 
     def on_identify(self, peer: PeerId, info: IdentifyInfo) -> None:

@@ -26,11 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dhtstore.kadkey import Key  # noqa: E402
-from dhtstore.types import PeerInfo  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
 from dhtstore.routing.api import LookupStats  # noqa: E402
 from dhtstore.routingtable.kbuckets import KBucketTable  # noqa: E402
 from dhtstore.sim import SimConfig, SimNetwork, run_virtual  # noqa: E402
+from dhtstore.types import PeerInfo  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

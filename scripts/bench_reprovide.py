@@ -39,17 +39,17 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dhtstore.data.schema import create_or_upgrade, open_store  # noqa: E402
-from dhtstore.multihash import cid_string  # noqa: E402
-from dhtstore.kadkey import Key  # noqa: E402
 from dhtstore.errors import NetworkError  # noqa: E402
-from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
+from dhtstore.kadkey import Key  # noqa: E402
+from dhtstore.multihash import cid_string  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
 from dhtstore.provider.keyspace import Prefix  # noqa: E402
 from dhtstore.provider.providelist import ProvideListStore  # noqa: E402
 from dhtstore.provider.reprovider import Reprovider  # noqa: E402
-from dhtstore.provider.simulation import StoreTimeLoop, TimedStore, run_in, run_schedule  # noqa: E402
 from dhtstore.sim import SimConfig, SimNetwork  # noqa: E402
 from dhtstore.sim.network import EPOCH  # noqa: E402
+from dhtstore.sim.provider import StoreTimeLoop, TimedStore, run_in, run_schedule  # noqa: E402
+from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 
 HOUR = 3600.0
 

@@ -64,12 +64,12 @@ from dhtstore.data.models import PeerRow, ProviderRecordRow  # noqa: E402
 from dhtstore.data.schema import create_or_upgrade  # noqa: E402
 from dhtstore.multihash import SHA2_256, Multihash  # noqa: E402
 from dhtstore.network import multiaddrs  # noqa: E402
-from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame  # noqa: E402
-from dhtstore.network.kadserver import KadServer  # noqa: E402
 from dhtstore.node import Node, NodeOptions  # noqa: E402
 from dhtstore.providerstore.validation import base58btc  # noqa: E402
+from dhtstore.server.kadserver import KadServer  # noqa: E402
+from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 
 PROVIDERS = 1000  # distinct provider peers in the pre-filled store
 ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001

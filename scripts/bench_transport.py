@@ -44,12 +44,12 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 
 from dhtstore.crypto.keys import PrivateKey  # noqa: E402
 from dhtstore.network import multiaddrs  # noqa: E402
-from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 from dhtstore.network.connection import Stream  # noqa: E402
 from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadmessenger import LibP2PKadMessenger  # noqa: E402
-from dhtstore.network.kadserver import KadServer  # noqa: E402
 from dhtstore.network.limits import HostLimits, PeerRateLimiter  # noqa: E402
+from dhtstore.server.kadserver import KadServer  # noqa: E402
+from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 
 SINK_PROTOCOL = "/dhtstore/bench/sink/1.0.0"
 CONNECTIONS = 50

@@ -8,8 +8,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from cid import make_cid
+from click.testing import CliRunner
 
 from dhtstore.cli import main
 from dhtstore.multihash import cid_string

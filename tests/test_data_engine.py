@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from dhtstore.data.engine import StoreError, make_engine, parse_store_url, redact
+from dhtstore.data.engine import make_engine, parse_store_url, redact
+from dhtstore.errors import StoreError
 
 pytestmark = pytest.mark.anyio
 

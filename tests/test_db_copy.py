@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, text
 
 from dhtstore.data.copy import COPY_MARKER, CopyError, copy_store
-from dhtstore.data.engine import StoreError, default_store_url
+from dhtstore.data.engine import default_store_url
 from dhtstore.data.models import (
     PeerRow,
     ProvidedKeyRow,
@@ -23,6 +23,7 @@ from dhtstore.data.models import (
     metadata,
 )
 from dhtstore.data.schema import open_store
+from dhtstore.errors import StoreError
 
 pytestmark = pytest.mark.anyio
 

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import anyio
 from click.testing import CliRunner
+from test_db_copy import fill
 
 from dhtstore.cli import main
 from dhtstore.data.engine import default_store_url
-
-from test_db_copy import fill
 
 
 def test_the_cli_copies_shows_progress_and_refuses_a_full_target(sqlite_store_url: str, tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ import pytest
 
 from dhtstore import dht, ipfs
 from dhtstore.kadkey import Key
-from dhtstore.types import Record
 from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork
+from dhtstore.types import Record
 
 CID = "bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y"
 

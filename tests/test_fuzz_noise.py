@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtstore.crypto.keys import KeyType, PrivateKey
-from dhtstore.network.noise import NEED_DATA, HandshakeComplete, NoiseError, NoiseHandshake
+from dhtstore.network.noise import (
+    NEED_DATA,
+    HandshakeComplete,
+    NoiseError,
+    NoiseHandshake,
+)
 from dhtstore.network.pb import noise_pb2
 
 FUZZ = settings(max_examples=200, deadline=None)

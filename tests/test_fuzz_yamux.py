@@ -6,7 +6,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtstore.network.yamux import HEADER, NEED_DATA, StreamData, YamuxConnection, YamuxError
+from dhtstore.network.yamux import (
+    HEADER,
+    NEED_DATA,
+    StreamData,
+    YamuxConnection,
+    YamuxError,
+)
 
 FUZZ = settings(max_examples=300, deadline=None)
 

@@ -11,12 +11,12 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.network import multiaddrs
 from dhtstore.errors import NetworkError
-from dhtstore.types import PeerInfo
+from dhtstore.network import multiaddrs
 from dhtstore.network.connection import Stream
 from dhtstore.network.host import DialError, Host, HostLimits
 from dhtstore.network.identify import IdentifyInfo
+from dhtstore.types import PeerInfo
 
 pytestmark = pytest.mark.anyio
 

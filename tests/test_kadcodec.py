@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from dhtstore import varint
 from dhtstore.amino import MAX_CLOSER_PEERS, MAX_MESSAGE_SIZE, MAX_PEER_RECORD_SIZE
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.types import ConnectionType, Message, MessageType, PeerInfo, Record
 from dhtstore.network.kadcodec import (
     FrameDecoder,
     KadCodecError,
@@ -23,6 +22,7 @@ from dhtstore.network.kadcodec import (
     encode_message,
 )
 from dhtstore.network.multiaddrs import parse as parse_multiaddr
+from dhtstore.types import ConnectionType, Message, MessageType, PeerInfo, Record
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDR = parse_multiaddr("/ip4/127.0.0.1/tcp/4001").to_bytes()

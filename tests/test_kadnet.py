@@ -16,13 +16,13 @@ from dhtstore.amino import LAN_PROTOCOL_ID, MAX_MESSAGE_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.errors import NetworkError
 from dhtstore.network.api import KadMessenger
-from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
-from dhtstore.network.kadserver import KadServer
 from dhtstore.network.limits import PeerRateLimiter
 from dhtstore.server.api import InvalidRequest
+from dhtstore.server.kadserver import KadServer
+from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = pytest.mark.anyio
 

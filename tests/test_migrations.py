@@ -11,9 +11,16 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from dhtstore.data import schema
-from dhtstore.data.engine import StoreError, default_store_url, make_engine
+from dhtstore.data.engine import default_store_url, make_engine
 from dhtstore.data.models import metadata
-from dhtstore.data.schema import create_or_upgrade, downgrade, head_revision, open_store, upgrade
+from dhtstore.data.schema import (
+    create_or_upgrade,
+    downgrade,
+    head_revision,
+    open_store,
+    upgrade,
+)
+from dhtstore.errors import StoreError
 
 pytestmark = pytest.mark.anyio
 

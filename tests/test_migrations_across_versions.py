@@ -33,7 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.addrs import pack_addrs
 from dhtstore.data.engine import default_store_url, make_engine
-from dhtstore.data.schema import alembic_config, downgrade, head_revision, open_store, upgrade
+from dhtstore.data.schema import (
+    alembic_config,
+    downgrade,
+    head_revision,
+    open_store,
+    upgrade,
+)
 from dhtstore.data.stats import store_stats
 from dhtstore.multihash import SHA2_256, Multihash, cid_string
 from dhtstore.peerid import PeerId
@@ -242,7 +248,7 @@ def test_readme_shows_the_refusal_messages_the_code_gives(monkeypatch: pytest.Mo
     """README "Upgrading" quotes both refusals for revisions 0001 and 0002; they are the
     guard's messages (whatever the real revisions are)."""
     from dhtstore.data import schema
-    from dhtstore.data.engine import StoreError
+    from dhtstore.errors import StoreError
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     store = "postgresql+asyncpg://dht@127.0.0.1/dht"

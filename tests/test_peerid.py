@@ -3,7 +3,13 @@ import hashlib
 import pytest
 
 from dhtstore import multihash, varint
-from dhtstore.crypto.keys import KeyFormatError, KeyType, PrivateKey, PublicKey, public_key_for_peer
+from dhtstore.crypto.keys import (
+    KeyFormatError,
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    public_key_for_peer,
+)
 from dhtstore.peerid import PeerId, PeerIdError
 
 SPEC_PEER = "12D3KooWLU2znyJMtDiHArqAGbZn8CgUGp92kxDBtefftEEaHSZS"

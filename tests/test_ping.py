@@ -6,9 +6,9 @@ import anyio
 import pytest
 
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.errors import NetworkError
 from dhtstore.network import multiaddrs
 from dhtstore.network import ping as ping_protocol
-from dhtstore.errors import NetworkError
 from dhtstore.network.connection import Stream
 from dhtstore.network.host import Host
 

@@ -11,7 +11,7 @@ import pytest
 
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
-from dhtstore.multihash import Multihash, SHA2_256
+from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.api import ProviderStore
 from dhtstore.providerstore.memory import MemoryProviderStore

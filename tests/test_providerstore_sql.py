@@ -15,13 +15,13 @@ import anyio
 import pytest
 from sqlalchemy import select, text
 
-from dhtstore.data.engine import StoreError, make_engine
-from dhtstore.data.models import PeerRow, ProviderRecordRow
-from dhtstore.providerstore.sql import SqlProviderStore, open_provider_store
-
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.engine import make_engine
+from dhtstore.data.models import PeerRow, ProviderRecordRow
+from dhtstore.errors import StoreError
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.peerid import PeerId
+from dhtstore.providerstore.sql import SqlProviderStore, open_provider_store
 
 pytestmark = pytest.mark.anyio
 

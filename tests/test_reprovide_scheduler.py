@@ -22,8 +22,8 @@ from dhtstore.provider.metrics import ProvideMetrics
 from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.provider.reprovider import NEXT_JOB, Reprovider
 from dhtstore.provider.service import STATE_CYCLE_START, STATE_ORDER, ProvideListService
-from dhtstore.provider.simulation import RecordingMessenger
 from dhtstore.sim import SimConfig, SimNetwork
+from dhtstore.sim.provider import RecordingMessenger
 
 pytestmark = pytest.mark.anyio
 

@@ -1,7 +1,7 @@
 """The sweeping reprovider in the many-node simulation, with a real SQLite store.
 
 Virtual time: a 22-hour cycle runs in seconds, and store calls take no virtual time
-(``provider.simulation.StoreTimeLoop``).
+(``sim.provider.StoreTimeLoop``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ from dhtstore.multihash import cid_string
 from dhtstore.provider.api import KeyState
 from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.provider.reprovider import Reprovider
-from dhtstore.provider.simulation import Oracle, RecordingMessenger, TimedStore, holders, run_in, run_schedule
 from dhtstore.provider.sweep import SweepConfig
 from dhtstore.sim import SimConfig, SimNetwork, SimNode
+from dhtstore.sim.provider import (
+    Oracle,
+    RecordingMessenger,
+    TimedStore,
+    holders,
+    run_in,
+    run_schedule,
+)
 
 HOUR = 3600.0
 

@@ -5,9 +5,8 @@ import random
 import anyio
 import pytest
 
-from dhtstore.kadkey import Key
 from dhtstore.errors import NetworkError
-from dhtstore.types import Message, MessageType, PeerInfo
+from dhtstore.kadkey import Key
 from dhtstore.peerid import PeerId
 from dhtstore.routing.api import NoPeersError
 from dhtstore.routing.query import PeerState, QueryState
@@ -15,6 +14,7 @@ from dhtstore.routing.router import KademliaRouter
 from dhtstore.routingtable.kbuckets import KBucketTable
 from dhtstore.server.api import InvalidRequest
 from dhtstore.sim import SimConfig, SimNetwork, run_virtual
+from dhtstore.types import Message, MessageType, PeerInfo
 
 PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 rng = random.Random(31)
@@ -166,8 +166,8 @@ def test_a_lookup_survives_peers_that_reset_every_request():
 
 
 def test_get_value_ignores_invalid_and_mismatched_records_and_corrects_their_holders():
-    from dhtstore.types import Record
     from dhtstore.sim import SequenceValidator
+    from dhtstore.types import Record
 
     key = b"/sim/k"
     good, forged, wrong_key, empty = new_peer(), new_peer(), new_peer(), new_peer()

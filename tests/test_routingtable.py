@@ -6,11 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtstore.kadkey import Key
-from dhtstore.types import PeerInfo
 from dhtstore.peerid import PeerId
 from dhtstore.routingtable.api import RoutingTable
 from dhtstore.routingtable.kbuckets import KBucketTable
 from dhtstore.routingtable.xorsearch import closest_keys
+from dhtstore.types import PeerInfo
 
 PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 

@@ -18,12 +18,12 @@ import pytest
 from dhtstore import multihash
 from dhtstore.amino import MAX_IPNS_RECORD_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.types import Message, MessageType, PeerInfo, Record
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
 from dhtstore.node import Node
 from dhtstore.records import ipns
+from dhtstore.types import Message, MessageType, PeerInfo, Record
 
 pytestmark = pytest.mark.anyio
 

@@ -8,9 +8,8 @@ import pytest
 
 from dhtstore import amino
 from dhtstore.crypto.keys import PrivateKey
-from dhtstore.data.engine import StoreError
+from dhtstore.errors import StoreError
 from dhtstore.kadkey import Key
-from dhtstore.types import Message, MessageType, PeerInfo, Record
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.memory import MemoryProviderStore
 from dhtstore.records import ipns, pk
@@ -19,6 +18,7 @@ from dhtstore.records.validators import NamespacedValidator
 from dhtstore.routingtable.kbuckets import KBucketTable
 from dhtstore.server.api import InvalidRequest, RequestHandler
 from dhtstore.server.handler import KademliaHandler
+from dhtstore.types import Message, MessageType, PeerInfo, Record
 
 pytestmark = pytest.mark.anyio
 

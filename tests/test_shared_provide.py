@@ -13,7 +13,8 @@ import anyio
 import pytest
 from sqlalchemy import delete, update
 
-from dhtstore import multihash, node as node_module
+from dhtstore import multihash
+from dhtstore import node as node_module
 from dhtstore.data.models import ReprovideClaimRow
 from dhtstore.node import Node
 from dhtstore.peerid import PeerId

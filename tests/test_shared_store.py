@@ -19,8 +19,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from dhtstore.data.engine import StoreError, make_engine
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.data.engine import make_engine
+from dhtstore.errors import StoreError
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.providerstore import sql
 from dhtstore.providerstore.sql import SWEEP_LOCK, open_provider_store

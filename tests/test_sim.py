@@ -6,8 +6,14 @@ import pytest
 
 from dhtstore import multihash
 from dhtstore.kadkey import Key
+from dhtstore.sim import (
+    SequenceValidator,
+    SimConfig,
+    SimNetwork,
+    SimulationStalled,
+    run_virtual,
+)
 from dhtstore.types import MessageType, PeerInfo, Record
-from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimulationStalled, run_virtual
 
 
 @pytest.fixture(scope="module")

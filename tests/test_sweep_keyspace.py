@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtstore.kadkey import BITS
-from dhtstore.provider.keyspace import Prefix, allocate, common_prefix_length, covered_prefix, gaps, minimal_regions
+from dhtstore.provider.keyspace import (
+    Prefix,
+    allocate,
+    common_prefix_length,
+    covered_prefix,
+    gaps,
+    minimal_regions,
+)
 from dhtstore.provider.schedule import next_turn, region_offset, retry_delay
 from dhtstore.provider.sweep import preimage_under
 

@@ -12,8 +12,10 @@ def main() -> None:
 
 
 # Sub-commands register themselves on import (one line per module).
-from . import init  # noqa: E402,F401
-from . import db  # noqa: E402,F401
+from . import (
+    copy,  # noqa: E402,F401
+    db,  # noqa: E402,F401
+    init,  # noqa: E402,F401
+    provide,  # noqa: E402,F401
+)
 from . import run as _run  # noqa: E402,F401
-from . import copy  # noqa: E402,F401
-from . import provide  # noqa: E402,F401

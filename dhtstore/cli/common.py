@@ -18,8 +18,17 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from ..config import CONFIG_FILE_NAME, DEFAULT_DATA_DIR, DEFAULT_IDENTITY, Config, ConfigError, identity_path, load
-from ..data.engine import StoreError, default_store_url
+from ..config import (
+    CONFIG_FILE_NAME,
+    DEFAULT_DATA_DIR,
+    DEFAULT_IDENTITY,
+    Config,
+    ConfigError,
+    identity_path,
+    load,
+)
+from ..data.engine import default_store_url
+from ..errors import StoreError
 
 T = TypeVar("T")
 

@@ -11,7 +11,6 @@ from alembic.util import CommandError
 
 from ..data.engine import (
     OPEN_ERRORS,
-    StoreError,
     describe_open_error,
     ensure_sqlite_dir,
     make_engine,
@@ -21,6 +20,7 @@ from ..data.engine import (
 )
 from ..data.schema import alembic_config, current_revision, head_revision, open_store
 from ..data.stats import store_stats
+from ..errors import StoreError
 from . import main
 from .common import Location, fail, location_options, run
 

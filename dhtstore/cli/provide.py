@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
-
 import click
 
 from ..data.schema import open_store

@@ -5,7 +5,6 @@ client-mode node with in-memory stores."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import signal
@@ -21,11 +20,11 @@ from .. import amino
 from ..config import Config, ConfigError, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
-from ..types import PeerInfo
 from ..node import Node, NodeOptions
 from ..peerid import PeerId, PeerIdError
 from ..records.sql import key_text
 from ..routing.api import RoutingError
+from ..types import PeerInfo
 from . import main
 from .common import Location, fail, identity_option, location_options, run
 
@@ -35,7 +34,7 @@ log = logging.getLogger("dhtstore")
 def _is_private_bootstrap(addrs: Sequence[str]) -> bool:
     """True when a bootstrap address is on loopback or a private network: then peers
     with such addresses must be allowed into the routing table, or nothing would be."""
-    from ..upkeep import is_public_addr
+    from ..network.multiaddrs import is_public_addr
 
     for text in addrs:
         try:

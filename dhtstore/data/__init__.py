@@ -5,7 +5,7 @@ and use the models in ``dhtstore.data.models``; nothing outside ``migrations/`` 
 tables.
 """
 
-from .engine import StoreError, default_store_url, make_engine
+from .engine import default_store_url, make_engine
 from .schema import head_revision, open_store
 
-__all__ = ["StoreError", "default_store_url", "head_revision", "make_engine", "open_store"]
+__all__ = ["default_store_url", "head_revision", "make_engine", "open_store"]

@@ -25,10 +25,11 @@ from typing import Any, Protocol
 import anyio
 from alembic.util import CommandError
 from sqlalchemy import Table, delete, func, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .engine import OPEN_ERRORS, StoreError, parse_store_url, redact
+from ..errors import StoreError
+from .dialects import dialect_insert
+from .engine import OPEN_ERRORS, parse_store_url, redact
 from .models import ProviderStateRow, metadata
 from .schema import create_or_upgrade, open_store
 
@@ -134,7 +135,7 @@ async def _copy(
             "to add the source's rows to it (rows the target has are kept as they are)"
         )
     async with target.begin() as conn:
-        await conn.execute(_upsert(target)(_STATE).values(name=COPY_MARKER, value=marker, updated_at=0).on_conflict_do_nothing())
+        await conn.execute(dialect_insert(target)(_STATE).values(name=COPY_MARKER, value=marker, updated_at=0).on_conflict_do_nothing())
         await conn.execute(_STATE.update().where(_STATE.c.name == COPY_MARKER).values(value=marker))
 
     async with source.connect() as conn:
@@ -180,7 +181,7 @@ async def _copy_table(
                     return  # the writer stopped on an error of its own, which is the one reported
 
     rows, checksum = 0, 0
-    insert = _upsert(target)(table).on_conflict_do_nothing()
+    insert = dialect_insert(target)(table).on_conflict_do_nothing()
     columns = table.c.keys()
     try:
         async with anyio.create_task_group() as tg:
@@ -198,10 +199,6 @@ async def _copy_table(
             raise group.exceptions[0] from None
         raise
     return rows, checksum
-
-
-def _upsert(engine: AsyncEngine) -> Any:
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
 async def _has_rows(conn: AsyncConnection, tables: Sequence[Table], *, ignoring_marker: bool) -> bool:

@@ -15,12 +15,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ..errors import StoreError
+
 STORE_FILE_NAME = "dhtstore.db"
 SQLITE_BUSY_TIMEOUT_MS = 10_000  # a second writer (the CLI beside a running node) waits, not fails
-
-
-class StoreError(Exception):
-    """The store cannot be used; the message is one line saying why and what to do."""
 
 
 def default_store_url(data_dir: Path) -> str:

@@ -19,7 +19,16 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .engine import OPEN_ERRORS, StoreError, describe_open_error, ensure_sqlite_dir, make_engine, parse_store_url, redact, sqlite_path
+from ..errors import StoreError
+from .engine import (
+    OPEN_ERRORS,
+    describe_open_error,
+    ensure_sqlite_dir,
+    make_engine,
+    parse_store_url,
+    redact,
+    sqlite_path,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 

@@ -13,7 +13,14 @@ to the peers it returns through the ``messenger=`` they are given:
 ``routing.router.KademliaRouter`` implements every Protocol here and in ``dhtstore.ipfs``.
 """
 
-from .functions import feature_key, find_feature_peers, find_peer, get_value, providers_near, set_value
+from .functions import (
+    feature_key,
+    find_feature_peers,
+    find_peer,
+    get_value,
+    providers_near,
+    set_value,
+)
 from .protocols import DHT, FeaturePeersDHT, FindPeerDHT, ValueDHT
 
 __all__ = [

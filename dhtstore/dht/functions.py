@@ -15,9 +15,9 @@ import logging
 from .. import amino
 from ..multihash import SHA2_256, Multihash
 from ..network.api import KadMessenger
-from ..types import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId
 from ..records.api import RecordError, Validator
+from ..types import Message, MessageType, PeerInfo, Record
 from .fanout import ask_each
 from .protocols import DHT, FeaturePeersDHT, FindPeerDHT, ValueDHT
 

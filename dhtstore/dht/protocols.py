@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..types import PeerInfo, Record
 from ..peerid import PeerId
+from ..types import PeerInfo, Record
 
 
 @runtime_checkable

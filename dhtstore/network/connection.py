@@ -23,13 +23,18 @@ import anyio.abc
 from multiaddr import Multiaddr
 
 from ..crypto.keys import PrivateKey, PublicKey
+from ..errors import NetworkError, ProtocolViolation
 from ..peerid import PeerId
 from . import yamux
-from ..errors import NetworkError, ProtocolViolation
-from .sansio import NEED_DATA
-from .multistream import MultistreamDialer, MultistreamListener, NegotiationFailed, ProtocolAgreed
+from .multistream import (
+    MultistreamDialer,
+    MultistreamListener,
+    NegotiationFailed,
+    ProtocolAgreed,
+)
 from .noise import PROTOCOL_ID as NOISE_PROTOCOL
 from .noise import NoiseHandshake, NoiseTransport
+from .sansio import NEED_DATA
 
 log = logging.getLogger(__name__)
 

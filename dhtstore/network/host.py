@@ -34,11 +34,11 @@ import anyio.abc
 from multiaddr import Multiaddr
 
 from ..crypto.keys import PrivateKey
+from ..errors import NetworkError
 from ..peerid import PeerId
+from ..types import PeerInfo
 from . import multiaddrs, tcp
 from . import ping as ping_protocol
-from ..errors import NetworkError
-from ..types import PeerInfo
 from .connection import (
     CONNECTION_ERRORS,
     Connection,

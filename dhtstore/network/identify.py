@@ -29,9 +29,9 @@ from google.protobuf.message import DecodeError
 
 from .. import varint
 from ..crypto.keys import KeyFormatError, PublicKey
+from ..errors import ProtocolViolation
 from ..peerid import PeerId
 from . import multiaddrs
-from ..errors import ProtocolViolation
 from .pb import identify_pb2
 
 PROTOCOL_ID = "/ipfs/id/1.0.0"

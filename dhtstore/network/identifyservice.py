@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..peerid import PeerId
 from ..errors import NetworkError
+from ..peerid import PeerId
 from .connection import CONNECTION_ERRORS, Connection, Stream
 from .identify import (
     DEFAULT_PROTOCOL_VERSION,

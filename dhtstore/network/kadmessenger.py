@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import anyio
 
 from ..amino import PROTOCOL_ID, READ_MESSAGE_TIMEOUT
-from ..peerid import PeerId
 from ..errors import NetworkError
+from ..peerid import PeerId
 from ..types import Message, PeerInfo
 from .connection import CONNECTION_ERRORS, Stream
 from .host import Host

@@ -9,8 +9,8 @@ walks the protocol codes and their sizes, then lets the package check the values
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
 import ipaddress
+from collections.abc import Iterable
 
 from multiaddr import Multiaddr, protocols
 from multiaddr.exceptions import Error as MultiaddrError
@@ -126,3 +126,12 @@ def printable(addrs: Iterable[bytes]) -> list[str]:
         except MultiaddrFormatError:
             continue
     return out
+
+
+def is_public_addr(addr: bytes) -> bool:
+    """True for an /ip4 or /ip6 TCP address that is globally routable."""
+    try:
+        host, _ = tcp_endpoint(split_peer_id(parse(addr))[0])
+        return ipaddress.ip_address(host).is_global
+    except (MultiaddrFormatError, ValueError):
+        return False

@@ -41,15 +41,18 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from google.protobuf.message import DecodeError
 
 from ..crypto.keys import KeyFormatError, PrivateKey, PublicKey
-from ..peerid import PeerId
 from ..errors import ProtocolViolation
-from .sansio import NEED_DATA, NeedData
+from ..peerid import PeerId
 from .pb import noise_pb2
+from .sansio import NEED_DATA, NeedData
 
 PROTOCOL_ID = "/noise"
 PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"

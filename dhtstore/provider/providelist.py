@@ -12,11 +12,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..data.dialects import dialect_insert
 from ..data.locks import take_turn
-from ..data.models import ProvidedKeyRow, ProviderStateRow, ReprovideClaimRow, ReprovideRegionRow
+from ..data.models import (
+    ProvidedKeyRow,
+    ProviderStateRow,
+    ReprovideClaimRow,
+    ReprovideRegionRow,
+)
 from ..kadkey import Key
 from .api import FAILING_AFTER_ATTEMPTS, AddResult
 from .keyspace import Prefix
@@ -99,7 +104,7 @@ def _unclaimed(owner: str, now: int):  # type: ignore[no-untyped-def]
 class ProvideListStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = dialect_insert(engine)
 
     # --- the list ---------------------------------------------------------------
 

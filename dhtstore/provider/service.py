@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 
 from ..amino import REPROVIDE_INTERVAL
-from .api import FAILING_AFTER_ATTEMPTS, AddResult, KeyState, ProvideEntry, ProvideError, ProvideStatus
+from .api import (
+    FAILING_AFTER_ATTEMPTS,
+    AddResult,
+    KeyState,
+    ProvideEntry,
+    ProvideError,
+    ProvideStatus,
+)
 from .cids import multihash_of
 from .claims import ClaimStore
 from .providelist import ListRow, ProvideListStore

@@ -72,15 +72,23 @@ import anyio
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..amino import BUCKET_SIZE, REPROVIDE_INTERVAL
-from ..kadkey import BITS, Key
 from ..dht import DHT
 from ..errors import NetworkError
+from ..kadkey import BITS, Key
 from ..network.api import KadMessenger
-from ..types import Message, MessageType, PeerInfo
 from ..routing.api import RoutingError
+from ..types import Message, MessageType, PeerInfo
 from .api import FAILING_AFTER_ATTEMPTS
 from .claims import ClaimStore
-from .keyspace import Prefix, allocate, common_prefix_length, covered_prefix, gaps, intersection, minimal_regions
+from .keyspace import (
+    Prefix,
+    allocate,
+    common_prefix_length,
+    covered_prefix,
+    gaps,
+    intersection,
+    minimal_regions,
+)
 from .providelist import KeyRow, ProvideListStore, RegionRow
 from .schedule import next_turn, retry_delay
 

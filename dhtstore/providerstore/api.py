@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from ..types import PeerInfo
 from ..peerid import PeerId
+from ..types import PeerInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,24 +57,30 @@ import anyio
 from anyio.abc import TaskGroup
 from cachetools import LRUCache, TTLCache
 from sqlalchemy import bindparam, delete, func, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, IntegrityError, NotSupportedError, ProgrammingError
+from sqlalchemy.exc import (
+    DataError,
+    IntegrityError,
+    NotSupportedError,
+    ProgrammingError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..amino import PROVIDER_ADDR_TTL, PROVIDER_GC_INTERVAL
 from ..data.addrs import pack_addrs, unpack_addrs
-from ..data.engine import OPEN_ERRORS, StoreError
+from ..data.dialects import upsert
+from ..data.engine import OPEN_ERRORS
 from ..data.locks import try_advisory_lock
 from ..data.models import PeerRow, ProviderRecordRow
 from ..data.schema import open_store
+from ..errors import StoreError
 from ..peerid import PeerId
 from .api import ProviderRecord, ProviderStoreStats
 from .validation import (
+    base58btc,
     check_addrs,
     check_key,
     check_provider,
     check_ttl,
-    base58btc,
     make_record,
 )
 
@@ -191,12 +197,12 @@ class SqlProviderStore:
         self._peer_written: LRUCache[bytes, tuple[tuple[bytes, ...], int]] = LRUCache(addr_cache_size)
         # The hot statement, compiled once to the driver's SQL and run with positional
         # rows: SQLAlchemy's per-row parameter processing halved the batch rate.
-        upsert_records = self._upsert(ProviderRecordRow, ["key_mh", "peer_id"], ["received_at", "expires_at"])
+        upsert_records = upsert(engine, ProviderRecordRow, ["key_mh", "peer_id"], ["received_at", "expires_at"])
         compiled = upsert_records.compile(dialect=engine.dialect)
         assert compiled.positiontup == ["key_mh", "peer_id", "key_b58", "received_at", "expires_at"]
         self._upsert_records_sql = str(compiled)
-        self._upsert_peer_addrs = self._upsert(PeerRow, ["peer_id"], ["addrs", "addrs_expire_at", "last_seen_at"])
-        self._upsert_peer_seen = self._upsert(PeerRow, ["peer_id"], ["last_seen_at"])
+        self._upsert_peer_addrs = upsert(engine, PeerRow, ["peer_id"], ["addrs", "addrs_expire_at", "last_seen_at"])
+        self._upsert_peer_seen = upsert(engine, PeerRow, ["peer_id"], ["last_seen_at"])
         self._sweep_interval = sweep_interval.total_seconds()
         self._sweep_batch = sweep_batch
         self._pending: dict[tuple[bytes, bytes], _Pending] = {}
@@ -433,11 +439,6 @@ class SqlProviderStore:
             await conn.execute(self._upsert_peer_addrs, with_addrs)
         if without:
             await conn.execute(self._upsert_peer_seen, without)
-
-    def _upsert(self, model: type, conflict: list[str], update: list[str]) -> Any:
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        stmt = insert(model)
-        return stmt.on_conflict_do_update(index_elements=conflict, set_={c: stmt.excluded[c] for c in update})
 
     def _after_commit(self, batch: list[_Pending], peers_written: list[_Pending]) -> None:
         for p in peers_written:

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from .. import multihash
 from ..amino import MAX_PEER_RECORD_SIZE, PROVIDE_VALIDITY
-from ..types import PeerInfo
 from ..peerid import PeerId, PeerIdError
+from ..types import PeerInfo
 from .api import ProviderRecord
 
 MAX_ADDRS = 32  # addresses kept per provider

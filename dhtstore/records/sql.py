@@ -17,10 +17,10 @@ from datetime import timedelta
 
 import base58
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..amino import MAX_RECORD_AGE
+from ..data.dialects import dialect_insert
 from ..data.models import ValueRecordRow
 from ..types import Record
 from . import timestamps
@@ -54,8 +54,7 @@ class SqlValueStore:
         self._validator = validator
         self._clock = clock
         self._max_age = int(max_record_age.total_seconds())
-        # The dialect's own INSERT, which has ON CONFLICT.
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = dialect_insert(engine)
 
     def _now(self) -> int:
         return int(self._clock())

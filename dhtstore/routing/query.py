@@ -29,11 +29,11 @@ from typing import Callable
 import anyio
 
 from .. import amino
-from ..kadkey import Key
 from ..errors import NetworkError
+from ..kadkey import Key
 from ..network.api import KadMessenger
-from ..types import Message, PeerInfo
 from ..peerid import PeerId, PeerIdError
+from ..types import Message, PeerInfo
 from .api import LookupStats, NoPeersError, PeerReporter
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from ..dht.fanout import ask_each, send_each
 from ..dht.functions import feature_key
 from ..kadkey import Key
 from ..network.api import KadMessenger
-from ..types import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId
 from ..records.api import RecordError, Validator
 from ..routingtable.api import RoutingTable
+from ..types import Message, MessageType, PeerInfo, Record
 from .api import LookupObserver, LookupStats, PeerReporter, RoutingError
 from .query import QueryOutcome, QueryState, ReplyHandler, is_valid_peer_id, run_query
 

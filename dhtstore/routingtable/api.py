@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from ..kadkey import Key
-from ..types import PeerInfo
 from ..peerid import PeerId
+from ..types import PeerInfo
 
 
 @runtime_checkable

@@ -17,8 +17,8 @@ from hashlib import sha256
 
 from .. import amino
 from ..kadkey import BITS, Key
-from ..types import PeerInfo
 from ..peerid import PeerId
+from ..types import PeerInfo
 from .ipgroups import ip_groups
 from .xorsearch import closest_keys
 

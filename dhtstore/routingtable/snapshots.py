@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.addrs import pack_addrs, unpack_addrs
 from ..data.models import RoutingSnapshotPeerRow, RoutingSnapshotRow
-from ..types import PeerInfo
 from ..peerid import PeerId, PeerIdError
+from ..types import PeerInfo
 
 KEEP_SNAPSHOTS = 3
 

@@ -13,13 +13,13 @@ from collections import Counter
 from typing import Awaitable, Callable
 
 from .. import amino, multihash
-from ..data.engine import StoreError
+from ..errors import StoreError
 from ..kadkey import Key
-from ..types import Message, MessageType, PeerInfo, Record
 from ..peerid import PeerId, PeerIdError
 from ..providerstore.api import ProviderStore
 from ..records.api import RecordError, Validator, ValueStore
 from ..routingtable.api import RoutingTable
+from ..types import Message, MessageType, PeerInfo, Record
 from .api import InvalidRequest
 
 log = logging.getLogger(__name__)

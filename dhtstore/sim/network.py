@@ -13,9 +13,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 import anyio
 
 from .. import amino
-from ..kadkey import BITS, Key
 from ..errors import NetworkError
-from ..types import Message, MessageType, PeerInfo
+from ..kadkey import BITS, Key
 from ..peerid import PeerId
 from ..providerstore.memory import MemoryProviderStore
 from ..records.memory import MemoryValueStore
@@ -24,6 +23,7 @@ from ..routing.router import KademliaRouter
 from ..routingtable.kbuckets import KBucketTable
 from ..server.api import InvalidRequest, RequestHandler
 from ..server.handler import KademliaHandler
+from ..types import Message, MessageType, PeerInfo
 from .clock import run_virtual
 from .validator import SequenceValidator
 

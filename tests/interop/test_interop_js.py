@@ -15,12 +15,12 @@ from jspeer import JsPeer, start_js_peer
 from dhtstore.amino import LAN_PROTOCOL_ID, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.network import multiaddrs
-from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.network.host import Host
 from dhtstore.network.identify import IdentifyInfo
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
-from dhtstore.network.kadserver import KadServer
 from dhtstore.peerid import PeerId
+from dhtstore.server.kadserver import KadServer
+from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop]
 

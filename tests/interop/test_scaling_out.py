@@ -34,9 +34,9 @@ from dhtstore import multihash
 from dhtstore.config import read_identity
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.network import multiaddrs
-from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.node import Node, NodeOptions
 from dhtstore.peerid import PeerId
+from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.slow]
 

@@ -35,13 +35,13 @@ from sqlalchemy import func, select
 from test_scaling_out import cid_of, free_port, sha256_mh, wait_listening
 
 from dhtstore.config import read_identity
+from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
 from dhtstore.data.models import ProvidedKeyRow, ProviderRecordRow, ReprovideClaimRow
 from dhtstore.network import multiaddrs
-from dhtstore.types import Message, MessageType, PeerInfo
 from dhtstore.node import Node, NodeOptions
-from dhtstore.crypto.keys import PrivateKey
 from dhtstore.peerid import PeerId
+from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.postgres, pytest.mark.slow]
 

@@ -15,7 +15,6 @@ The rules are go-libp2p-kad-dht's and the spec's (facts sheet 1.4, 1.6):
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import time
@@ -25,15 +24,15 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 import anyio
 import anyio.abc
 
-from . import amino
-from .kadkey import Key
-from .network import dnsaddr, multiaddrs
-from .errors import NetworkError
-from .types import Message, MessageType, PeerInfo
-from .network.identify import IdentifyInfo
-from .peerid import PeerId
-from .routing.api import RoutingError
-from .routing.router import KademliaRouter
+from .. import amino
+from ..errors import NetworkError
+from ..kadkey import Key
+from ..network import dnsaddr, multiaddrs
+from ..network.identify import IdentifyInfo
+from ..peerid import PeerId
+from ..routing.api import RoutingError
+from ..routing.router import KademliaRouter
+from ..types import Message, MessageType, PeerInfo
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +48,6 @@ Pinger = Callable[[PeerInfo], Awaitable[float]]
 Connector = Callable[[str], Awaitable[object]]
 
 
-def is_public_addr(addr: bytes) -> bool:
-    """True for an /ip4 or /ip6 TCP address that is globally routable."""
-    try:
-        host, _ = multiaddrs.tcp_endpoint(multiaddrs.split_peer_id(multiaddrs.parse(addr))[0])
-        return ipaddress.ip_address(host).is_global
-    except (multiaddrs.MultiaddrFormatError, ValueError):
-        return False
 
 
 def random_preimage_with_cpl(local: Key, cpl: int, rng: Callable[[int], bytes] = os.urandom) -> bytes:
@@ -103,7 +95,7 @@ class TableUpkeep:
     def usable_addrs(self, addrs: Sequence[bytes]) -> tuple[bytes, ...]:
         if self.allow_private_addrs:
             return tuple(addrs)
-        return tuple(a for a in addrs if is_public_addr(a))
+        return tuple(a for a in addrs if multiaddrs.is_public_addr(a))
 
     def on_identify(self, peer: PeerId, info: IdentifyInfo) -> None:
         """Host callback: decide, in the background, whether ``peer`` belongs in the table."""

@@ -25,13 +25,13 @@ import anyio
 
 from ..kadkey import BITS, Key
 from ..network.api import KadMessenger
-from ..types import Message, MessageType, PeerInfo
 from ..peerid import PeerId
-from ..sim import SimNetwork
-from .keyspace import Prefix
-from .providelist import ProvideListStore
-from .reprovider import Reprovider
-from .sweep import VisitReport
+from ..provider.keyspace import Prefix
+from ..provider.providelist import ProvideListStore
+from ..provider.reprovider import Reprovider
+from ..provider.sweep import VisitReport
+from ..types import Message, MessageType, PeerInfo
+from .network import SimNetwork
 
 T = TypeVar("T")
 

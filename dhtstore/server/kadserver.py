@@ -21,12 +21,12 @@ from collections.abc import Sequence
 import anyio
 
 from ..amino import PROTOCOL_ID, STREAM_IDLE_TIMEOUT
-from ..server.api import InvalidRequest, RequestHandler
+from ..network.connection import CONNECTION_ERRORS, Stream
+from ..network.host import Host
+from ..network.kadcodec import FrameDecoder, KadCodecError, encode_frame
+from ..network.limits import PeerRateLimiter
 from ..types import PeerInfo
-from .connection import CONNECTION_ERRORS, Stream
-from .host import Host
-from .kadcodec import FrameDecoder, KadCodecError, encode_frame
-from .limits import PeerRateLimiter
+from .api import InvalidRequest, RequestHandler
 
 log = logging.getLogger(__name__)
 
