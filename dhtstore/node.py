@@ -50,8 +50,10 @@ from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
 from .provider.sweep import CLAIM_LEASE, SweepConfig
+from .providerstore.api import ProviderStore
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
+from .records.api import ValueStore
 from .records.memory import MemoryValueStore
 from .records.sql import SqlValueStore
 from .records.validators import NamespacedValidator
@@ -116,8 +118,8 @@ class Node:
         self.upkeep.bootstrap_peers = list(options.bootstrap)
         host.on_identify(self.upkeep.on_identify)
         # Set in start(): they need the store's lifecycle.
-        self.providers: SqlProviderStore | MemoryProviderStore
-        self.values: SqlValueStore | MemoryValueStore
+        self.providers: ProviderStore
+        self.values: ValueStore
         self.handler: KademliaHandler
         self.kadserver: KadServer
         self.reprovider: Reprovider | None = None
@@ -262,7 +264,6 @@ class Node:
 
     async def _value_gc_loop(self) -> None:
         """Reads already hide old records; this deletes them, in case nobody reads them."""
-        assert isinstance(self.values, SqlValueStore)
         while True:
             await anyio.sleep(VALUE_GC_INTERVAL)
             try:
@@ -337,7 +338,7 @@ class Node:
 
     def store_state(self) -> str:
         """"up", "down" (the store failed and is not answering yet) or "memory"."""
-        if not isinstance(self.providers, SqlProviderStore):
+        if self.engine is None:
             return "memory"
         return "up" if self.providers.available else "down"
 

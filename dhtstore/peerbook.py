@@ -6,7 +6,8 @@ per peer in memory (bounded) and writes it in one transaction every ``FLUSH_INTE
 It updates protocols, agent and last-seen time; addresses are written only for a peer
 new to the table, since the provider store owns a provider's announced addresses and
 their 24 h expiry. Rows of peers not seen for ``FORGET_AFTER`` that provide nothing are
-deleted in batches, so the table does not grow without bound.
+deleted in batches, so the table does not grow without bound. A database failure
+raises StoreUnavailable (``data.failures``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .amino import PROVIDER_ADDR_TTL
 from .data.addrs import pack_addrs
 from .data.dialects import upsert
+from .data.failures import unavailable
 from .data.models import PeerRow, ProviderRecordRow
 from .network.identify import IdentifyInfo
+from .errors import StoreError
 from .peerid import PeerId
 
 log = logging.getLogger(__name__)
@@ -68,8 +71,9 @@ class PeerBook:
             }
             for peer, (info, seen) in sorted(pending.items(), key=lambda item: item[0].to_bytes())
         ]
-        async with self._engine.begin() as conn:
-            await conn.execute(self._upsert, rows)
+        with unavailable("peer book"):
+            async with self._engine.begin() as conn:
+                await conn.execute(self._upsert, rows)
         self.written += len(rows)
         return len(rows)
 
@@ -83,8 +87,9 @@ class PeerBook:
         )
         deleted = 0
         for _ in range(MAX_PRUNE_BATCHES):
-            async with self._engine.begin() as conn:
-                n = (await conn.execute(delete(PeerRow).where(PeerRow.peer_id.in_(doomed)))).rowcount
+            with unavailable("peer book"):
+                async with self._engine.begin() as conn:
+                    n: int = (await conn.execute(delete(PeerRow).where(PeerRow.peer_id.in_(doomed)))).rowcount
             deleted += n
             if n < PRUNE_BATCH:
                 break
@@ -104,11 +109,11 @@ class PeerBook:
                         if time.monotonic() - last_prune > 3600:
                             last_prune = time.monotonic()
                             await self.prune()
-                except Exception as exc:  # the store may be down; identify goes on
+                except StoreError as exc:  # the store may be down; identify goes on
                     log.warning("peer book not written: %s", exc)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
                     await self.flush()
-                except Exception as exc:
+                except StoreError as exc:
                     log.warning("peer book not written at shutdown: %s", exc)

@@ -23,8 +23,9 @@ from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
 from dhtstore.errors import StoreError
 from dhtstore.multihash import SHA2_256, Multihash
-from dhtstore.providerstore import sql
-from dhtstore.providerstore.sql import SWEEP_LOCK, open_provider_store
+from dhtstore.providerstore import health
+from dhtstore.providerstore.expiry import SWEEP_LOCK
+from dhtstore.providerstore.sql import open_provider_store
 
 pytestmark = pytest.mark.anyio
 
@@ -202,8 +203,8 @@ async def test_a_write_that_cannot_be_committed_fails_to_its_caller(
 async def test_an_idle_store_notices_an_outage_and_the_return(
     pg_store_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sql, "HEALTH_INTERVAL", 0.2)
-    monkeypatch.setattr(sql, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(health, "HEALTH_INTERVAL", 0.2)
+    monkeypatch.setattr(health, "PROBE_INTERVAL", 0.1)
     async with open_provider_store(pg_store_url) as store:
         async with outage(pg_store_url):
             with anyio.fail_after(10):

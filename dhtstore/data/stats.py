@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .engine import sqlite_path, store_size_bytes
 from .models import ProviderRecordRow, metadata
 
-HOUR = 3600
+EXPIRING_WINDOW = 3600  # seconds: "provider records expiring within the hour", here and in ProviderStoreStats
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ async def store_stats(engine: AsyncEngine, now: float | None = None) -> StoreSta
             rows[table.name] = (await conn.execute(select(func.count()).select_from(table))).scalar_one()
         expiring = (
             await conn.execute(
-                select(func.count()).where(ProviderRecordRow.expires_at > t, ProviderRecordRow.expires_at <= t + HOUR)
+                select(func.count()).where(ProviderRecordRow.expires_at > t, ProviderRecordRow.expires_at <= t + EXPIRING_WINDOW)
             )
         ).scalar_one()
         if engine.dialect.name == "postgresql":

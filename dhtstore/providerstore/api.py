@@ -3,6 +3,11 @@
 A provider record lives 48 h from its last announcement (PROVIDE_VALIDITY); the
 provider's addresses live 24 h (PROVIDER_ADDR_TTL) and are kept with the peer, not the
 record, as go does. Re-announcing a (key, provider) refreshes it; it never duplicates.
+
+A store on a database raises ``dhtstore.errors.StoreUnavailable`` when the database
+fails (and ``available`` turns False until it answers again); an in-memory store never
+does. The lifecycle (``async with`` for the SQL store's writer and sweep) belongs to the
+implementation, which only the node picks.
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ class ProviderStoreStats:
     records: int
     keys: int
     providers: int
-    expiring_within_hour: int
+    expiring_within_hour: int  # live records expiring within data.stats.EXPIRING_WINDOW
 
 
 @runtime_checkable
 class ProviderStore(Protocol):
+    @property
+    def available(self) -> bool:
+        """False from a failed store operation until the store answers again (the node's
+        status shows it); reads meanwhile answer from what the store has cached."""
+        ...
+
     async def add_provider(
         self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
     ) -> None:
@@ -41,15 +52,19 @@ class ProviderStore(Protocol):
         Raises ValueError (naming the problem) for a key that is not a multihash or is
         over 80 bytes, or an address list over the size limit; nothing is written then.
         ``ttl`` (default and maximum: PROVIDE_VALIDITY, 48 h) shortens the record's life.
+        StoreUnavailable: the record was maybe not stored.
         """
         ...
 
     async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
-        """Unexpired providers of ``key`` with their unexpired addresses."""
+        """Unexpired providers of ``key`` (at most ``limit``, in random order, as go
+        spreads the load over them) with their unexpired addresses."""
         ...
 
     async def sweep_expired(self) -> int:
         """Delete expired records (in batches); return how many were deleted."""
         ...
 
-    async def stats(self) -> ProviderStoreStats: ...
+    async def stats(self) -> ProviderStoreStats:
+        """Counts over the unexpired records."""
+        ...

@@ -11,12 +11,10 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from ..amino import PROVIDER_ADDR_TTL
+from ..data.stats import EXPIRING_WINDOW
 from ..peerid import PeerId
 from .api import ProviderRecord, ProviderStoreStats
-from .validation import check_addrs, check_key, check_provider, check_ttl, make_record
-
-HOUR = 3600
+from .validation import PROVIDER_ADDR_TTL_S, check_addrs, check_key, check_provider, check_ttl, make_record
 
 
 class MemoryProviderStore:
@@ -25,7 +23,11 @@ class MemoryProviderStore:
         self._rng = rng or random.Random()
         self._records: dict[bytes, dict[bytes, tuple[int, int]]] = {}  # key -> peer -> (received, expires)
         self._addrs: dict[bytes, tuple[tuple[bytes, ...], int]] = {}  # peer -> (addrs, expire_at)
-        self._addr_ttl = int(PROVIDER_ADDR_TTL.total_seconds())
+
+    @property
+    def available(self) -> bool:
+        """Always True: memory does not go away."""
+        return True
 
     def _now(self) -> int:
         return int(self._clock())
@@ -37,7 +39,7 @@ class MemoryProviderStore:
         now = self._now()
         self._records.setdefault(key, {})[peer] = (now, now + lifetime)
         if addrs:
-            self._addrs[peer] = (addrs, now + self._addr_ttl)
+            self._addrs[peer] = (addrs, now + PROVIDER_ADDR_TTL_S)
 
     async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
         key = check_key(key)
@@ -75,5 +77,5 @@ class MemoryProviderStore:
             records=len(live),
             keys=len({k for k, _, _ in live}),
             providers=len({p for _, p, _ in live}),
-            expiring_within_hour=sum(1 for _, _, e in live if e <= now + HOUR),
+            expiring_within_hour=sum(1 for _, _, e in live if e <= now + EXPIRING_WINDOW),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from .. import multihash
-from ..amino import MAX_PEER_RECORD_SIZE, PROVIDE_VALIDITY
+from ..amino import MAX_PEER_RECORD_SIZE, PROVIDE_VALIDITY, PROVIDER_ADDR_TTL
 from ..peerid import PeerId, PeerIdError
 from ..types import PeerInfo
 from .api import ProviderRecord
@@ -13,6 +13,7 @@ from .api import ProviderRecord
 MAX_ADDRS = 32  # addresses kept per provider
 MAX_ADDR_BYTES = 1024  # one binary multiaddr
 MAX_ADDRS_TOTAL_BYTES = MAX_PEER_RECORD_SIZE  # a whole Message.Peer is capped at 8 KiB on the wire
+PROVIDER_ADDR_TTL_S = int(PROVIDER_ADDR_TTL.total_seconds())  # a provider's announced addresses live 24 h
 
 
 def check_key(key: bytes) -> bytes:

@@ -28,7 +28,12 @@ class Validator(Protocol):
 
 @runtime_checkable
 class ValueStore(Protocol):
-    """Holds validated records. ``get`` returns None for a record older than MAX_RECORD_AGE."""
+    """Holds validated records. ``get`` returns None for a record older than MAX_RECORD_AGE
+    (go-libp2p-kad-dht ``MaxRecordAge``, 48 h).
+
+    A store on a database raises ``dhtstore.errors.StoreUnavailable`` when the database
+    fails; an in-memory store never does.
+    """
 
     async def get(self, key: bytes) -> Record | None: ...
 
@@ -37,4 +42,13 @@ class ValueStore(Protocol):
 
         The record must already be validated; ``put`` applies ``Validator.select``.
         """
+        ...
+
+    async def count(self) -> int:
+        """Records held, including any past MAX_RECORD_AGE that ``sweep`` has not removed yet."""
+        ...
+
+    async def sweep(self) -> int:
+        """Delete every record older than MAX_RECORD_AGE; return how many went. Reads
+        already hide them: this frees the space of records nobody reads."""
         ...

@@ -21,13 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..amino import MAX_RECORD_AGE
 from ..data.dialects import dialect_insert
-from ..data.models import ValueRecordRow
+from ..data.failures import unavailable
+from ..data.models import ValueRecordRow as _V
 from ..types import Record
 from . import timestamps
 from .api import RecordError, Validator
 from .validators import Clock
-
-_T = ValueRecordRow.__table__
 
 
 def key_text(key: bytes) -> str:
@@ -63,24 +62,29 @@ class SqlValueStore:
         return Record(key, value, timestamps.format_ns(received_at * timestamps.NS_PER_SECOND))
 
     async def get(self, key: bytes) -> Record | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(select(_T.c.value, _T.c.received_at).where(_T.c.record_key == key))).first()
-        if row is None:
-            return None
-        if self._now() - row.received_at > self._max_age:
-            async with self._engine.begin() as conn:  # drop it unless a put replaced it meanwhile
-                await conn.execute(delete(_T).where(_T.c.record_key == key, _T.c.received_at == row.received_at))
-            return None
+        with unavailable("value store"):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(select(_V.value, _V.received_at).where(_V.record_key == key))).first()
+            if row is None:
+                return None
+            if self._now() - row.received_at > self._max_age:
+                async with self._engine.begin() as conn:  # drop it unless a put replaced it meanwhile
+                    await conn.execute(delete(_V).where(_V.record_key == key, _V.received_at == row.received_at))
+                return None
         return self._to_record(key, row.value, row.received_at)
 
     async def put(self, record: Record) -> Record:
+        with unavailable("value store"):
+            return await self._put(record)
+
+    async def _put(self, record: Record) -> Record:
         now = self._now()
         stored = self._to_record(record.key, record.value, now)
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
-                self._insert(_T)
+                self._insert(_V)
                 .values(record_key=record.key, record_key_text=key_text(record.key), value=record.value, received_at=now)
-                .on_conflict_do_nothing(index_elements=[_T.c.record_key])
+                .on_conflict_do_nothing(index_elements=[_V.record_key])
             )
             if inserted.rowcount == 1:
                 return stored
@@ -88,7 +92,7 @@ class SqlValueStore:
             if existing is not None and self._validator.select(record.key, [record.value, existing.value]) != 0:
                 return existing
             await conn.execute(
-                update(_T).where(_T.c.record_key == record.key).values(value=record.value, received_at=now)
+                update(_V).where(_V.record_key == record.key).values(value=record.value, received_at=now)
             )
         return stored
 
@@ -96,7 +100,7 @@ class SqlValueStore:
         """The stored record, locked until commit; None if it is too old or no longer valid."""
         row = (
             await conn.execute(
-                select(_T.c.value, _T.c.received_at).where(_T.c.record_key == key).with_for_update()
+                select(_V.value, _V.received_at).where(_V.record_key == key).with_for_update()
             )
         ).first()
         if row is None or now - row.received_at > self._max_age:
@@ -109,11 +113,13 @@ class SqlValueStore:
 
     async def count(self) -> int:
         """Records held, including any past MAX_RECORD_AGE that ``sweep`` has not removed yet."""
-        async with self._engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(_T))).scalar_one())
+        with unavailable("value store"):
+            async with self._engine.connect() as conn:
+                return int((await conn.execute(select(func.count()).select_from(_V))).scalar_one())
 
     async def sweep(self) -> int:
         """Delete every record older than MAX_RECORD_AGE; return how many went."""
-        async with self._engine.begin() as conn:
-            result = await conn.execute(delete(_T).where(_T.c.received_at < self._now() - self._max_age))
+        with unavailable("value store"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(delete(_V).where(_V.received_at < self._now() - self._max_age))
         return int(result.rowcount)
