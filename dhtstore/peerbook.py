@@ -26,8 +26,8 @@ from .data.addrs import pack_addrs
 from .data.dialects import upsert
 from .data.failures import unavailable
 from .data.models import PeerRow, ProviderRecordRow
-from .network.identify import IdentifyInfo
 from .errors import StoreError
+from .network.identify import IdentifyInfo
 from .peerid import PeerId
 
 log = logging.getLogger(__name__)

@@ -31,14 +31,14 @@ Addrs = tuple[tuple[bytes, ...], int]  # (addresses, expire_at)
 
 
 @dataclass(slots=True)
-class CachedSet:
+class _CachedSet:
     providers: Providers
     fetched_at: float = field(default_factory=time.monotonic)  # for a shared store's TTL
 
 
 class ProviderCaches:
     def __init__(self, set_size: int, addr_size: int, shared_ttl: float | None):
-        self._sets: LRUCache[bytes, CachedSet] = LRUCache(set_size)
+        self._sets: LRUCache[bytes, _CachedSet] = LRUCache(set_size)
         self._set_ttl = shared_ttl
         self._addrs: LRUCache[bytes, Addrs] | TTLCache[bytes, Addrs] = (
             TTLCache(addr_size, ttl=shared_ttl, timer=time.monotonic) if shared_ttl is not None
@@ -49,11 +49,17 @@ class ProviderCaches:
 
     # -- provider sets ------------------------------------------------------------
 
-    def provider_set(self, key: bytes) -> tuple[CachedSet | None, bool]:
-        """The cached set of ``key`` (or None), and whether it is fresh enough to answer."""
+    def fresh_set(self, key: bytes) -> Providers | None:
+        """The cached providers of ``key`` if they are fresh enough to answer from."""
         cached = self._sets.get(key)
-        fresh = cached is not None and (self._set_ttl is None or time.monotonic() - cached.fetched_at < self._set_ttl)
-        return cached, fresh
+        if cached is not None and (self._set_ttl is None or time.monotonic() - cached.fetched_at < self._set_ttl):
+            return cached.providers
+        return None
+
+    def any_set(self, key: bytes) -> Providers | None:
+        """The cached providers of ``key`` however old: the answer while the store is down."""
+        cached = self._sets.get(key)
+        return None if cached is None else cached.providers
 
     def mark(self) -> int:
         """Take before a read's query; hand back to ``fill_set``/``fill_addrs``."""
@@ -71,7 +77,7 @@ class ProviderCaches:
             if peer not in touched:
                 self._addrs[peer] = (unpack_addrs(blob), expire_at)
         if providers and key not in touched:  # as go: only non-empty sets are cached
-            self._sets[key] = CachedSet(providers)
+            self._sets[key] = _CachedSet(providers)
 
     # -- addresses ----------------------------------------------------------------
 

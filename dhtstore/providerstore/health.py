@@ -7,7 +7,12 @@ import logging
 
 import anyio
 from sqlalchemy import text
-from sqlalchemy.exc import DataError, IntegrityError, NotSupportedError, ProgrammingError
+from sqlalchemy.exc import (
+    DataError,
+    IntegrityError,
+    NotSupportedError,
+    ProgrammingError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.engine import OPEN_ERRORS

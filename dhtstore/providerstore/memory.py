@@ -14,7 +14,14 @@ from datetime import timedelta
 from ..data.stats import EXPIRING_WINDOW
 from ..peerid import PeerId
 from .api import ProviderRecord, ProviderStoreStats
-from .validation import PROVIDER_ADDR_TTL_S, check_addrs, check_key, check_provider, check_ttl, make_record
+from .validation import (
+    PROVIDER_ADDR_TTL_S,
+    check_addrs,
+    check_key,
+    check_provider,
+    check_ttl,
+    make_record,
+)
 
 
 class MemoryProviderStore:

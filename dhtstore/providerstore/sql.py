@@ -57,12 +57,19 @@ from .health import StoreHealth
 from .peerrows import PeerRows
 from .postgreswrite import PostgresWritePath
 from .sqlitewrite import SqliteWritePath
-from .validation import base58btc, check_addrs, check_key, check_provider, check_ttl, make_record
+from .validation import (
+    base58btc,
+    check_addrs,
+    check_key,
+    check_provider,
+    check_ttl,
+    make_record,
+)
 
 SHARED_CACHE_TTL = 1.0  # seconds a cached entry may hide another process's write
 
-# A key's live providers with their addresses: built once, since building a statement
-# (and its cache key) on every read cost about a tenth of a server's CPU.
+# A key's live providers with their addresses: built once, not per read (building a
+# statement and its cache key is a large share of a cold read's CPU).
 _PROVIDERS_OF_KEY = (
     select(ProviderRecordRow.peer_id, ProviderRecordRow.received_at, ProviderRecordRow.expires_at, PeerRow.addrs, PeerRow.addrs_expire_at)
     .outerjoin(PeerRow, PeerRow.peer_id == ProviderRecordRow.peer_id)
@@ -183,9 +190,10 @@ class SqlProviderStore:
 
     async def _provider_set(self, key: bytes) -> Providers:
         """The key's providers, from the cache or else (with their addresses) from one query."""
-        cached, fresh = self._caches.provider_set(key)
-        if cached is not None and fresh:
-            return cached.providers
+        providers = self._caches.fresh_set(key)
+        if providers is not None:
+            return providers
+        stale = self._caches.any_set(key)
         mark = self._caches.mark()
         try:
             async with self._engine.connect() as conn:
@@ -193,9 +201,9 @@ class SqlProviderStore:
         except OPEN_ERRORS as exc:
             self.counters["read_errors"] += 1
             self._health.failed(exc)
-            if cached is not None:  # stale, but the best answer while the store is down
+            if stale is not None:  # the best answer while the store is down
                 self.counters["stale_reads"] += 1
-                return cached.providers
+                return stale
             raise StoreUnavailable(f"provider store unavailable: {first_line(exc)}") from exc
         self._health.answered()
         providers = {bytes(peer): (received, expires) for peer, received, expires, _, _ in rows}

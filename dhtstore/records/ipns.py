@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 from google.protobuf.message import DecodeError
@@ -55,27 +55,27 @@ class IpnsRecord:
 
     raw: bytes
     pb: ipns_pb2.IpnsEntry
-    fields: Mapping[str, Any]  # the decoded DAG-CBOR ``data`` map, extensions included
+    fields: Mapping[str, Any]  # the decoded DAG-CBOR ``data`` map, extensions included; ``parse`` checked the types below
 
     @property
     def value(self) -> bytes:
-        return self.fields[_VALUE]
+        return cast(bytes, self.fields[_VALUE])
 
     @property
     def sequence(self) -> int:
-        return self.fields[_SEQUENCE]
+        return cast(int, self.fields[_SEQUENCE])
 
     @property
     def ttl_ns(self) -> int:
-        return self.fields[_TTL]
+        return cast(int, self.fields[_TTL])
 
     @property
     def validity_type(self) -> int:
-        return self.fields[_VALIDITY_TYPE]
+        return cast(int, self.fields[_VALIDITY_TYPE])
 
     @property
     def validity(self) -> bytes:
-        return self.fields[_VALIDITY]
+        return cast(bytes, self.fields[_VALIDITY])
 
     def eol_ns(self) -> int:
         """The end of validity, in nanoseconds since the epoch."""

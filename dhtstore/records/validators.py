@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from . import ipns, pk
-from .api import RecordError
+from .api import RecordError, Validator
 
 Clock = Callable[[], float]  # seconds since the Unix epoch
 
@@ -52,9 +52,9 @@ class NamespacedValidator:
     """Dispatches on the key's namespace; an unknown namespace is a RecordError."""
 
     def __init__(self, clock: Clock = time.time):
-        self._by_namespace = {b"pk": PublicKeyValidator(), b"ipns": IpnsValidator(clock)}
+        self._by_namespace: dict[bytes, Validator] = {b"pk": PublicKeyValidator(), b"ipns": IpnsValidator(clock)}
 
-    def _for(self, key: bytes) -> PublicKeyValidator | IpnsValidator:
+    def _for(self, key: bytes) -> Validator:
         namespace, _ = split_key(key)
         validator = self._by_namespace.get(namespace)
         if validator is None:

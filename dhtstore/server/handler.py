@@ -80,9 +80,12 @@ class KademliaHandler:
             log.debug("invalid %s from %s: %s", kind.name, sender.peer_id, exc)
             raise
         except StoreError as exc:
-            # The store is down (it reports that once, and the node's status shows it).
-            # Reads still help the requester's lookup with closer peers; writes are
-            # refused with a reset, so the sender knows nothing was stored.
+            # A store (provider or value records) is down: it reports that once, and the
+            # node's status shows it. go-libp2p-kad-dht's handlers return the datastore's
+            # error, and the stream is reset. Writes are refused the same way, so the
+            # sender knows nothing was stored; reads are answered with closer peers only
+            # (what a peer that does not hold the key answers), so the requester's lookup
+            # goes on through us instead of losing a hop.
             self.counters[(kind.name, "store_unavailable")] += 1
             log.debug("%s from %s: store unavailable: %s", kind.name, sender.peer_id, exc)
             if kind in (MessageType.GET_PROVIDERS, MessageType.GET_VALUE):
