@@ -38,9 +38,10 @@ import time
 from pathlib import Path
 
 import anyio
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dhtstore.amino import PROVIDE_VALIDITY, PROVIDER_ADDR_TTL
 from dhtstore.crypto.keys import PrivateKey
@@ -49,6 +50,7 @@ from dhtstore.data.engine import default_store_url, make_engine
 from dhtstore.data.models import metadata
 from dhtstore.data.schema import create_or_upgrade
 from dhtstore.multihash import SHA2_256, Multihash
+from dhtstore.peerid import PeerId
 from dhtstore.providerstore.sql import SqlProviderStore
 from dhtstore.providerstore.validation import base58btc
 
@@ -63,7 +65,7 @@ def key(i: int) -> bytes:
     return Multihash(SHA2_256, hashlib.sha256(i.to_bytes(8, "big")).digest()).to_bytes()
 
 
-def peers() -> list:
+def peers() -> list[PeerId]:
     return [PrivateKey.generate().peer_id() for _ in range(PROVIDERS)]
 
 
@@ -84,25 +86,25 @@ async def pg_admin(url: str, statement: str) -> None:
         await conn.close()
 
 
-async def bytes_on_disk(engine, url: str) -> int:
+async def bytes_on_disk(engine: AsyncEngine, url: str) -> int:
     if engine.dialect.name == "postgresql":
         tables = [t.name for t in metadata.sorted_tables]
         total = 0
         async with engine.connect() as conn:
             for t in tables:
-                total += (await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one()
+                total += int((await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one())
         return total
     async with engine.connect() as conn:
         await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-    path = Path(make_url(url).database)
+    path = Path(make_url(url).database or "")
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
-async def run_backend(url: str, n: int) -> dict:
+async def run_backend(url: str, n: int) -> dict[str, float]:
     await create_or_upgrade(url)
     provider_ids = peers()
     engine = make_engine(url, pool_size=8, max_overflow=0)
-    result: dict = {"records": n}
+    result: dict[str, float] = {"records": n}
     try:
         async with SqlProviderStore(engine) as store:
 
@@ -149,13 +151,13 @@ async def run_backend(url: str, n: int) -> dict:
     return result
 
 
-def raw_sqlite_ceiling(url: str, n: int) -> dict:
+def raw_sqlite_ceiling(url: str, n: int) -> dict[str, float]:
     """The same upserts (provider_records and peers) with sqlite3 executemany, one transaction."""
     asyncio.run(create_or_upgrade(url))
     provider_ids = [p.to_bytes() for p in peers()]
     now = int(time.time())
     expires, addrs_expire = now + int(PROVIDE_VALIDITY.total_seconds()), now + int(PROVIDER_ADDR_TTL.total_seconds())
-    conn = sqlite3.connect(make_url(url).database, isolation_level=None)
+    conn = sqlite3.connect(make_url(url).database or "", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     packed = pack_addrs((ADDR,))
@@ -182,7 +184,7 @@ def raw_sqlite_ceiling(url: str, n: int) -> dict:
     return {"records": n, "ingest_records_per_s": n / elapsed, "peak_rss_mb": peak_rss_mb()}
 
 
-def child(backend: str, n: int, pg_url: str) -> dict:
+def child(backend: str, n: int, pg_url: str) -> dict[str, float]:
     if backend == "raw-sqlite3":
         with tempfile.TemporaryDirectory() as d:
             return raw_sqlite_ceiling(default_store_url(Path(d)), n)

@@ -33,9 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
 
 import anyio
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -68,7 +71,7 @@ def ms(values: list[float]) -> str:
     return f"p50 {percentile(values, 0.5) * 1e3:.2f} ms, p99 {percentile(values, 0.99) * 1e3:.2f} ms"
 
 
-def backend_cpu(pids: list[int]) -> float | None:
+def backend_cpu(pids: Iterable[int]) -> float | None:
     """CPU seconds used so far by these (local) PostgreSQL backends; None if not readable."""
     total = 0.0
     try:
@@ -84,12 +87,12 @@ def backend_cpu(pids: list[int]) -> float | None:
 # -- worker (one process) ------------------------------------------------------------
 
 
-async def worker(url: str, index: int, count: int, start_at: float, read_from: list[int], pool: list[str]) -> dict:
+async def worker(url: str, index: int, count: int, start_at: float, read_from: list[int], pool: list[str]) -> dict[str, Any]:
     peers = [PeerId(bytes.fromhex(p)) for p in pool]  # the same providers announce to every head
     rng = random.Random(index)
     app = f"dhtstore-bench-{index}"  # names this worker's PostgreSQL backends
     engine = make_engine(url, pool_size=CALLERS // 4, max_overflow=CALLERS, connect_args={"server_settings": {"application_name": app}})
-    out: dict = {"index": index}
+    out: dict[str, Any] = {"index": index}
     async with SqlProviderStore(engine) as store:
         base = index * count
         todo = iter(range(count))
@@ -112,7 +115,9 @@ async def worker(url: str, index: int, count: int, start_at: float, read_from: l
             with anyio.fail_after(600):
                 while (await store.stats()).records < expected:
                     await anyio.sleep(0.2)
-            cold, warm, missing = [], [], 0
+            cold: list[float] = []
+            warm: list[float] = []
+            missing = 0
             for _ in range(LOOKUPS // 2):
                 other = rng.choice(read_from)
                 k = key(other * count + rng.randrange(count))
@@ -126,7 +131,7 @@ async def worker(url: str, index: int, count: int, start_at: float, read_from: l
     return out
 
 
-async def cache_policy(url: str, label: str, **options) -> str:  # type: ignore[no-untyped-def]
+async def cache_policy(url: str, label: str, **options: Any) -> str:
     """READERS concurrent readers (a server's handlers) on HOT_KEYS keys for 3 s."""
     engine = make_engine(url, pool_size=READERS, max_overflow=0)
     async with SqlProviderStore(engine, **options) as store:
@@ -154,7 +159,7 @@ async def cache_policy(url: str, label: str, **options) -> str:  # type: ignore[
 # -- driver ----------------------------------------------------------------------------
 
 
-def spawn(url: str, count: int, n: int, pool: str, reads: bool = True) -> list[dict]:
+def spawn(url: str, count: int, n: int, pool: str, reads: bool = True) -> list[dict[str, Any]]:
     start_at = time.time() + 4.0  # past every process's imports and engine setup
     procs = []
     for i in range(n):
@@ -181,19 +186,19 @@ async def admin(url: str, *statements: str) -> None:
 
 
 def empty(url: str) -> None:
-    anyio.run(admin, url, *(f"DELETE FROM {t.name}" for t in reversed(metadata.sorted_tables)), "VACUUM ANALYZE")
+    anyio.run(partial(admin, url, *(f"DELETE FROM {t.name}" for t in reversed(metadata.sorted_tables)), "VACUUM ANALYZE"))
 
 
-def ingest_line(label: str, results: list[dict], count: int) -> float:
-    wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+def ingest_line(label: str, results: list[dict[str, Any]], count: int) -> float:
+    wall: float = max(r["ended"] for r in results) - min(r["started"] for r in results)
     rate = count * len(results) / wall
     txs = sum(r["transactions"] for r in results)
     busy = sum(r["cpu"] for r in results) / (wall * len(results))
     records = count * len(results)
-    server = [r.get("server_cpu") for r in results]
+    server = [r["server_cpu"] for r in results if r.get("server_cpu") is not None]
     cost = f"CPU per 1000 records: processes {sum(r['cpu'] for r in results) / records * 1e3 * 1e3:.0f} ms"
-    if None not in server:  # the backends' CPU includes their connection setup
-        cost += f", PostgreSQL backends {sum(server) / records * 1e3 * 1e3:.0f} ms"  # type: ignore[arg-type]
+    if len(server) == len(results):  # the backends' CPU includes their connection setup
+        cost += f", PostgreSQL backends {sum(server) / records * 1e3 * 1e3:.0f} ms"
     print(f"{label:<26} {records:>8,} records in {wall:6.2f} s = {rate:>8,.0f} records/s "
           f"({txs:,} transactions; each process on CPU {busy:.0%} of the time; {cost})")
     return rate
@@ -214,7 +219,7 @@ def main() -> None:
 
     base = os.environ.get("DHTSTORE_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     name = f"dhtstore_bench_{secrets.token_hex(4)}"
-    anyio.run(admin, base, f'CREATE DATABASE "{name}"')
+    anyio.run(partial(admin, base, f'CREATE DATABASE "{name}"'))
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
     try:
         anyio.run(create_or_upgrade, url)
@@ -244,9 +249,9 @@ def main() -> None:
             ("no cache (TTL 0)", {"shared_cache_ttl": 0.0}),
             ("LRU, no TTL (single process)", {"shared": False}),
         ):
-            print("  " + anyio.run(lambda lo=label, op=options: cache_policy(url, lo, **op)))
+            print("  " + anyio.run(partial(cache_policy, url, label, **options)))
     finally:
-        anyio.run(admin, base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        anyio.run(partial(admin, base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":
