@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import anyio
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import base58
 import pytest
 from sqlalchemy import insert

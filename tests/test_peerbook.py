@@ -14,7 +14,7 @@ ADDR = bytes([0x04, 127, 0, 0, 1, 0x06, 0x0F, 0xA1])
 MH = b"\x12\x20" + bytes(32)
 
 
-async def test_identify_info_is_written_updated_and_pruned(store_url):
+async def test_identify_info_is_written_updated_and_pruned(store_url: str) -> None:
     now = [1_800_000_000.0]
     engine = await open_store(store_url)
     try:

@@ -53,7 +53,8 @@ def backend(request: pytest.FixtureRequest) -> str | None:
     """None for the in-memory store, else the URL of a migrated, empty SQL store."""
     if request.param == "memory":
         return None
-    return request.getfixturevalue(f"{'sqlite' if request.param == 'sqlite' else 'pg'}_store_url")
+    url: str = request.getfixturevalue(f"{'sqlite' if request.param == 'sqlite' else 'pg'}_store_url")
+    return url
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from dhtstore import multihash
 from dhtstore.amino import MAX_IPNS_RECORD_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.network.connection import Stream
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
@@ -33,7 +35,7 @@ WAIT = 10.0  # seconds: bound on every wait for the node
 
 
 @pytest.fixture(autouse=True)
-def no_tracebacks(caplog: pytest.LogCaptureFixture):
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """At the level `dhtstore run` logs by default (INFO): no warning, no traceback."""
     caplog.set_level(logging.INFO)
     yield
@@ -43,7 +45,7 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture):
 
 
 @pytest.fixture
-async def node(sqlite_store_url: str, loopback_options) -> AsyncIterator[Node]:
+async def node(sqlite_store_url: str, loopback_options: Callable[..., Any]) -> AsyncIterator[Node]:
     async with Node.start(loopback_options(sqlite_store_url)) as started:
         yield started
 
@@ -202,7 +204,7 @@ async def test_a_flooding_peer_is_throttled_while_another_peer_is_answered(node:
     async with Host(PrivateKey.generate()) as flooder, Host(PrivateKey.generate()) as polite:
         streams = [await flooder.new_stream(target(node), [PROTOCOL_ID]) for _ in range(FLOOD_STREAMS)]
 
-        async def count_replies(stream) -> None:
+        async def count_replies(stream: Stream) -> None:
             nonlocal answered
             decoder = FrameDecoder()
             try:

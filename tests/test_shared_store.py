@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -25,7 +25,7 @@ from dhtstore.errors import StoreError
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.providerstore import health
 from dhtstore.providerstore.expiry import SWEEP_LOCK
-from dhtstore.providerstore.sql import open_provider_store
+from dhtstore.providerstore.sql import SqlProviderStore, open_provider_store
 
 pytestmark = pytest.mark.anyio
 
@@ -141,12 +141,12 @@ async def test_two_stores_sweeping_at_once_delete_each_record_once(
         results: list[int] = []
         async with anyio.create_task_group() as tg:
             for store in (a, b):
-                tg.start_soon(lambda s=store: _append(results, s.sweep_expired()))
+                tg.start_soon(_sweep_into, results, store)
         assert sum(results) == written and await count_provider_records(pg_store_url) == 0
 
 
-async def _append(results: list[int], coro) -> None:  # type: ignore[no-untyped-def]
-    results.append(await coro)
+async def _sweep_into(results: list[int], store: SqlProviderStore) -> None:
+    results.append(await store.sweep_expired())
 
 
 async def test_during_an_outage_reads_answer_from_the_cache(pg_store_url: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from test_shared_store import outage as pg_outage
 
 from dhtstore import amino
 from dhtstore.crypto.keys import KeyType, PrivateKey
@@ -35,7 +36,6 @@ from dhtstore.routingtable.kbuckets import KBucketTable
 from dhtstore.server.api import InvalidRequest
 from dhtstore.server.handler import KademliaHandler
 from dhtstore.types import Message, MessageType, PeerInfo, Record
-from tests.test_shared_store import outage as pg_outage
 
 pytestmark = pytest.mark.anyio
 
