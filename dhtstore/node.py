@@ -39,7 +39,7 @@ from .crypto.keys import PrivateKey
 from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
-from .metrics import Metrics
+from .metrics import Metrics, NodeStats
 from .network import multiaddrs
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
@@ -98,7 +98,7 @@ class Node:
         self.started_at = time.time()
         self.lookups: Counter[str] = Counter()
         self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.stats)
         self.validator = NamespacedValidator()
         self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
@@ -107,10 +107,13 @@ class Node:
             self.local, self.table, self.messenger, self.validator, reporter=self._report, on_lookup=self._observe
         )
         self.upkeep = TableUpkeep(
+            self.table,
             self.router,
+            self.messenger,
+            self.peer_id,
             protocols=[options.protocol],
             ping=host.ping,
-            connect=host.connect,
+            connect=self._connect,
             allow_private_addrs=options.allow_private_addrs,
         )
         self.upkeep.bootstrap_peers = list(options.bootstrap)
@@ -330,6 +333,9 @@ class Node:
         """Our listen addresses with ``/p2p/<peer id>``: what others bootstrap from."""
         return [f"{addr}/p2p/{self.peer_id}" for addr in self.host.listen_addrs]
 
+    async def _connect(self, addr: str) -> PeerId:
+        return (await self.host.connect(addr)).remote_peer
+
     def _self_info(self) -> PeerInfo:
         return PeerInfo(self.peer_id, tuple(self.host.advertised_addrs()))
 
@@ -341,23 +347,36 @@ class Node:
             return "memory"
         return "up" if self.providers.available else "down"
 
+    def stats(self) -> NodeStats:
+        return NodeStats(
+            peer_id=str(self.peer_id),
+            identity=self.options.identity_name,
+            routing_table=len(self.table),
+            connected_peers=len(self.host.connected_peers()),
+            requests=dict(self.handler.counters),
+            events={**self.host.stats, **self.kadserver.stats},
+            store_rows=dict(self.store_rows),
+            store=self.store_state(),
+        )
+
     def status(self) -> dict[str, object]:
-        served = Counter()
-        for (kind, outcome), n in self.handler.counters.items():
+        stats = self.stats()
+        served: Counter[str] = Counter()
+        for (kind, outcome), n in stats.requests.items():
             served[f"{kind.lower()}_{outcome}"] += n
         return {
-            "peer_id": str(self.peer_id),
-            "identity": self.options.identity_name,
-            "store": self.store_state(),
+            "peer_id": stats.peer_id,
+            "identity": stats.identity,
+            "store": stats.store,
             "mode": "server" if self.serves_dht else "client",
             "reprovider": "active" if self.reprovider else "off",
             "uptime_s": int(time.time() - self.started_at),
-            "routing_table": len(self.table),
-            "provider_records": self.store_rows.get("provider_records"),
-            "connected_peers": len(self.host.connected_peers()),
+            "routing_table": stats.routing_table,
+            "provider_records": stats.store_rows.get("provider_records"),
+            "connected_peers": stats.connected_peers,
             "requests": dict(served),
             "lookups": dict(self.lookups),
-            "errors": {**dict(self.kadserver.stats), **{k: v for k, v in self.host.stats.items()}},
+            "errors": dict(stats.events),
         }
 
 

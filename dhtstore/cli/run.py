@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import click
@@ -20,7 +20,7 @@ from .. import amino
 from ..config import Config, ConfigError, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
-from ..node import Node, NodeOptions
+from ..node import Mode, Node, NodeOptions
 from ..peerid import PeerId, PeerIdError
 from ..records.sql import key_text
 from ..routing.api import RoutingError
@@ -69,7 +69,7 @@ def _node_options(
         store_url=where.store_url() if store else None,
         listen=list(listen or config.listen),
         bootstrap=boot,
-        mode=chosen_mode,
+        mode=cast(Mode, chosen_mode),  # Config checked it is one of MODES
         protocol=protocol,
         allow_private_addrs=allow_private,
         ip_diversity=not allow_private,
