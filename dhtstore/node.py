@@ -34,7 +34,7 @@ import anyio.abc
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import amino, ipfs
+from . import amino, dht, ipfs
 from .crypto.keys import PrivateKey
 from .data.schema import open_store
 from .data.stats import store_stats
@@ -55,7 +55,7 @@ from .providerstore.sql import SqlProviderStore
 from .records.memory import MemoryValueStore
 from .records.sql import SqlValueStore
 from .records.validators import NamespacedValidator
-from .routing.api import LookupStats
+from .routing.api import LookupStats, Router
 from .routing.router import KademliaRouter
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
@@ -103,8 +103,8 @@ class Node:
         self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
         self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
-        self.router = KademliaRouter(
-            self.local, self.table, self.messenger, self.validator, reporter=self._report, on_lookup=self._observe
+        self.router: Router = KademliaRouter(
+            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe
         )
         self.upkeep = TableUpkeep(
             self.table,
@@ -230,12 +230,6 @@ class Node:
 
     # -- routing table ---------------------------------------------------------------
 
-    def _report(self, peer: PeerInfo, responded: bool) -> None:
-        if responded:
-            self.table.mark_useful(peer.peer_id, time.monotonic())
-        else:
-            self.table.mark_failed(peer.peer_id)
-
     def _observe(self, stats: LookupStats) -> None:
         self.lookups[stats.operation] += 1
         self.metrics.lookup_seconds.labels(stats.operation).observe(stats.duration)
@@ -292,27 +286,35 @@ class Node:
 
     # -- user-facing calls -----------------------------------------------------------
 
-    async def closest_peers(self, key: bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
-        return await self.router.find_closest_peers(key, n)
+    # Each lookup raises a routing.api.RoutingError when it finds nothing: NoPeersError,
+    # NotFound, QuorumFailed, or LookupTimeout once ``timeout`` seconds have passed.
 
-    async def find_peer(self, peer: PeerId) -> PeerInfo | None:
-        return await self.router.find_peer(peer)
+    async def closest_peers(
+        self, key: bytes, n: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
+        return await self.router.find_closest_peers(key, n, timeout=timeout)
 
-    async def find_providers(self, cid: str | bytes, count: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
-        return await ipfs.find_providers(self.router, cid, count)
+    async def find_peer(self, peer: PeerId, *, timeout: float | None = None) -> PeerInfo:
+        return await dht.find_peer(self.router, peer, timeout=timeout)
+
+    async def find_providers(
+        self, cid: str | bytes, count: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
+        """Up to ``count`` providers of ``cid``; an empty list when there is none."""
+        return await ipfs.find_providers(self.router, cid, count, timeout=timeout)
 
     async def provide_once(self, cid: str | bytes) -> int:
         """Announce us as a provider of ``cid`` once (not added to the provide list)."""
         return await ipfs.provide(self.router, self._self_info(), cid)
 
-    async def get_value(self, key: bytes, quorum: int = 0) -> Record | None:
-        return await self.router.get_value(key, quorum)
+    async def get_value(self, key: bytes, quorum: int = 0, *, timeout: float | None = None) -> Record:
+        return await dht.get_value(self.router, key, quorum, timeout=timeout)
 
     async def put_value(self, key: bytes, value: bytes) -> int:
         """Validate, keep locally, and PUT to the closest peers; returns how many took it."""
         self.validator.validate(key, value)
         await self.values.put(Record(key, value))
-        return await self.router.set_value(key, value)
+        return await dht.set_value(self.router, key, value)
 
     async def start_provide(self, cids: Iterable[str | bytes]) -> AddResult:
         """Add CIDs to the provide list: stored first, then provided promptly and kept provided."""
