@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lookup benchmark on the simulated network (issue 3).
+"""Lookup benchmark on the simulated network.
 
 For each network size: random keys looked up from random live nodes with
 ``find_closest_peers(key, 20)``; reports how often the answer is exactly the true 20

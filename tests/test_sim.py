@@ -1,4 +1,4 @@
-"""The simulated network: lookups at scale, faults, determinism (issue 3's 500-node tests)."""
+"""The simulated network: lookups at scale (500 nodes), faults, determinism."""
 
 import random
 
