@@ -118,16 +118,23 @@ def test_a_timed_out_lookup_carries_what_it_learned():
     value = SequenceValidator.encode(1)
     live_holders = [net.by_id[p] for p in net.true_closest(Key.for_record(key), 20, exclude=looker.peer_id)]
 
-    async def main() -> tuple[LookupTimeout, LookupTimeout]:
+    provider = next(n for n in net.nodes if n.responsive and n is not looker)
+    mh = ipfs.to_multihash(CID)
+
+    async def main() -> tuple[LookupTimeout, LookupTimeout, LookupTimeout]:
         for node in live_holders:
             await node.values.put(Record(key, value))
+        assert await provider.router.provide(provider.info, mh) == 20
         with pytest.raises(LookupTimeout) as got:
             await looker.router.get_value(key, timeout=2.0)
+        with pytest.raises(LookupTimeout) as providers:
+            await looker.router.find_providers(mh, 20, timeout=2.0)
         with pytest.raises(LookupTimeout) as closest:
             await looker.router.find_closest_peers(key, 20, timeout=2.0)
-        return got.value, closest.value
+        return got.value, providers.value, closest.value
 
-    got, closest = net.run(main)
+    got, providers, closest = net.run(main)
     assert got.records and all(r.value == value for r in got.records)
+    assert providers.peers == (provider.info,)
     assert closest.peers and all(net.by_id[p.peer_id].responsive for p in closest.peers)
     assert looker.lookups[-1].timed_out and not looker.lookups[-1].completed
