@@ -188,7 +188,8 @@ class Node:
     def serves_dht(self) -> bool:
         """Server mode. ``auto`` serves on the LAN DHT (where every host is a server) and,
         on the public DHT, only with a public address: an unreachable server would waste
-        its peers' lookups (facts sheet 7, pain points 7 and 9)."""
+        its peers' lookups (rust-libp2p kad serves only with a confirmed external address,
+        go-libp2p-kad-dht's ModeAuto only once reachability says public)."""
         if self.options.mode == "auto":
             return self.options.protocol == amino.LAN_PROTOCOL_ID or any(
                 multiaddrs.is_public_addr(a) for a in self.host.advertised_addrs()

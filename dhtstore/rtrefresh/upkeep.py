@@ -1,6 +1,6 @@
 """Routing-table upkeep: who enters the table, who leaves, and keeping it full.
 
-The rules are go-libp2p-kad-dht's and the spec's (facts sheet 1.4, 1.6):
+The rules are go-libp2p-kad-dht's (``rtrefresh``, ``dht.go``) and the libp2p kad-dht spec's:
 - A peer enters when identify says it serves our kad protocol and it has a usable
   address (public ones only, unless private addresses are allowed, as on a LAN or in
   tests). Once the table holds k peers, a newcomer must first answer a FIND_NODE for
