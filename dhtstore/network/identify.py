@@ -173,7 +173,7 @@ def parse_identify(data: bytes, remote_peer: PeerId | None = None) -> IdentifyIn
 
 
 def _split_messages(data: bytes) -> list[bytes]:
-    bodies = []
+    bodies: list[bytes] = []
     pos = 0
     while pos < len(data):
         if len(bodies) == MAX_MESSAGES:

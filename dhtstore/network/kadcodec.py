@@ -16,6 +16,8 @@ is refused as soon as the varint is complete, before any body is buffered.
 
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf.message import DecodeError
 
 from .. import varint
@@ -46,12 +48,12 @@ def _peer_to_pb(peer: PeerInfo, out: dht_pb2.Message.Peer) -> None:
         if size > MAX_PEER_RECORD_SIZE:
             break
         out.addrs.append(addr)
-    out.connection = int(peer.connection)
+    out.connection = cast("dht_pb2.Message.ConnectionType", int(peer.connection))
 
 
 def encode_message(message: Message) -> bytes:
     """The protobuf bytes of ``message`` (no length prefix)."""
-    pb = dht_pb2.Message(type=int(message.type), key=message.key)
+    pb = dht_pb2.Message(type=cast("dht_pb2.Message.MessageType", int(message.type)), key=message.key)
     if message.record is not None:
         pb.record.key = message.record.key
         pb.record.value = message.record.value

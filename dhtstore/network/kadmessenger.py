@@ -21,8 +21,7 @@ from ..amino import PROTOCOL_ID, READ_MESSAGE_TIMEOUT
 from ..errors import NetworkError
 from ..peerid import PeerId
 from ..types import Message, PeerInfo
-from .connection import CONNECTION_ERRORS, Stream
-from .host import Host
+from .api import CONNECTION_ERRORS, Host, Stream
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
 
 log = logging.getLogger(__name__)

@@ -133,9 +133,9 @@ class CipherState:
         nonce = b"\x00\x00\x00\x00" + self._nonce.to_bytes(8, "little")
         return nonce
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | memoryview) -> bytes:
         if self._aead is None:
-            return plaintext
+            return bytes(plaintext)
         ciphertext = self._aead.encrypt(self._next_nonce(), plaintext, ad)
         self._nonce += 1
         return ciphertext

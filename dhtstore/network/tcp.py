@@ -118,6 +118,13 @@ class TcpStream(anyio.abc.ByteStream):
         except (OSError, RuntimeError):
             pass
 
+    def abort(self) -> None:
+        """Close at once, discarding unsent data: for a connection refused from the
+        event loop's accept callback, where nothing can be awaited and nothing is owed."""
+        self._closed = True
+        self._transport.abort()
+        self._protocol.readable.set()
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -132,7 +139,7 @@ async def connect(host: str, port: int) -> TcpStream:
     """A TCP connection; OSError when it cannot be made."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(_Protocol, host, port)
-    return TcpStream(transport, protocol)  # type: ignore[arg-type]
+    return TcpStream(transport, protocol)
 
 
 async def listen(host: str, port: int, on_connection: Callable[[TcpStream], None]) -> asyncio.Server:

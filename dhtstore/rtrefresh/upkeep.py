@@ -28,6 +28,7 @@ from .. import amino
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network import dnsaddr, multiaddrs
+from ..network.api import DIAL_TIMEOUT
 from ..network.identify import IdentifyInfo
 from ..peerid import PeerId
 from ..routing.api import RoutingError
@@ -41,7 +42,6 @@ BOOTSTRAP_CHECK_INTERVAL = 120.0
 MIN_TABLE_SIZE = 10  # below this the node bootstraps again
 MAX_REFRESH_CPL = 15  # a random key with a longer shared prefix costs 2^16+ hashes to find
 ADMISSION_CONCURRENCY = 256  # go's LookupCheckConcurrency
-DIAL_TIMEOUT = 15.0
 ADMISSION_WAIT = 5.0  # seconds a bootstrap waits for identify to admit a dialled peer
 
 Pinger = Callable[[PeerInfo], Awaitable[float]]
