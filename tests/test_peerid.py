@@ -8,7 +8,6 @@ from dhtstore.crypto.keys import (
     KeyType,
     PrivateKey,
     PublicKey,
-    public_key_for_peer,
 )
 from dhtstore.peerid import PeerId, PeerIdError
 
@@ -33,10 +32,10 @@ def test_peer_id_of_each_key_type(key_type):
     serialized = key.public_key().to_protobuf()
     if len(serialized) <= 42:
         assert pid.inline_public_key() == serialized
-        assert public_key_for_peer(pid) == key.public_key()
+        assert PublicKey.from_protobuf(serialized) == key.public_key()
     else:
         assert pid.to_bytes() == b"\x12\x20" + hashlib.sha256(serialized).digest()
-        assert public_key_for_peer(pid) is None
+        assert pid.inline_public_key() is None
     assert PeerId.from_string(str(pid)) == pid
 
 

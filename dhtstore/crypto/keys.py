@@ -207,8 +207,3 @@ class PrivateKey:
             return key.sign(message, padding.PKCS1v15(), hashes.SHA256())
         return key.sign(message, ec.ECDSA(hashes.SHA256()))
 
-
-def public_key_for_peer(peer: PeerId) -> PublicKey | None:
-    """The public key inlined in a peer id (Ed25519, secp256k1), or None."""
-    inline = peer.inline_public_key()
-    return PublicKey.from_protobuf(inline) if inline is not None else None

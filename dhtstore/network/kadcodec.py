@@ -6,7 +6,7 @@ Decoding is strict where a mistake would hurt and forgiving where go is:
   (KadCodecError; the caller resets the stream);
 - a peer entry whose id is not a peer id is skipped and counted in
   ``Message.skipped_peers``; addresses that are not valid multiaddrs are dropped;
-- at most ``MAX_CLOSER_PEERS`` closer peers are kept (go PR #1270);
+- at most ``MAX_CLOSER_PEERS`` closer peers are kept (go-libp2p-kad-dht PR #1270);
 - a peer entry over ``MAX_PEER_RECORD_SIZE`` keeps only the addresses that fit
   (go ``pb/message.go``), on encode and decode alike.
 

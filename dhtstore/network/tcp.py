@@ -2,8 +2,8 @@
 
 Why not ``anyio.connect_tcp``: anyio's asyncio ``SocketStream`` resumes and pauses
 reading around every ``receive`` (two ``epoll_ctl`` calls) and yields to the loop
-after every ``send``; for small Kademlia requests that overhead was about a third of
-a round trip. Here the transport reads continuously into a bounded buffer (reading
+after every ``send``, which costs a small Kademlia request about a third of its round
+trip (``scripts/bench_transport.py`` measures the transport). Here the transport reads continuously into a bounded buffer (reading
 pauses above ``READ_HIGH_WATER`` unread bytes) and a send waits only when asyncio's
 write buffer is over its limit. Everything above this module uses the anyio stream
 interface, and anyio still runs the tasks (asyncio backend, as the node requires).
