@@ -25,7 +25,7 @@ PB_PACKAGE = "dhtstore.network.pb"
 
 
 def _protoc(*args: str) -> None:
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # grpcio-tools publishes no types
 
     code = protoc.main(["protoc", f"-I{PROTO_DIR}", *args])
     if code != 0:
