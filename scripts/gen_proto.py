@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "dhtstore" / "network" / "pb"
@@ -42,21 +44,19 @@ def generate() -> None:
         print(f"generated {OUT_DIR.relative_to(ROOT)}/{proto.stem}_pb2.py and .pyi")
 
 
-def _strip_json_names(file: object) -> None:
-    def strip(message: object) -> None:
-        for f in message.field:  # type: ignore[attr-defined]
+def _strip_json_names(file: descriptor_pb2.FileDescriptorProto) -> None:
+    def strip(message: descriptor_pb2.DescriptorProto) -> None:
+        for f in message.field:
             f.ClearField("json_name")
-        for nested in message.nested_type:  # type: ignore[attr-defined]
+        for nested in message.nested_type:
             strip(nested)
 
-    for message in file.message_type:  # type: ignore[attr-defined]
+    for message in file.message_type:
         strip(message)
 
 
 def stale_modules() -> list[str]:
     """Names of generated modules missing or not matching their .proto."""
-    from google.protobuf import descriptor_pb2
-
     stale: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for proto in proto_files():

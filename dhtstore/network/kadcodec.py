@@ -16,6 +16,7 @@ is refused as soon as the varint is complete, before any body is buffered.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -85,10 +86,10 @@ def _peer_from_pb(pb: dht_pb2.Message.Peer) -> PeerInfo | None:
     return PeerInfo(peer_id, tuple(addrs), connection)
 
 
-def _peers_from_pb(entries: object, limit: int | None) -> tuple[tuple[PeerInfo, ...], int]:
+def _peers_from_pb(entries: Iterable[dht_pb2.Message.Peer], limit: int | None) -> tuple[tuple[PeerInfo, ...], int]:
     peers: list[PeerInfo] = []
     skipped = 0
-    for entry in entries:  # type: ignore[attr-defined]
+    for entry in entries:
         if limit is not None and len(peers) >= limit:
             break
         peer = _peer_from_pb(entry)

@@ -57,7 +57,9 @@ class LibP2PKadMessenger:
         host.on_disconnect(self._forget)
 
     async def request(self, peer: PeerInfo, message: Message) -> Message:
-        return await self._exchange(peer, message, expect_reply=True)  # type: ignore[return-value]
+        reply = await self._exchange(peer, message, expect_reply=True)
+        assert reply is not None  # _exchange returns a reply when one is expected
+        return reply
 
     async def send(self, peer: PeerInfo, message: Message) -> None:
         await self._exchange(peer, message, expect_reply=False)
