@@ -6,8 +6,11 @@
 - ``Host``: the libp2p host (``network.host.Host`` implements it): dials, streams,
   ping, the protocols we serve, and what identify tells us about peers.
 - ``Stream``: one negotiated libp2p stream, as a host hands it out.
+- For a Kademlia server on a host's streams: the kad framing (``FrameDecoder``,
+  ``encode_frame``, ``KadCodecError``) and the per-peer ``PeerRateLimiter``.
 
-Everything else of the module (codecs, Noise, yamux, multistream) is internal to it.
+Everything else of the module (Noise, yamux, multistream, the TCP transport) is
+internal to it.
 """
 
 from __future__ import annotations
@@ -21,20 +24,25 @@ from ..peerid import PeerId
 from ..types import Message, PeerInfo
 from .connection import CONNECTION_ERRORS
 from .identify import IdentifyInfo
-from .limits import DIAL_TIMEOUT
+from .kadcodec import FrameDecoder, KadCodecError, encode_frame
+from .limits import DIAL_TIMEOUT, PeerRateLimiter
 
 __all__ = [
     "CONNECTION_ERRORS",
     "DIAL_TIMEOUT",
+    "FrameDecoder",
     "Host",
     "IdentifyCallback",
     "IdentifyInfo",
+    "KadCodecError",
     "KadMessenger",
     "PeerCallback",
     "PeerConnection",
+    "PeerRateLimiter",
     "PeerTarget",
     "Stream",
     "StreamHandler",
+    "encode_frame",
 ]
 
 # A peer to dial: its id (addresses from the host's address book), an id with
