@@ -29,8 +29,7 @@ from ..dht import DHT
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network import dnsaddr, multiaddrs
-from ..network.api import KadMessenger
-from ..network.identify import IdentifyInfo
+from ..network.api import DIAL_TIMEOUT, IdentifyInfo, KadMessenger
 from ..peerid import PeerId
 from ..routing.api import RoutingError
 from ..routingtable.api import RoutingTable
@@ -43,7 +42,6 @@ BOOTSTRAP_CHECK_INTERVAL = 120.0
 MIN_TABLE_SIZE = 10  # below this the node bootstraps again
 MAX_REFRESH_CPL = 15  # a random key with a longer shared prefix costs 2^16+ hashes to find
 ADMISSION_CONCURRENCY = 256  # go's LookupCheckConcurrency
-DIAL_TIMEOUT = 15.0
 ADMISSION_WAIT = 5.0  # seconds a bootstrap waits for identify to admit a dialled peer
 
 Pinger = Callable[[PeerInfo], Awaitable[float]]
