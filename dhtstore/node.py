@@ -40,6 +40,7 @@ from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
 from .metrics import Metrics, NodeStats
+from .network import api as network
 from .network import multiaddrs
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
@@ -90,7 +91,7 @@ class NodeOptions:
 
 
 class Node:
-    def __init__(self, options: NodeOptions, host: Host, engine: AsyncEngine | None):
+    def __init__(self, options: NodeOptions, host: network.Host, engine: AsyncEngine | None):
         self.options = options
         self.host = host
         self.engine = engine

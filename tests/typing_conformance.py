@@ -9,7 +9,9 @@ reports the ``return`` line here. Nothing here runs.
 from __future__ import annotations
 
 from dhtstore import dht, ipfs
+from dhtstore.network import api as network
 from dhtstore.network.api import KadMessenger
+from dhtstore.network.host import Host
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
 from dhtstore.providerstore.api import ProviderStore
 from dhtstore.providerstore.memory import MemoryProviderStore
@@ -28,6 +30,10 @@ from dhtstore.sim import SequenceValidator, SimMessenger
 
 
 def routing_table(impl: KBucketTable) -> RoutingTable:
+    return impl
+
+
+def host(impl: Host) -> network.Host:
     return impl
 
 
