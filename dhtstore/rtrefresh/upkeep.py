@@ -160,7 +160,7 @@ class TableUpkeep:
 
         async def check(peer: PeerInfo) -> None:
             try:
-                with anyio.fail_after(amino.PING_TIMEOUT):
+                with anyio.fail_after(amino.REFRESH_PING_TIMEOUT):
                     await self._ping(peer)
             except (TimeoutError, NetworkError, OSError):
                 self.table.remove(peer.peer_id)
