@@ -40,6 +40,7 @@ from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
 from .metrics import Metrics, NodeStats
+from .network import api as network
 from .network import multiaddrs
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
@@ -90,7 +91,7 @@ class NodeOptions:
 
 
 class Node:
-    def __init__(self, options: NodeOptions, host: Host, engine: AsyncEngine | None):
+    def __init__(self, options: NodeOptions, host: network.Host, engine: AsyncEngine | None):
         self.options = options
         self.host = host
         self.engine = engine
@@ -188,7 +189,8 @@ class Node:
     def serves_dht(self) -> bool:
         """Server mode. ``auto`` serves on the LAN DHT (where every host is a server) and,
         on the public DHT, only with a public address: an unreachable server would waste
-        its peers' lookups (facts sheet 7, pain points 7 and 9)."""
+        its peers' lookups (rust-libp2p kad serves only with a confirmed external address,
+        go-libp2p-kad-dht's ModeAuto only once reachability says public)."""
         if self.options.mode == "auto":
             return self.options.protocol == amino.LAN_PROTOCOL_ID or any(
                 multiaddrs.is_public_addr(a) for a in self.host.advertised_addrs()

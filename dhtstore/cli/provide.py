@@ -20,7 +20,7 @@ from ..provider.api import AddResult, ProvideEntry, ProvideError, ProvideStatus
 from ..provider.cids import multihash_of
 from ..provider.providelist import ProvideListStore
 from ..provider.service import ProvideListService
-from . import main
+from .group import main
 from .common import Location, location_options, run
 
 if TYPE_CHECKING:

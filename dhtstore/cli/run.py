@@ -25,7 +25,7 @@ from ..peerid import PeerId, PeerIdError
 from ..records.sql import key_text
 from ..routing.api import LookupTimeout, NotFound, QuorumFailed, RoutingError
 from ..types import PeerInfo
-from . import main
+from .group import main
 from .common import Location, fail, identity_option, location_options, run
 
 log = logging.getLogger("dhtstore")

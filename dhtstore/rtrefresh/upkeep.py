@@ -1,6 +1,6 @@
 """Routing-table upkeep: who enters the table, who leaves, and keeping it full.
 
-The rules are go-libp2p-kad-dht's and the spec's (facts sheet 1.4, 1.6):
+The rules are go-libp2p-kad-dht's (``rtrefresh``, ``dht.go``) and the libp2p kad-dht spec's:
 - A peer enters when identify says it serves our kad protocol and it has a usable
   address (public ones only, unless private addresses are allowed, as on a LAN or in
   tests). Once the table holds k peers, a newcomer must first answer a FIND_NODE for
@@ -29,8 +29,7 @@ from ..dht import DHT
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network import dnsaddr, multiaddrs
-from ..network.api import KadMessenger
-from ..network.identify import IdentifyInfo
+from ..network.api import DIAL_TIMEOUT, IdentifyInfo, KadMessenger
 from ..peerid import PeerId
 from ..routing.api import RoutingError
 from ..routingtable.api import RoutingTable
@@ -43,7 +42,6 @@ BOOTSTRAP_CHECK_INTERVAL = 120.0
 MIN_TABLE_SIZE = 10  # below this the node bootstraps again
 MAX_REFRESH_CPL = 15  # a random key with a longer shared prefix costs 2^16+ hashes to find
 ADMISSION_CONCURRENCY = 256  # go's LookupCheckConcurrency
-DIAL_TIMEOUT = 15.0
 ADMISSION_WAIT = 5.0  # seconds a bootstrap waits for identify to admit a dialled peer
 
 Pinger = Callable[[PeerInfo], Awaitable[float]]
@@ -162,7 +160,7 @@ class TableUpkeep:
 
         async def check(peer: PeerInfo) -> None:
             try:
-                with anyio.fail_after(amino.PING_TIMEOUT):
+                with anyio.fail_after(amino.REFRESH_PING_TIMEOUT):
                     await self._ping(peer)
             except (TimeoutError, NetworkError, OSError):
                 self.table.remove(peer.peer_id)
