@@ -10,11 +10,17 @@ algorithm on what ``KadClient`` gives:
     from dhtstore import dht
     record = await dht.get_value(router, b"/ipns/…", quorum=16, timeout=30)
 
+The building blocks are public too, and ``routing.router`` builds on them, so both
+paths follow one rule each: one message to many peers (``ask_each``, ``put_record``,
+``send_each``), and what the replies make (``ValueSearch``, ``ProviderSet``, and
+``correct_holders``, the stale-holder update).
+
 A lookup that finds nothing raises ``NotFound``, ``QuorumFailed`` or ``LookupTimeout``
 (all ``RoutingError``). ``routing.router.KademliaRouter`` implements every Protocol
 here and in ``dhtstore.ipfs``.
 """
 
+from .fanout import ReplyHandler, ask_each, correct_holders, put_record, send_each
 from .functions import (
     deadline_after,
     feature_key,
@@ -36,7 +42,7 @@ from .protocols import (
     RoutingError,
     ValueDHT,
 )
-from .results import ProviderSet, ValueSearch
+from .results import ProviderSet, ValueSearch, is_valid_peer_id
 
 __all__ = [
     "DHT",
@@ -48,14 +54,20 @@ __all__ = [
     "ProviderSet",
     "QuorumFailed",
     "RecordClient",
+    "ReplyHandler",
     "RoutingError",
     "ValueDHT",
     "ValueSearch",
+    "ask_each",
+    "correct_holders",
     "deadline_after",
     "feature_key",
     "find_feature_peers",
     "find_peer",
     "get_value",
+    "is_valid_peer_id",
     "providers_near",
+    "put_record",
+    "send_each",
     "set_value",
 ]

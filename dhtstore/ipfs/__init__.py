@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .. import amino, multihash
-from ..dht import KadClient, providers_near
-from ..dht.fanout import send_each
+from ..dht import KadClient, providers_near, send_each
 from ..types import Message, MessageType, PeerInfo
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .. import amino
-from ..dht.protocols import (
+from ..dht import (
     FeaturePeersDHT,
     FindPeerDHT,
     LookupTimeout,

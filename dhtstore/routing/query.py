@@ -28,8 +28,7 @@ from hashlib import sha256
 import anyio
 
 from .. import amino
-from ..dht.fanout import ReplyHandler
-from ..dht.results import is_valid_peer_id
+from ..dht import ReplyHandler, is_valid_peer_id
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network.api import KadMessenger

@@ -24,10 +24,18 @@ from collections.abc import Callable
 import anyio
 
 from .. import amino
-from ..dht.fanout import ReplyHandler, correct_holders, put_record, send_each
-from ..dht.functions import deadline_after, feature_key
-from ..dht.protocols import LookupTimeout, NotFound
-from ..dht.results import ProviderSet, ValueSearch
+from ..dht import (
+    LookupTimeout,
+    NotFound,
+    ProviderSet,
+    ReplyHandler,
+    ValueSearch,
+    correct_holders,
+    deadline_after,
+    feature_key,
+    put_record,
+    send_each,
+)
 from ..kadkey import Key
 from ..network.api import KadMessenger
 from ..peerid import PeerId
