@@ -1,7 +1,8 @@
 """Amino DHT constants, as go-libp2p-kad-dht's amino/defaults.go and the specs set them.
 
-One place for every protocol number, so a reviewer can check them against the facts
-sheet (../shared/reference/amino-dht-facts.md) in one read.
+One place for every protocol number, so a reviewer can check them against
+go-libp2p-kad-dht (``amino/defaults.go``, ``dht_options.go``, ``internal/net``) and the
+libp2p kad-dht spec in one read.
 """
 
 from datetime import timedelta
@@ -33,7 +34,7 @@ MAX_PEERS_PER_IP_GROUP_PER_CPL = 2
 
 REFRESH_INTERVAL = timedelta(minutes=10)
 REFRESH_QUERY_TIMEOUT = 10.0
-PING_TIMEOUT = 10.0
+REFRESH_PING_TIMEOUT = 10.0  # dial + ping of a table peer during refresh (go's peerPingTimeout)
 
 IPNS_QUORUM = 16
 MAX_IPNS_RECORD_SIZE = 10 * 1024

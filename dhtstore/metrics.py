@@ -12,57 +12,70 @@ is down.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .node import Node
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    """What a node reports at one moment: the figures of the status line and the scrape."""
+
+    peer_id: str
+    identity: str
+    routing_table: int
+    connected_peers: int
+    requests: Mapping[tuple[str, str], int]  # (message type, outcome) -> served
+    events: Mapping[str, int]  # host and kad-server refusals and failures
+    store_rows: Mapping[str, int]  # table -> rows, as last counted
+    store: str  # "up", "down" (failed, not answering yet) or "memory"
 
 
 class NodeCollector(Collector):
-    def __init__(self, node: Node):
-        self.node = node
+    def __init__(self, stats: Callable[[], NodeStats]):
+        self._stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        node = self.node
-        who = (str(node.peer_id), node.options.identity_name)  # several identities may share a store
+        stats = self._stats()
+        who = (stats.peer_id, stats.identity)  # several identities may share a store
         table = GaugeMetricFamily("dhtstore_routing_table_peers", "Peers in the routing table", labels=["peer_id", "identity"])
-        table.add_metric([*who], len(node.table))
+        table.add_metric([*who], stats.routing_table)
         yield table
         connected = GaugeMetricFamily("dhtstore_connected_peers", "Open libp2p connections", labels=["peer_id", "identity"])
-        connected.add_metric([*who], len(node.host.connected_peers()))
+        connected.add_metric([*who], stats.connected_peers)
         yield connected
         requests = CounterMetricFamily(
             "dhtstore_requests", "Kademlia requests served, by type and outcome", labels=["peer_id", "identity", "type", "outcome"]
         )
-        for (kind, outcome), n in sorted(node.handler.counters.items()):
+        for (kind, outcome), n in sorted(stats.requests.items()):
             requests.add_metric([*who, kind, outcome], n)
         yield requests
         refused = CounterMetricFamily(
             "dhtstore_network_events", "Host and kad-server events (refusals, failures)", labels=["peer_id", "identity", "event"]
         )
-        for event, n in sorted({**node.host.stats, **node.kadserver.stats}.items()):
+        for event, n in sorted(stats.events.items()):
             refused.add_metric([*who, event], n)
         yield refused
         sizes = GaugeMetricFamily("dhtstore_store_rows", "Rows in the store, by table", labels=["peer_id", "identity", "table"])
-        for name, n in sorted(node.store_rows.items()):
+        for name, n in sorted(stats.store_rows.items()):
             sizes.add_metric([*who, name], n)
         yield sizes
-        store = node.store_state()
-        if store != "memory":
+        if stats.store != "memory":
             up = GaugeMetricFamily("dhtstore_store_up", "1 while the store answers, 0 while it is down", labels=["peer_id", "identity"])
-            up.add_metric([*who], 1 if store == "up" else 0)
+            up.add_metric([*who], 1 if stats.store == "up" else 0)
             yield up
 
 
 class Metrics:
-    def __init__(self, node: Node):
+    """The node's registry. ``stats`` is called at scrape time, from prometheus_client's
+    thread: it must only read figures the node already keeps."""
+
+    def __init__(self, stats: Callable[[], NodeStats]):
         self.registry = CollectorRegistry()
-        self.collector = NodeCollector(node)
+        self.collector = NodeCollector(stats)
         self.registry.register(self.collector)
         self.lookup_seconds = Histogram(
             "dhtstore_lookup_seconds",

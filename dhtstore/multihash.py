@@ -65,4 +65,5 @@ def cid_string(mh: bytes, codec: str = "raw") -> str:
     """A CIDv1 (base32) naming this multihash, for display."""
     from cid import make_cid
 
-    return make_cid(1, codec, mh).encode("base32").decode()
+    text: str = make_cid(1, codec, mh).encode("base32").decode()
+    return text

@@ -34,12 +34,13 @@ import anyio.abc
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import amino, ipfs
+from . import amino, dht, ipfs
 from .crypto.keys import PrivateKey
 from .data.schema import open_store
 from .data.stats import store_stats
 from .kadkey import Key
-from .metrics import Metrics
+from .metrics import Metrics, NodeStats
+from .network import api as network
 from .network import multiaddrs
 from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
@@ -57,7 +58,7 @@ from .records.api import ValueStore
 from .records.memory import MemoryValueStore
 from .records.sql import SqlValueStore
 from .records.validators import NamespacedValidator
-from .routing.api import LookupStats
+from .routing.api import LookupStats, Router
 from .routing.router import KademliaRouter
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
@@ -92,7 +93,7 @@ class NodeOptions:
 
 
 class Node:
-    def __init__(self, options: NodeOptions, host: Host, engine: AsyncEngine | None):
+    def __init__(self, options: NodeOptions, host: network.Host, engine: AsyncEngine | None):
         self.options = options
         self.host = host
         self.engine = engine
@@ -100,19 +101,22 @@ class Node:
         self.started_at = time.time()
         self.lookups: Counter[str] = Counter()
         self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(self.stats)
         self.validator = NamespacedValidator()
         self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
         self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
-        self.router = KademliaRouter(
-            self.local, self.table, self.messenger, self.validator, reporter=self._report, on_lookup=self._observe
+        self.router: Router = KademliaRouter(
+            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe
         )
         self.upkeep = TableUpkeep(
+            self.table,
             self.router,
+            self.messenger,
+            self.peer_id,
             protocols=[options.protocol],
             ping=host.ping,
-            connect=host.connect,
+            connect=self._connect,
             allow_private_addrs=options.allow_private_addrs,
         )
         self.upkeep.bootstrap_peers = list(options.bootstrap)
@@ -187,7 +191,8 @@ class Node:
     def serves_dht(self) -> bool:
         """Server mode. ``auto`` serves on the LAN DHT (where every host is a server) and,
         on the public DHT, only with a public address: an unreachable server would waste
-        its peers' lookups (facts sheet 7, pain points 7 and 9)."""
+        its peers' lookups (rust-libp2p kad serves only with a confirmed external address,
+        go-libp2p-kad-dht's ModeAuto only once reachability says public)."""
         if self.options.mode == "auto":
             return self.options.protocol == amino.LAN_PROTOCOL_ID or any(
                 multiaddrs.is_public_addr(a) for a in self.host.advertised_addrs()
@@ -228,12 +233,6 @@ class Node:
             return False
 
     # -- routing table ---------------------------------------------------------------
-
-    def _report(self, peer: PeerInfo, responded: bool) -> None:
-        if responded:
-            self.table.mark_useful(peer.peer_id, time.monotonic())
-        else:
-            self.table.mark_failed(peer.peer_id)
 
     def _observe(self, stats: LookupStats) -> None:
         self.lookups[stats.operation] += 1
@@ -290,27 +289,35 @@ class Node:
 
     # -- user-facing calls -----------------------------------------------------------
 
-    async def closest_peers(self, key: bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
-        return await self.router.find_closest_peers(key, n)
+    # Each lookup raises a routing.api.RoutingError when it finds nothing: NoPeersError,
+    # NotFound, QuorumFailed, or LookupTimeout once ``timeout`` seconds have passed.
 
-    async def find_peer(self, peer: PeerId) -> PeerInfo | None:
-        return await self.router.find_peer(peer)
+    async def closest_peers(
+        self, key: bytes, n: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
+        return await self.router.find_closest_peers(key, n, timeout=timeout)
 
-    async def find_providers(self, cid: str | bytes, count: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
-        return await ipfs.find_providers(self.router, cid, count)
+    async def find_peer(self, peer: PeerId, *, timeout: float | None = None) -> PeerInfo:
+        return await dht.find_peer(self.router, peer, timeout=timeout)
+
+    async def find_providers(
+        self, cid: str | bytes, count: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
+        """Up to ``count`` providers of ``cid``; an empty list when there is none."""
+        return await ipfs.find_providers(self.router, cid, count, timeout=timeout)
 
     async def provide_once(self, cid: str | bytes) -> int:
         """Announce us as a provider of ``cid`` once (not added to the provide list)."""
         return await ipfs.provide(self.router, self._self_info(), cid)
 
-    async def get_value(self, key: bytes, quorum: int = 0) -> Record | None:
-        return await self.router.get_value(key, quorum)
+    async def get_value(self, key: bytes, quorum: int = 0, *, timeout: float | None = None) -> Record:
+        return await dht.get_value(self.router, key, quorum, timeout=timeout)
 
     async def put_value(self, key: bytes, value: bytes) -> int:
         """Validate, keep locally, and PUT to the closest peers; returns how many took it."""
         self.validator.validate(key, value)
         await self.values.put(Record(key, value))
-        return await self.router.set_value(key, value)
+        return await dht.set_value(self.router, key, value)
 
     async def start_provide(self, cids: Iterable[str | bytes]) -> AddResult:
         """Add CIDs to the provide list: stored first, then provided promptly and kept provided."""
@@ -331,6 +338,9 @@ class Node:
         """Our listen addresses with ``/p2p/<peer id>``: what others bootstrap from."""
         return [f"{addr}/p2p/{self.peer_id}" for addr in self.host.listen_addrs]
 
+    async def _connect(self, addr: str) -> PeerId:
+        return (await self.host.connect(addr)).remote_peer
+
     def _self_info(self) -> PeerInfo:
         return PeerInfo(self.peer_id, tuple(self.host.advertised_addrs()))
 
@@ -342,23 +352,36 @@ class Node:
             return "memory"
         return "up" if self.providers.available else "down"
 
+    def stats(self) -> NodeStats:
+        return NodeStats(
+            peer_id=str(self.peer_id),
+            identity=self.options.identity_name,
+            routing_table=len(self.table),
+            connected_peers=len(self.host.connected_peers()),
+            requests=dict(self.handler.counters),
+            events={**self.host.stats, **self.kadserver.stats},
+            store_rows=dict(self.store_rows),
+            store=self.store_state(),
+        )
+
     def status(self) -> dict[str, object]:
-        served = Counter()
-        for (kind, outcome), n in self.handler.counters.items():
+        stats = self.stats()
+        served: Counter[str] = Counter()
+        for (kind, outcome), n in stats.requests.items():
             served[f"{kind.lower()}_{outcome}"] += n
         return {
-            "peer_id": str(self.peer_id),
-            "identity": self.options.identity_name,
-            "store": self.store_state(),
+            "peer_id": stats.peer_id,
+            "identity": stats.identity,
+            "store": stats.store,
             "mode": "server" if self.serves_dht else "client",
             "reprovider": "active" if self.reprovider else "off",
             "uptime_s": int(time.time() - self.started_at),
-            "routing_table": len(self.table),
-            "provider_records": self.store_rows.get("provider_records"),
-            "connected_peers": len(self.host.connected_peers()),
+            "routing_table": stats.routing_table,
+            "provider_records": stats.store_rows.get("provider_records"),
+            "connected_peers": stats.connected_peers,
             "requests": dict(served),
             "lookups": dict(self.lookups),
-            "errors": {**dict(self.kadserver.stats), **{k: v for k, v in self.host.stats.items()}},
+            "errors": dict(stats.events),
         }
 
 

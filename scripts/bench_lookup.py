@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lookup benchmark on the simulated network (issue 3).
+"""Lookup benchmark on the simulated network.
 
 For each network size: random keys looked up from random live nodes with
 ``find_closest_peers(key, 20)``; reports how often the answer is exactly the true 20
@@ -21,7 +21,9 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,12 +35,12 @@ from dhtstore.sim import SimConfig, SimNetwork, run_virtual  # noqa: E402
 from dhtstore.types import PeerInfo  # noqa: E402
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench_network(nodes: int, lookups: int, seed: int, unresponsive: float, loss: float, refresh: bool) -> dict:
+def bench_network(nodes: int, lookups: int, seed: int, unresponsive: float, loss: float, refresh: bool) -> dict[str, Any]:
     started = time.process_time()
     net = SimNetwork(SimConfig(nodes=nodes, seed=seed, unresponsive=unresponsive, loss=loss))
     if refresh:
@@ -89,7 +91,7 @@ def bench_network(nodes: int, lookups: int, seed: int, unresponsive: float, loss
     }
 
 
-def bench_table(offered: int, samples: int, seed: int, bucket_size: int) -> dict:
+def bench_table(offered: int, samples: int, seed: int, bucket_size: int) -> dict[str, Any]:
     rng = random.Random(seed)
     prefix = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
     table = KBucketTable(Key.hash(b"bench"), bucket_size=bucket_size)

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Regenerate ``dhtstore/network/pb/<name>_pb2.py`` from every ``proto/<name>.proto``.
+"""Regenerate ``dhtstore/network/pb/<name>_pb2.py`` and its type stub ``<name>_pb2.pyi``
+from every ``proto/<name>.proto``.
 
     python scripts/gen_proto.py           # regenerate
-    python scripts/gen_proto.py --check   # exit 1 if a generated module is stale
+    python scripts/gen_proto.py --check   # exit 1 if a generated module or stub is stale
 
-Uses ``grpc_tools.protoc`` (the ``test`` extra). The check compares descriptors, not
-text, so a newer protoc that only changes the generated boilerplate is not "stale".
+Uses ``grpc_tools.protoc`` (the ``test`` extra). The check compares a module's
+descriptor, not its text, so a newer protoc that only changes the generated
+boilerplate is not "stale"; a stub is compared as text (it holds no boilerplate).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.protobuf import descriptor_pb2
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "dhtstore" / "network" / "pb"
@@ -23,7 +27,7 @@ PB_PACKAGE = "dhtstore.network.pb"
 
 
 def _protoc(*args: str) -> None:
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # grpcio-tools publishes no types
 
     code = protoc.main(["protoc", f"-I{PROTO_DIR}", *args])
     if code != 0:
@@ -36,30 +40,31 @@ def proto_files() -> list[Path]:
 
 def generate() -> None:
     for proto in proto_files():
-        _protoc(f"--python_out={OUT_DIR}", str(proto))
-        print(f"generated {OUT_DIR.relative_to(ROOT)}/{proto.stem}_pb2.py")
+        _protoc(f"--python_out={OUT_DIR}", f"--pyi_out={OUT_DIR}", str(proto))
+        print(f"generated {OUT_DIR.relative_to(ROOT)}/{proto.stem}_pb2.py and .pyi")
 
 
-def _strip_json_names(file: object) -> None:
-    def strip(message: object) -> None:
-        for f in message.field:  # type: ignore[attr-defined]
+def _strip_json_names(file: descriptor_pb2.FileDescriptorProto) -> None:
+    def strip(message: descriptor_pb2.DescriptorProto) -> None:
+        for f in message.field:
             f.ClearField("json_name")
-        for nested in message.nested_type:  # type: ignore[attr-defined]
+        for nested in message.nested_type:
             strip(nested)
 
-    for message in file.message_type:  # type: ignore[attr-defined]
+    for message in file.message_type:
         strip(message)
 
 
 def stale_modules() -> list[str]:
     """Names of generated modules missing or not matching their .proto."""
-    from google.protobuf import descriptor_pb2
-
-    stale = []
+    stale: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for proto in proto_files():
             out = Path(tmp) / f"{proto.stem}.pb"
-            _protoc(f"--descriptor_set_out={out}", str(proto))
+            _protoc(f"--descriptor_set_out={out}", f"--pyi_out={tmp}", str(proto))
+            stub = OUT_DIR / f"{proto.stem}_pb2.pyi"
+            if not stub.exists() or stub.read_text() != (Path(tmp) / stub.name).read_text():
+                stale.append(stub.name)
             expected = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
             _strip_json_names(expected)  # protoc leaves them out of generated Python
             try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dhtstore.config import read_identity
+from dhtstore.crypto.keys import PrivateKey
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,18 @@ def test_run_serves_one_shot_clients_and_stops_cleanly(tmp_path):
 
         bad = dhtstore("findprovs", "not-a-cid", "--bootstrap", a.addr, data_dir=tmp_path / "client", check=False)
         assert bad.returncode != 0 and "not a CID" in bad.stderr and "Traceback" not in bad.stderr
+
+        nobody = str(PrivateKey.generate().peer_id())
+        absent = dhtstore("get", f"/pk/{nobody}", "--bootstrap", a.addr, "--timeout", "20", data_dir=tmp_path / "client", check=False)
+        assert absent.returncode == 1 and absent.stdout == "" and f"no record found for /pk/{nobody}" in absent.stderr
+
+        # a's public-key record on both servers: two valid records, fewer than a quorum of 3
+        (tmp_path / "a.pub").write_bytes(read_identity(a.data_dir / "identity.key").public_key().to_protobuf())
+        stored = dhtstore("put", f"/pk/{a.peer_id}", str(tmp_path / "a.pub"), "--bootstrap", a.addr, data_dir=tmp_path / "client")
+        assert stored.stdout.strip() == "stored on 2 peers"
+        short = dhtstore("get", f"/pk/{a.peer_id}", "--quorum", "3", "--bootstrap", a.addr, data_dir=tmp_path / "client", check=False)
+        assert short.returncode == 1 and short.stdout == ""
+        assert f"only 2 valid records found for /pk/{a.peer_id}, fewer than --quorum 3" in short.stderr
     finally:
         out_b = b.stop()
         out_a = a.stop()

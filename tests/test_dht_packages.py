@@ -1,24 +1,33 @@
 """The dht and ipfs algorithm packages: each free function takes the specialised path
-when the object has the method, and the generic one on find_closest_peers otherwise."""
+when the object has the method, and the generic one on what ``dht.KadClient`` gives
+(find_closest_peers, request, send; and the validator for records) otherwise."""
 
 import pytest
 
 from dhtstore import dht, ipfs
 from dhtstore.kadkey import Key
-from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork
-from dhtstore.types import Record
+from dhtstore.records.api import Validator
+from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimNode
+from dhtstore.types import Message, PeerInfo, Record
 
 CID = "bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y"
 
 
 class ClosestOnly:
-    """A DHT with nothing but find_closest_peers (the generic path's input)."""
+    """A ``dht.RecordClient`` and nothing more: the generic path's input."""
 
-    def __init__(self, router):
-        self._router = router
+    def __init__(self, node: SimNode):
+        self._node = node
+        self.validator: Validator = node.validator
 
-    async def find_closest_peers(self, key: bytes, n: int):
-        return await self._router.find_closest_peers(key, n)
+    async def find_closest_peers(self, key: bytes, n: int) -> list[PeerInfo]:
+        return await self._node.router.find_closest_peers(key, n)
+
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        return await self._node.messenger.request(peer, message)
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        await self._node.messenger.send(peer, message)
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +43,15 @@ def test_protocols_are_recognised(net):
     router = net.node(0).router
     richer = (dht.FindPeerDHT, dht.ValueDHT, dht.FeaturePeersDHT, ipfs.FindProvidersDHT, ipfs.ProvideDHT)
     assert all(isinstance(router, p) for p in (dht.DHT, *richer))
-    plain = ClosestOnly(router)
-    assert isinstance(plain, dht.DHT) and not any(isinstance(plain, p) for p in richer)
+    plain = ClosestOnly(net.node(0))
+    assert isinstance(plain, dht.RecordClient) and not any(isinstance(plain, p) for p in richer)
 
 
 @pytest.mark.parametrize("generic", [False, True])
 def test_find_peer(net, generic):
     looker = net.node(1)
     target = next(n for n in net.nodes[100:] if n.peer_id not in looker.table)  # needs a lookup
-    t = ClosestOnly(looker.router) if generic else looker.router
+    t = ClosestOnly(looker) if generic else looker.router
     assert net.run(dht.find_peer, t, target.peer_id) == target.info
     assert operations(looker)[-1] == ("find_closest_peers" if generic else "find_peer")
 
@@ -56,16 +65,13 @@ def test_set_and_get_value_with_entry_correction(generic):
     holders = [net.by_id[p] for p in net.true_closest(Key.for_record(key), 20, exclude=reader.peer_id)]
 
     def dht_of(node):
-        return ClosestOnly(node.router) if generic else node.router
-
-    def extra(node):
-        return {"messenger": node.messenger, "validator": node.validator} if generic else {}
+        return ClosestOnly(node) if generic else node.router
 
     async def main():
-        assert await dht.set_value(dht_of(writer), key, old, **extra(writer)) >= 19
+        assert await dht.set_value(dht_of(writer), key, old) >= 19
         for node in holders[:3]:
             await node.values.put(Record(key, new))
-        return await dht.get_value(dht_of(reader), key, 0, **extra(reader))
+        return await dht.get_value(dht_of(reader), key, 0)
 
     record = net.run(main)
     assert record is not None and record.value == new
@@ -80,15 +86,12 @@ def test_set_and_get_value_with_entry_correction(generic):
 @pytest.mark.parametrize("generic", [False, True])
 def test_provide_and_find_providers(net, generic):
     provider, seeker = net.node(10), net.node(90)
-    kw_p = {"messenger": provider.messenger} if generic else {}
-    kw_s = {"messenger": seeker.messenger} if generic else {}
-
     def dht_of(node):
-        return ClosestOnly(node.router) if generic else node.router
+        return ClosestOnly(node) if generic else node.router
 
     async def main():
-        assert await ipfs.provide(dht_of(provider), provider.info, CID, **kw_p) == 20
-        return await ipfs.find_providers(dht_of(seeker), CID, 5, **kw_s)
+        assert await ipfs.provide(dht_of(provider), provider.info, CID) == 20
+        return await ipfs.find_providers(dht_of(seeker), CID, 5)
 
     found = net.run(main)
     assert found == [provider.info]
@@ -105,18 +108,10 @@ def test_find_feature_peers(net, generic):
         for node in announcers:
             await ipfs.provide(node.router, node.info, dht.feature_key(feature))
         if generic:
-            return await dht.find_feature_peers(ClosestOnly(seeker.router), feature, 10, messenger=seeker.messenger)
+            return await dht.find_feature_peers(ClosestOnly(seeker), feature, 10)
         return await dht.find_feature_peers(seeker.router, feature, 10)
 
     assert {p.peer_id for p in net.run(main)} == {n.peer_id for n in announcers}
-
-
-def test_generic_path_without_a_messenger_says_what_is_missing(net):
-    plain = ClosestOnly(net.node(0).router)
-    with pytest.raises(TypeError, match="pass messenger="):
-        net.run(ipfs.find_providers, plain, CID)
-    with pytest.raises(TypeError, match="ValueDHT"):
-        net.run(dht.get_value, plain, b"/sim/x")
 
 
 def test_cid_forms_meet_at_the_same_multihash():

@@ -35,13 +35,13 @@ def check(data: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=2048))
-def test_random_bytes(data):
+def test_random_bytes(data: bytes) -> None:
     check(data)
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4), st.integers(0, len(VALID)))
-def test_mutated_and_truncated(edits, cut_at):
+def test_mutated_and_truncated(edits: list[tuple[int, int]], cut_at: int) -> None:
     out = bytearray(VALID[:cut_at])
     for pos, value in edits:
         if out:

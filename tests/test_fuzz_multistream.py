@@ -22,7 +22,7 @@ LISTENER_SIDE = encode_message("/multistream/1.0.0") + encode_message("na") + en
 DIALER_SIDE = encode_message("/multistream/1.0.0") + encode_message("/x") + encode_message("/b") + b"early data"
 
 
-def feed(machine, data: bytes, cuts: list[int]) -> None:
+def feed(machine: MultistreamDialer | MultistreamListener, data: bytes, cuts: list[int]) -> None:
     """Feed ``data`` in pieces, draining events."""
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     for start, end in zip(points, points[1:]):
@@ -34,7 +34,7 @@ def feed(machine, data: bytes, cuts: list[int]) -> None:
             return
 
 
-def feed_hostile(machine, data: bytes, cuts: list[int]) -> None:
+def feed_hostile(machine: MultistreamDialer | MultistreamListener, data: bytes, cuts: list[int]) -> None:
     """Like feed, but MultistreamError, and nothing else, is an acceptable outcome."""
     try:
         feed(machine, data, cuts)
@@ -56,21 +56,21 @@ cuts = st.lists(st.integers(0, 10_000), max_size=8)
 
 @FUZZ
 @given(st.binary(max_size=2048), cuts)
-def test_random_bytes(data, cuts):
+def test_random_bytes(data: bytes, cuts: list[int]) -> None:
     feed_hostile(MultistreamDialer(["/a", "/b"]), data, cuts)
     feed_hostile(MultistreamListener({"/b"}), data, cuts)
 
 
 @FUZZ
 @given(edits, cuts, st.integers(0, 200))
-def test_mutated_and_truncated_transcripts(edits, cuts, cut_at):
+def test_mutated_and_truncated_transcripts(edits: list[tuple[int, int]], cuts: list[int], cut_at: int) -> None:
     feed_hostile(MultistreamDialer(["/a", "/b"]), mutate(LISTENER_SIDE, edits)[:cut_at], cuts)
     feed_hostile(MultistreamListener({"/b"}), mutate(DIALER_SIDE, edits)[:cut_at], cuts)
 
 
 @FUZZ
 @given(cuts, st.integers(0, 200))
-def test_truncated_valid_input_only_needs_data(cuts, cut_at):
+def test_truncated_valid_input_only_needs_data(cuts: list[int], cut_at: int) -> None:
     dialer = MultistreamDialer(["/a", "/b"])
     data = LISTENER_SIDE[:cut_at]
     feed(dialer, data, cuts)  # must not raise at all

@@ -58,14 +58,14 @@ def transcript() -> tuple[bytes, bytes, bytes]:
 
 @FUZZ
 @given(st.binary(max_size=1024), cuts)
-def test_random_bytes(data, cuts):
+def test_random_bytes(data: bytes, cuts: list[int]) -> None:
     feed_hostile(NoiseHandshake(IDENTITY, True), data, cuts)
     feed_hostile(NoiseHandshake(IDENTITY, False), data, cuts)
 
 
 @FUZZ
 @given(edits, cuts, st.integers(0, 400))
-def test_mutated_and_truncated_handshake_messages(edits, cuts, cut_at):
+def test_mutated_and_truncated_handshake_messages(edits: list[tuple[int, int]], cuts: list[int], cut_at: int) -> None:
     msg1, msg2, msg3 = transcript()
     feed_hostile(NoiseHandshake(IDENTITY, True), mutate(msg2, edits)[:cut_at], cuts)
     listener = NoiseHandshake(PEER, False)
@@ -105,7 +105,7 @@ payloads = st.one_of(
 
 @FUZZ
 @given(payloads)
-def test_hostile_handshake_payloads(payload):
+def test_hostile_handshake_payloads(payload: bytes) -> None:
     dialer = NoiseHandshake(IDENTITY, True)
     hostile = _HostilePeer(PEER, False)
     hostile.hostile_payload = payload
@@ -121,7 +121,7 @@ def test_hostile_handshake_payloads(payload):
 
 @FUZZ
 @given(st.binary(max_size=3000), edits, cuts)
-def test_mutated_transport_frames(plaintext, edits, cuts):
+def test_mutated_transport_frames(plaintext: bytes, edits: list[tuple[int, int]], cuts: list[int]) -> None:
     dialer, listener = NoiseHandshake(IDENTITY, True), NoiseHandshake(PEER, False)
     listener.receive_data(dialer.data_to_send())
     listener.next_event()

@@ -60,14 +60,14 @@ def assert_well_formed(out: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=2048), cuts)
-def test_random_bytes(data, cuts):
+def test_random_bytes(data: bytes, cuts: list[int]) -> None:
     feed_hostile(YamuxConnection(is_client=True), data, cuts)
     feed_hostile(YamuxConnection(is_client=False), data, cuts)
 
 
 @FUZZ
 @given(frames, cuts)
-def test_random_frame_sequences(frame_list, cuts):
+def test_random_frame_sequences(frame_list: list[bytes], cuts: list[int]) -> None:
     data = b"".join(frame_list)
     feed_hostile(YamuxConnection(is_client=True), data, cuts)
     feed_hostile(YamuxConnection(is_client=False, max_streams=2, max_ack_backlog=1), data, cuts)
@@ -75,7 +75,7 @@ def test_random_frame_sequences(frame_list, cuts):
 
 @settings(max_examples=200, deadline=None)
 @given(frames, cuts)
-def test_random_frames_against_streams_we_opened(frame_list, cuts):
+def test_random_frames_against_streams_we_opened(frame_list: list[bytes], cuts: list[int]) -> None:
     client = YamuxConnection(is_client=True, max_ack_backlog=2)
     for _ in range(2):
         stream_id = client.open_stream()
@@ -102,7 +102,7 @@ TRAFFIC = real_traffic()
 
 @FUZZ
 @given(edits, cuts, st.integers(0, len(TRAFFIC)))
-def test_mutated_and_truncated_real_traffic(edits, cuts, cut_at):
+def test_mutated_and_truncated_real_traffic(edits: list[tuple[int, int]], cuts: list[int], cut_at: int) -> None:
     out = bytearray(TRAFFIC[:cut_at])
     for pos, value in edits:
         if out:
@@ -112,7 +112,7 @@ def test_mutated_and_truncated_real_traffic(edits, cuts, cut_at):
 
 @FUZZ
 @given(cuts, st.integers(0, len(TRAFFIC)))
-def test_truncated_real_traffic_never_fails(cuts, cut_at):
+def test_truncated_real_traffic_never_fails(cuts: list[int], cut_at: int) -> None:
     server = YamuxConnection(is_client=False)
     data = TRAFFIC[:cut_at]
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 
 import anyio
@@ -13,9 +13,11 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.errors import NetworkError
 from dhtstore.network import multiaddrs
-from dhtstore.network.connection import Stream
+from dhtstore.network.connection import Connection, Stream
 from dhtstore.network.host import DialError, Host, HostLimits
 from dhtstore.network.identify import IdentifyInfo
+from dhtstore.network.noise import NoiseHandshake
+from dhtstore.peerid import PeerId
 from dhtstore.types import PeerInfo
 
 pytestmark = pytest.mark.anyio
@@ -72,7 +74,7 @@ async def test_dial_checks_the_peer_id_in_the_address(hosts: list[Host]) -> None
 
 async def test_concurrent_dials_share_one_connection(hosts: list[Host]) -> None:
     a, b, _ = hosts
-    conns = []
+    conns: list[Connection] = []
     async with anyio.create_task_group() as tg:
         for _ in range(10):
             tg.start_soon(lambda: _append(conns, a.connect(addr_of(b))))
@@ -80,7 +82,7 @@ async def test_concurrent_dials_share_one_connection(hosts: list[Host]) -> None:
     assert b.stats["inbound_sockets"] == 1
 
 
-async def _append(out: list, awaitable) -> None:  # type: ignore[no-untyped-def]
+async def _append(out: list[Connection], awaitable: Awaitable[Connection]) -> None:
     out.append(await awaitable)
 
 
@@ -150,8 +152,8 @@ async def test_identify_both_ways_with_protocols_and_listen_addrs(hosts: list[Ho
     seen: dict[str, IdentifyInfo] = {}
     got_both = anyio.Event()
 
-    def record(name: str):  # type: ignore[no-untyped-def]
-        def callback(peer, info: IdentifyInfo) -> None:  # type: ignore[no-untyped-def]
+    def record(name: str) -> Callable[[PeerId, IdentifyInfo], None]:
+        def callback(peer: PeerId, info: IdentifyInfo) -> None:
             seen[name] = info
             if len(seen) == 2:
                 got_both.set()
@@ -176,7 +178,7 @@ async def test_identify_push_when_protocols_change(hosts: list[Host]) -> None:
     updates: list[IdentifyInfo] = []
     changed = anyio.Event()
 
-    def on_identify(peer, info: IdentifyInfo) -> None:  # type: ignore[no-untyped-def]
+    def on_identify(peer: PeerId, info: IdentifyInfo) -> None:
         updates.append(info)
         if "/test/new/1.0.0" in info.protocols:
             changed.set()
@@ -189,8 +191,14 @@ async def test_identify_push_when_protocols_change(hosts: list[Host]) -> None:
         b.set_handler("/test/new/1.0.0", echo)
         await changed.wait()
     b.remove_handler("/test/new/1.0.0")
+
+    def still_advertised() -> bool:
+        info = a.identify.info(b.peer_id)
+        assert info is not None
+        return "/test/new/1.0.0" in info.protocols
+
     with anyio.fail_after(5):
-        while "/test/new/1.0.0" in a.identify.info(b.peer_id).protocols:  # type: ignore[union-attr]
+        while still_advertised():
             await anyio.sleep(0.01)
 
 
@@ -206,13 +214,16 @@ async def test_streams_past_the_limit_are_refused() -> None:
     async with server:
         async with Host(PrivateKey.generate()) as client:
             await client.connect(addr_of(server))
+
+            def identifying() -> bool:
+                if server.identify.info(client.peer_id) is None or client.identify.info(server.peer_id) is None:
+                    return True
+                conn = server.connection(client.peer_id)
+                assert conn is not None
+                return bool(conn.num_streams or conn._muxer.stream_ids)
+
             with anyio.fail_after(5):  # identify's streams (both ways) must be done first
-                while (
-                    server.identify.info(client.peer_id) is None
-                    or client.identify.info(server.peer_id) is None
-                    or server.connection(client.peer_id).num_streams  # type: ignore[union-attr]
-                    or server.connection(client.peer_id)._muxer.stream_ids  # type: ignore[union-attr]
-                ):
+                while identifying():
                     await anyio.sleep(0.01)
             held = [await client.new_stream(server.peer_id, ["/test/hold/1.0.0"]) for _ in range(2)]
             with pytest.raises(NetworkError):
@@ -402,10 +413,10 @@ async def test_yamux_is_agreed_in_the_noise_handshake_or_else_by_multistream(
     conn = await a.connect(addr_of(b))
     assert conn.early_muxer and (await accepted(b)).early_muxer  # one round trip saved
     # A dialer that offers no muxer in its handshake (an older peer): multistream picks yamux.
-    offering = connection.NoiseHandshake
-
-    def offering_none_when_dialing(identity, initiator, expected_peer, stream_muxers=()):  # type: ignore[no-untyped-def]
-        return offering(identity, initiator, expected_peer, stream_muxers=() if initiator else stream_muxers)
+    def offering_none_when_dialing(
+        identity: PrivateKey, initiator: bool, expected_peer: PeerId | None = None, stream_muxers: Sequence[str] = ()
+    ) -> NoiseHandshake:
+        return NoiseHandshake(identity, initiator, expected_peer, stream_muxers=() if initiator else stream_muxers)
 
     monkeypatch.setattr(connection, "NoiseHandshake", offering_none_when_dialing)
     conn = await a.connect(addr_of(c))

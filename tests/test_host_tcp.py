@@ -86,3 +86,22 @@ async def test_closing_towards_a_peer_that_never_reads_aborts_after_the_grace(mo
         await client.aclose()
     finally:
         server.close()
+
+
+async def test_abort_from_the_accept_callback_closes_the_connection_at_once() -> None:
+    refused: list[tcp.TcpStream] = []
+
+    def on_connection(stream: tcp.TcpStream) -> None:  # a host that is not running refuses so
+        stream.abort()
+        refused.append(stream)
+
+    server = await tcp.listen("127.0.0.1", 0, on_connection)
+    try:
+        client = await tcp.connect("127.0.0.1", server.sockets[0].getsockname()[1])
+        with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            await client.receive()
+        with pytest.raises(anyio.ClosedResourceError):
+            await refused[0].send(b"too late")
+        await client.aclose()
+    finally:
+        server.close()

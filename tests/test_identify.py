@@ -29,7 +29,7 @@ def delimited(message: identify_pb2.Identify) -> bytes:
 
 
 @pytest.mark.parametrize("key_type", [KeyType.Ed25519, KeyType.RSA])
-def test_round_trip(key_type):
+def test_round_trip(key_type: KeyType) -> None:
     key = PrivateKey.generate(key_type)
     wire = build_identify(
         key.public_key(), [ADDR4, ADDR6], ["/ipfs/kad/1.0.0", "/ipfs/ping/1.0.0"], OBSERVED, "dhtstore/0.1.0"
@@ -47,13 +47,13 @@ def test_round_trip(key_type):
     assert info.skipped == 0
 
 
-def test_public_key_of_another_peer_is_refused():
+def test_public_key_of_another_peer_is_refused() -> None:
     wire = build_identify(PrivateKey.generate().public_key(), [], [], None, "x")
     with pytest.raises(IdentifyError, match="not the connection"):
         parse_identify(wire, remote_peer=PrivateKey.generate().peer_id())
 
 
-def test_invalid_entries_are_skipped_and_counted():
+def test_invalid_entries_are_skipped_and_counted() -> None:
     message = identify_pb2.Identify(
         listenAddrs=[ADDR4, b"\x04\x7f\x00", b"\xff\xff\xff"],  # truncated ip4, unknown code
         protocols=["/ok/1.0.0", "", "a" * 2000],
@@ -71,7 +71,7 @@ def test_invalid_entries_are_skipped_and_counted():
     assert info.skipped == 6
 
 
-def test_several_messages_are_merged_as_go_does():
+def test_several_messages_are_merged_as_go_does() -> None:
     key = PrivateKey.generate()
     first = identify_pb2.Identify(publicKey=key.public_key().to_protobuf(), protocols=["/a"], agentVersion="v1")
     second = identify_pb2.Identify(protocols=["/b"], listenAddrs=[ADDR4], agentVersion="v2")
@@ -79,7 +79,7 @@ def test_several_messages_are_merged_as_go_does():
     assert info.protocols == ("/a", "/b") and info.listen_addrs == (ADDR4,) and info.agent_version == "v2"
 
 
-def test_limits():
+def test_limits() -> None:
     big = identify_pb2.Identify(agentVersion="a" * MAX_MESSAGE_SIZE)
     with pytest.raises(IdentifyError, match="over"):
         parse_identify(delimited(big))
@@ -93,12 +93,12 @@ def test_limits():
 
 
 @pytest.mark.parametrize("wire", [b"", b"\x05abc", b"\x80", b"\x03\xff\xff\xff", b"\x02\x0a\x05"])
-def test_malformed_streams(wire):
+def test_malformed_streams(wire: bytes) -> None:
     with pytest.raises(IdentifyError):
         parse_identify(wire)
 
 
-def test_own_message_stays_under_rust_limit_by_dropping_addresses():
+def test_own_message_stays_under_rust_limit_by_dropping_addresses() -> None:
     key = PrivateKey.generate(KeyType.RSA)
     addrs = [Multiaddr(f"/ip4/10.0.{i // 256}.{i % 256}/tcp/4001").to_bytes() for i in range(1000)]
     wire = build_identify(key.public_key(), addrs, ["/ipfs/kad/1.0.0"], None, "dhtstore")
@@ -107,7 +107,7 @@ def test_own_message_stays_under_rust_limit_by_dropping_addresses():
     assert 0 < len(info.listen_addrs) < 1000 and info.listen_addrs == tuple(addrs[: len(info.listen_addrs)])
 
 
-def test_push_updates_only_the_fields_it_carries():
+def test_push_updates_only_the_fields_it_carries() -> None:
     key = PrivateKey.generate()
     known = parse_identify(build_identify(key.public_key(), [ADDR4], ["/a", "/b"], OBSERVED, "agent/1"))
     push = parse_identify(delimited(identify_pb2.Identify(protocols=["/a", "/b", "/ipfs/kad/1.0.0"])))
@@ -117,7 +117,7 @@ def test_push_updates_only_the_fields_it_carries():
     assert updated.peer_id == key.peer_id()
 
 
-def test_versions_that_are_not_utf8_are_skipped():
+def test_versions_that_are_not_utf8_are_skipped() -> None:
     body = b"\x2a\x02\xff\xfe" + b"\x32\x03abc"  # protocolVersion (5) invalid, agentVersion (6) "abc"
     info = parse_identify(varint.encode(len(body)) + body)
     assert info.protocol_version is None and info.agent_version == "abc" and info.skipped == 1

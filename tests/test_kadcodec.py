@@ -22,6 +22,7 @@ from dhtstore.network.kadcodec import (
     encode_message,
 )
 from dhtstore.network.multiaddrs import parse as parse_multiaddr
+from dhtstore.peerid import PeerId
 from dhtstore.types import ConnectionType, Message, MessageType, PeerInfo, Record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,16 +30,17 @@ ADDR = parse_multiaddr("/ip4/127.0.0.1/tcp/4001").to_bytes()
 ADDR6 = parse_multiaddr("/ip6/::1/tcp/4001").to_bytes()
 
 
-def peer_id():
+def peer_id() -> PeerId:
     return PrivateKey.generate().peer_id()
 
 
 def field(number: int, wire_type: int, payload: bytes | int) -> bytes:
     """A protobuf field written by hand, to pin the wire format independently of protoc."""
     tag = varint.encode(number << 3 | wire_type)
-    if wire_type == 0:
-        return tag + varint.encode(payload)  # type: ignore[arg-type]
-    return tag + varint.encode(len(payload)) + payload  # type: ignore[arg-type]
+    if isinstance(payload, int):
+        assert wire_type == 0
+        return tag + varint.encode(payload)
+    return tag + varint.encode(len(payload)) + payload
 
 
 def test_generated_code_is_current() -> None:

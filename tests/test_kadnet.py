@@ -15,7 +15,7 @@ from dhtstore import varint
 from dhtstore.amino import LAN_PROTOCOL_ID, MAX_MESSAGE_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.errors import NetworkError
-from dhtstore.network.api import KadMessenger
+from dhtstore.network.api import KadMessenger, Stream
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
@@ -123,7 +123,7 @@ async def test_a_reused_stream_that_died_is_replaced_once(pair: Pair) -> None:
     assert reply.key == b"b"
 
 
-async def raw_stream(pair: Pair):  # type: ignore[no-untyped-def]
+async def raw_stream(pair: Pair) -> Stream:
     return await pair.client.new_stream(pair.target, [PROTOCOL_ID])
 
 
@@ -149,7 +149,7 @@ async def test_requests_pipelined_on_one_stream_are_answered_in_order(pair: Pair
     stream = await raw_stream(pair)
     await stream.send(b"".join(encode_frame(Message(MessageType.FIND_NODE, key=b"%d" % i)) for i in range(20)))
     decoder = FrameDecoder()
-    keys = []
+    keys: list[bytes] = []
     with anyio.fail_after(5):
         while len(keys) < 20:
             decoder.receive_data(await stream.receive())

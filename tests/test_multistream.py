@@ -17,11 +17,15 @@ from dhtstore.network.multistream import (
     ProtocolAgreed,
     encode_message,
 )
+from dhtstore.network.sansio import NeedData
+
+Event = ProtocolAgreed | NegotiationFailed | NeedData
 
 
-def negotiate(dialer: MultistreamDialer, listener: MultistreamListener, chunk: int | None = None):
+def negotiate(dialer: MultistreamDialer, listener: MultistreamListener, chunk: int | None = None) -> tuple[Event, Event]:
     """Pump bytes both ways until both sides have finished; return their final events."""
-    d_event = l_event = NEED_DATA
+    d_event: Event = NEED_DATA
+    l_event: Event = NEED_DATA
     for _ in range(100):
         data = dialer.data_to_send()
         if data and not listener.finished:
@@ -38,37 +42,37 @@ def negotiate(dialer: MultistreamDialer, listener: MultistreamListener, chunk: i
     raise AssertionError("negotiation did not finish")
 
 
-def test_wire_format_matches_spec():
+def test_wire_format_matches_spec() -> None:
     assert encode_message("na") == bytes.fromhex("036e610a")
     dialer = MultistreamDialer(["/noise"])
     assert dialer.data_to_send() == b"\x13/multistream/1.0.0\n\x07/noise\n"
 
 
-def test_first_proposal_agreed():
+def test_first_proposal_agreed() -> None:
     d, l = negotiate(MultistreamDialer(["/noise"]), MultistreamListener({"/noise"}))
     assert d == ProtocolAgreed("/noise") and l == ProtocolAgreed("/noise")
 
 
-def test_na_moves_to_next_proposal_like_kubo_tls_then_noise():
+def test_na_moves_to_next_proposal_like_kubo_tls_then_noise() -> None:
     dialer = MultistreamDialer(["/tls/1.0.0", "/noise"])
     listener = MultistreamListener(lambda p: p == "/noise")
     d, l = negotiate(dialer, listener)
     assert d == ProtocolAgreed("/noise") and l == ProtocolAgreed("/noise")
 
 
-def test_several_refusals_then_agreement_byte_by_byte():
+def test_several_refusals_then_agreement_byte_by_byte() -> None:
     protocols = [f"/x/{i}" for i in range(5)] + ["/yamux/1.0.0"]
     d, l = negotiate(MultistreamDialer(protocols), MultistreamListener({"/yamux/1.0.0"}), chunk=1)
     assert d == l == ProtocolAgreed("/yamux/1.0.0")
 
 
-def test_no_protocol_in_common():
+def test_no_protocol_in_common() -> None:
     d, l = negotiate(MultistreamDialer(["/a", "/b"]), MultistreamListener({"/c"}))
     assert isinstance(d, NegotiationFailed) and "/a" in d.reason
     assert l is NEED_DATA
 
 
-def test_optimistic_data_after_proposal_is_leftover_for_listener():
+def test_optimistic_data_after_proposal_is_leftover_for_listener() -> None:
     dialer = MultistreamDialer(["/ipfs/ping/1.0.0"])
     listener = MultistreamListener({"/ipfs/ping/1.0.0"})
     listener.receive_data(dialer.data_to_send() + b"PING-BYTES")
@@ -81,7 +85,7 @@ def test_optimistic_data_after_proposal_is_leftover_for_listener():
         dialer.receive_data(b"more")
 
 
-def test_ls_and_na_are_answered_na():
+def test_ls_and_na_are_answered_na() -> None:
     listener = MultistreamListener({"/p"})
     listener.data_to_send()
     listener.receive_data(encode_message(PROTOCOL_ID) + encode_message("ls") + encode_message("na"))
@@ -89,7 +93,7 @@ def test_ls_and_na_are_answered_na():
     assert listener.data_to_send() == encode_message("na") * 2
 
 
-def test_incomplete_message_needs_data():
+def test_incomplete_message_needs_data() -> None:
     listener = MultistreamListener({"/p"})
     listener.receive_data(encode_message(PROTOCOL_ID)[:-3])
     assert listener.next_event() is NEED_DATA
@@ -107,21 +111,21 @@ def test_incomplete_message_needs_data():
         b"\x03\xff\xfe\n",  # not UTF-8
     ],
 )
-def test_malformed_input_is_refused(payload):
+def test_malformed_input_is_refused(payload: bytes) -> None:
     listener = MultistreamListener({"/p"})
     listener.receive_data(payload)
     with pytest.raises(MultistreamError):
         listener.next_event()
 
 
-def test_dialer_refuses_an_answer_that_is_not_echo_or_na():
+def test_dialer_refuses_an_answer_that_is_not_echo_or_na() -> None:
     dialer = MultistreamDialer(["/p"])
     dialer.receive_data(encode_message(PROTOCOL_ID) + encode_message("/q"))
     with pytest.raises(MultistreamError):
         dialer.next_event()
 
 
-def test_listener_bounds_the_number_of_proposals():
+def test_listener_bounds_the_number_of_proposals() -> None:
     listener = MultistreamListener(set())
     listener.receive_data(encode_message(PROTOCOL_ID))
     for i in range(MAX_PROPOSALS):
@@ -132,7 +136,7 @@ def test_listener_bounds_the_number_of_proposals():
         listener.next_event()
 
 
-def test_dialer_refuses_invalid_protocol_ids():
+def test_dialer_refuses_invalid_protocol_ids() -> None:
     with pytest.raises(ValueError):
         MultistreamDialer([])
     with pytest.raises(ValueError):
@@ -141,7 +145,7 @@ def test_dialer_refuses_invalid_protocol_ids():
         MultistreamDialer(["/" + "a" * MAX_MESSAGE_LENGTH])
 
 
-def test_error_is_sticky():
+def test_error_is_sticky() -> None:
     listener = MultistreamListener({"/p"})
     listener.receive_data(b"\x00" + encode_message(PROTOCOL_ID))
     with pytest.raises(MultistreamError) as first:

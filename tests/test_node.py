@@ -17,6 +17,7 @@ from dhtstore.data.models import PeerRow, RoutingSnapshotPeerRow
 from dhtstore.network import multiaddrs
 from dhtstore.node import Node
 from dhtstore.records import pk
+from dhtstore.routing.api import NotFound
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +70,7 @@ async def test_three_nodes_route_provide_and_store_values(make_store, loopback_o
         assert found[0].addrs, "provider addresses travel with the record"
 
         located = await client.find_peer(b.peer_id)
-        assert located is not None and located.peer_id == b.peer_id
+        assert located.peer_id == b.peer_id
         assert any(multiaddrs.is_loopback(multiaddrs.parse(x)) for x in located.addrs)
 
         key = pk.routing_key(b.peer_id)
@@ -77,7 +78,9 @@ async def test_three_nodes_route_provide_and_store_values(make_store, loopback_o
         # An Ed25519 peer id inlines its key, but /pk/ records are valid for it all the same.
         assert await b.put_value(key, value) >= 1
         record = await client.get_value(key)
-        assert record is not None and record.value == value
+        assert record.value == value
+        with pytest.raises(NotFound):
+            await client.get_value(pk.routing_key(PrivateKey.generate().peer_id()))
 
         status = a.status()
         assert status["routing_table"] >= 2

@@ -4,6 +4,7 @@ handshake between our own machines for every key type, and its failure modes."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -17,14 +18,16 @@ from dhtstore.network.noise import (
     HandshakeComplete,
     NoiseError,
     NoiseHandshake,
+    CipherState,
     XXHandshakeState,
 )
 from dhtstore.network.pb import noise_pb2
+from dhtstore.network.sansio import NeedData
 
 # Noise_XX_25519_ChaChaPoly_SHA256 from the cacophony vectors (as shipped in
 # mcginty/snow tests/vectors/cacophony.txt). Messages alternate initiator, responder, ...
 # The first three are the handshake; the rest are transport messages.
-CACOPHONY_XX = {
+CACOPHONY_XX: dict[str, Any] = {
     "prologue": "4a6f686e2047616c74",
     "init_static": "e61ef9919cde45dd5f82166404bd08e38bceb5dfdfded0a34c8df7ed542214d1",
     "init_ephemeral": "893e28b9dc6ca8d611ab664754b8ceb7bac5117349a4439a6b0569da977c464a",
@@ -61,13 +64,13 @@ def _x25519(hex_key: str) -> X25519PrivateKey:
     return X25519PrivateKey.from_private_bytes(bytes.fromhex(hex_key))
 
 
-def test_xx_state_matches_cacophony_vector():
+def test_xx_state_matches_cacophony_vector() -> None:
     v = CACOPHONY_XX
     prologue = bytes.fromhex(v["prologue"])
     initiator = XXHandshakeState(True, _x25519(v["init_static"]), prologue, _x25519(v["init_ephemeral"]))
     responder = XXHandshakeState(False, _x25519(v["resp_static"]), prologue, _x25519(v["resp_ephemeral"]))
     sides = itertools.cycle([(initiator, responder), (responder, initiator)])
-    ciphers: dict[int, tuple] = {}
+    ciphers: dict[int, tuple[CipherState, CipherState]] = {}
     for i, ((payload_hex, ciphertext_hex), (writer, reader)) in enumerate(zip(v["messages"], sides)):
         payload, expected = bytes.fromhex(payload_hex), bytes.fromhex(ciphertext_hex)
         if i < 3:
@@ -83,9 +86,11 @@ def test_xx_state_matches_cacophony_vector():
             assert ciphers[id(reader)][1].decrypt_with_ad(b"", message) == payload
 
 
-def handshake(a: NoiseHandshake, b: NoiseHandshake, chunk: int | None = None):
+def handshake(
+    a: NoiseHandshake, b: NoiseHandshake, chunk: int | None = None
+) -> tuple[HandshakeComplete | NeedData, HandshakeComplete | NeedData]:
     """Pump bytes between two handshakes until both complete; return their events."""
-    events = {id(a): NEED_DATA, id(b): NEED_DATA}
+    events: dict[int, HandshakeComplete | NeedData] = {id(a): NEED_DATA, id(b): NEED_DATA}
     for _ in range(10):
         for src, dst in ((a, b), (b, a)):
             data = src.data_to_send()
@@ -98,16 +103,17 @@ def handshake(a: NoiseHandshake, b: NoiseHandshake, chunk: int | None = None):
     raise AssertionError("handshake did not complete")
 
 
+Identities = dict[KeyType, PrivateKey]
 KEY_TYPES = [KeyType.Ed25519, KeyType.Secp256k1, KeyType.ECDSA, KeyType.RSA]
 
 
 @pytest.fixture(scope="module")
-def identities() -> dict[KeyType, PrivateKey]:
+def identities() -> Identities:
     return {t: PrivateKey.generate(t) for t in KEY_TYPES}
 
 
 @pytest.mark.parametrize("init_type,resp_type", list(itertools.product(KEY_TYPES, KEY_TYPES)))
-def test_handshake_between_all_key_types(identities, init_type, resp_type):
+def test_handshake_between_all_key_types(identities: Identities, init_type: KeyType, resp_type: KeyType) -> None:
     init_key = identities[init_type]
     # Two distinct identities even when the types match.
     resp_key = PrivateKey.generate(resp_type) if init_type == resp_type else identities[resp_type]
@@ -125,7 +131,7 @@ def test_handshake_between_all_key_types(identities, init_type, resp_type):
     assert d.decrypt_available() == b"world"
 
 
-def test_handshake_byte_by_byte_and_early_transport_data_carries_over(identities):
+def test_handshake_byte_by_byte_and_early_transport_data_carries_over(identities: Identities) -> None:
     dialer = NoiseHandshake(identities[KeyType.Ed25519], initiator=True)
     listener = NoiseHandshake(identities[KeyType.Secp256k1], initiator=False)
     listener.receive_data(dialer.data_to_send())
@@ -141,7 +147,7 @@ def test_handshake_byte_by_byte_and_early_transport_data_carries_over(identities
     assert listener.transport().decrypt_available() == b"/multistream/1.0.0"
 
 
-def test_large_payload_is_split_into_max_size_frames(identities):
+def test_large_payload_is_split_into_max_size_frames(identities: Identities) -> None:
     dialer = NoiseHandshake(identities[KeyType.Ed25519], initiator=True)
     listener = NoiseHandshake(identities[KeyType.Ed25519], initiator=False)
     handshake(dialer, listener)
@@ -158,7 +164,7 @@ def test_large_payload_is_split_into_max_size_frames(identities):
     assert d.encrypt(b"") == b""
 
 
-def test_wrong_expected_peer_fails(identities):
+def test_wrong_expected_peer_fails(identities: Identities) -> None:
     dialer = NoiseHandshake(identities[KeyType.Ed25519], initiator=True, expected_peer=PrivateKey.generate().peer_id())
     listener = NoiseHandshake(identities[KeyType.Ed25519], initiator=False)
     listener.receive_data(dialer.data_to_send())
@@ -180,8 +186,10 @@ class _ForgedSignature(NoiseHandshake):
 
 
 @pytest.mark.parametrize("forger_is_initiator", [False, True])
-def test_bad_signature_fails(identities, forger_is_initiator):
+def test_bad_signature_fails(identities: Identities, forger_is_initiator: bool) -> None:
     honest_key, forger_key = identities[KeyType.Ed25519], identities[KeyType.RSA]
+    dialer: NoiseHandshake
+    listener: NoiseHandshake
     if forger_is_initiator:
         dialer, listener, victim = _ForgedSignature(forger_key, True), NoiseHandshake(honest_key, False), "listener"
     else:
@@ -199,7 +207,7 @@ def test_bad_signature_fails(identities, forger_is_initiator):
         listener.next_event()
 
 
-def test_tampered_transport_frame_fails(identities):
+def test_tampered_transport_frame_fails(identities: Identities) -> None:
     dialer = NoiseHandshake(identities[KeyType.Ed25519], initiator=True)
     listener = NoiseHandshake(identities[KeyType.Ed25519], initiator=False)
     handshake(dialer, listener)
@@ -222,10 +230,11 @@ def test_tampered_transport_frame_fails(identities):
         t.decrypt_available()
 
 
-def test_early_muxer_negotiation_prefers_initiator_order(identities):
+def test_early_muxer_negotiation_prefers_initiator_order(identities: Identities) -> None:
     dialer = NoiseHandshake(identities[KeyType.Ed25519], True, stream_muxers=["/yamux/1.0.0", "/mplex/6.7.0"])
     listener = NoiseHandshake(identities[KeyType.Ed25519], False, stream_muxers=["/mplex/6.7.0", "/yamux/1.0.0"])
     d_event, _ = handshake(dialer, listener)
+    assert isinstance(d_event, HandshakeComplete)
     assert d_event.remote_stream_muxers == ("/mplex/6.7.0", "/yamux/1.0.0")
     assert dialer.selected_muxer == listener.selected_muxer == "/yamux/1.0.0"
     plain = NoiseHandshake(identities[KeyType.Ed25519], True)
@@ -233,6 +242,6 @@ def test_early_muxer_negotiation_prefers_initiator_order(identities):
     assert plain.selected_muxer is None
 
 
-def test_transport_before_completion_is_an_error(identities):
+def test_transport_before_completion_is_an_error(identities: Identities) -> None:
     with pytest.raises(NoiseError):
         NoiseHandshake(identities[KeyType.Ed25519], initiator=True).transport()

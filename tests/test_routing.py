@@ -13,7 +13,7 @@ from dhtstore.routing.query import PeerState, QueryState
 from dhtstore.routing.router import KademliaRouter
 from dhtstore.routingtable.kbuckets import KBucketTable
 from dhtstore.server.api import InvalidRequest
-from dhtstore.sim import SimConfig, SimNetwork, run_virtual
+from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, run_virtual
 from dhtstore.types import Message, MessageType, PeerInfo
 
 PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
@@ -51,7 +51,7 @@ def router_with(seeds: list[PeerInfo], replies: dict, **kw) -> tuple[KademliaRou
     for s in seeds:
         table.add(s, 0.0)
     messenger = ScriptedMessenger(replies)
-    return KademliaRouter(me, table, messenger, request_timeout=1.0, **kw), messenger
+    return KademliaRouter(me, table, messenger, SequenceValidator(), request_timeout=1.0, **kw), messenger
 
 
 def test_no_peers_ends_at_once_with_a_clear_error():
@@ -96,14 +96,25 @@ def test_hostile_closer_peers_are_skipped_and_counted():
     assert len(set(messenger.asked)) == len(messenger.asked) == 20  # the top 20 of 21, once each
 
 
-def test_silent_and_failing_peers_time_out_and_are_reported():
-    silent, resetting, good = new_peer(), new_peer(), new_peer()
-    reports = []
-    router, messenger = router_with(
-        [silent, resetting, good],
-        {resetting.peer_id: NetworkError("stream reset"), good.peer_id: Message(MessageType.FIND_NODE)},
-        reporter=lambda peer, ok: reports.append((peer.peer_id, ok)),
+def peer_at_cpl(local: PeerInfo, cpl: int) -> PeerInfo:
+    """A new peer whose key shares exactly ``cpl`` leading bits with ``local``'s."""
+    key = Key.for_peer(local.peer_id)
+    while True:
+        p = new_peer()
+        if Key.for_peer(p.peer_id).common_prefix_length(key) == cpl:
+            return p
+
+
+def test_silent_and_failing_peers_time_out_and_are_marked_failed():
+    me = new_peer()
+    silent, resetting, good = (peer_at_cpl(me, cpl) for cpl in (0, 1, 2))
+    table = KBucketTable(Key.for_peer(me.peer_id), bucket_size=1)
+    for p in (silent, resetting, good):
+        assert table.add(p, 0.0)
+    messenger = ScriptedMessenger(
+        {resetting.peer_id: NetworkError("stream reset"), good.peer_id: Message(MessageType.FIND_NODE)}
     )
+    router = KademliaRouter(me, table, messenger, SequenceValidator(), request_timeout=1.0, clock=anyio.current_time)
 
     async def main():
         peers = await router.find_closest_peers(b"k", 20)
@@ -112,7 +123,12 @@ def test_silent_and_failing_peers_time_out_and_are_reported():
     peers, elapsed = run_virtual(main)
     assert [p.peer_id for p in peers] == [good.peer_id]
     assert 1.0 <= elapsed < 2.0  # the per-request timeout (1 s) bounded the silent peer
-    assert set(reports) == {(silent.peer_id, False), (resetting.peer_id, False), (good.peer_id, True)}
+    assert table.last_useful(good.peer_id) == pytest.approx(0.05)  # marked useful when it answered
+    # The failed peers stay in the table until a newcomer to their bucket replaces them.
+    assert silent.peer_id in table and resetting.peer_id in table
+    for failed, cpl in ((silent, 0), (resetting, 1)):
+        assert table.add(peer_at_cpl(me, cpl), 3.0) and failed.peer_id not in table
+    assert not table.add(peer_at_cpl(me, 2), 3.0)  # the bucket of a useful peer stays full
 
 
 def test_find_providers_takes_addresses_from_a_later_answer():
@@ -166,7 +182,6 @@ def test_a_lookup_survives_peers_that_reset_every_request():
 
 
 def test_get_value_ignores_invalid_and_mismatched_records_and_corrects_their_holders():
-    from dhtstore.sim import SequenceValidator
     from dhtstore.types import Record
 
     key = b"/sim/k"
@@ -183,7 +198,6 @@ def test_get_value_ignores_invalid_and_mismatched_records_and_corrects_their_hol
             empty.peer_id: Message(MessageType.GET_VALUE, key=key),
         },
     )
-    router.validator = SequenceValidator()
     record = run_virtual(router.get_value, key)
     assert record == Record(key, best)
     # one GET_VALUE to each, then the correcting PUT_VALUE to the three that lacked `best`

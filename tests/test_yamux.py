@@ -24,18 +24,20 @@ from dhtstore.network.yamux import (
     YamuxConnection,
     YamuxError,
 )
+from dhtstore.network.yamux import Event
 
 
-def drain(conn: YamuxConnection) -> list:
-    events = []
+def drain(conn: YamuxConnection) -> list[Event]:
+    events: list[Event] = []
     while (event := conn.next_event()) is not NEED_DATA:
         events.append(event)
     return events
 
 
-def pump(a: YamuxConnection, b: YamuxConnection) -> tuple[list, list]:
+def pump(a: YamuxConnection, b: YamuxConnection) -> tuple[list[Event], list[Event]]:
     """Deliver bytes both ways until both are quiet; return the events each side saw."""
-    seen_a, seen_b = [], []
+    seen_a: list[Event] = []
+    seen_b: list[Event] = []
     for _ in range(1000):
         to_b, to_a = a.data_to_send(), b.data_to_send()
         if not to_a and not to_b:
@@ -51,12 +53,15 @@ def frame(frame_type: int, flags: int, stream_id: int, length: int, payload: byt
     return HEADER.pack(0, frame_type, flags, stream_id, length) + payload
 
 
+Pair = tuple[YamuxConnection, YamuxConnection]
+
+
 @pytest.fixture
-def pair() -> tuple[YamuxConnection, YamuxConnection]:
+def pair() -> Pair:
     return YamuxConnection(is_client=True), YamuxConnection(is_client=False)
 
 
-def test_open_stream_and_exchange_data_both_ways(pair):
+def test_open_stream_and_exchange_data_both_ways(pair: Pair) -> None:
     client, server = pair
     sid = client.open_stream()
     assert sid == 1 and client.open_stream() == 3
@@ -69,13 +74,13 @@ def test_open_stream_and_exchange_data_both_ways(pair):
     assert StreamData(1, b"world") in seen and StreamOpened(2) in seen
 
 
-def test_header_is_big_endian_and_syn_is_a_window_update(pair):
+def test_header_is_big_endian_and_syn_is_a_window_update(pair: Pair) -> None:
     client, _ = pair
     client.open_stream()
     assert client.data_to_send() == bytes([0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
 
 
-def test_fin_half_close_then_full_close(pair):
+def test_fin_half_close_then_full_close(pair: Pair) -> None:
     client, server = pair
     sid = client.open_stream()
     client.send_data(sid, b"request")
@@ -91,7 +96,7 @@ def test_fin_half_close_then_full_close(pair):
     assert sid not in client.stream_ids and sid not in server.stream_ids
 
 
-def test_reset_stream(pair):
+def test_reset_stream(pair: Pair) -> None:
     client, server = pair
     sid = client.open_stream()
     pump(client, server)
@@ -105,7 +110,7 @@ def test_reset_stream(pair):
     client.reset_stream(sid)  # already gone: no-op
 
 
-def test_one_mib_with_flow_control_and_back_pressure(pair):
+def test_one_mib_with_flow_control_and_back_pressure(pair: Pair) -> None:
     client, server = pair
     sid = client.open_stream()
     payload = bytes(range(256)) * 4096
@@ -130,7 +135,7 @@ def test_one_mib_with_flow_control_and_back_pressure(pair):
     assert writable_events >= 3
 
 
-def test_receiver_that_does_not_read_stalls_the_sender(pair):
+def test_receiver_that_does_not_read_stalls_the_sender(pair: Pair) -> None:
     client, server = pair
     sid = client.open_stream()
     assert client.send_data(sid, b"x" * (DEFAULT_WINDOW + 10)) == DEFAULT_WINDOW
@@ -147,22 +152,22 @@ def test_receiver_that_does_not_read_stalls_the_sender(pair):
         server.consume(sid, DEFAULT_WINDOW)
 
 
-def test_data_over_the_window_is_refused_before_buffering():
+def test_data_over_the_window_is_refused_before_buffering() -> None:
     server = YamuxConnection(is_client=False)
     server.receive_data(frame(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0))
     server.receive_data(frame(FrameType.DATA, 0, 1, DEFAULT_WINDOW + 1))  # header only
     assert drain_until_error(server) == [StreamOpened(1)]
 
 
-def drain_until_error(conn: YamuxConnection) -> list:
-    events = []
+def drain_until_error(conn: YamuxConnection) -> list[Event]:
+    events: list[Event] = []
     with pytest.raises(YamuxError):
         while (event := conn.next_event()) is not NEED_DATA:
             events.append(event)
     return events
 
 
-def test_larger_initial_window_is_announced_with_syn_and_ack():
+def test_larger_initial_window_is_announced_with_syn_and_ack() -> None:
     client, server = YamuxConnection(True, initial_window=1 << 20), YamuxConnection(False, initial_window=1 << 20)
     sid = client.open_stream()
     pump(client, server)
@@ -172,7 +177,7 @@ def test_larger_initial_window_is_announced_with_syn_and_ack():
     assert sum(len(e.data) for e in seen if isinstance(e, StreamData)) == 1 << 20
 
 
-def test_ping_pong(pair):
+def test_ping_pong(pair: Pair) -> None:
     client, server = pair
     opaque = client.ping()
     seen_client, seen_server = pump(client, server)
@@ -181,7 +186,7 @@ def test_ping_pong(pair):
     assert drain(client) == []
 
 
-def test_go_away(pair):
+def test_go_away(pair: Pair) -> None:
     client, server = pair
     sid = client.open_stream()
     pump(client, server)
@@ -199,7 +204,7 @@ def test_go_away(pair):
     assert server.data_to_send() == frame(FrameType.WINDOW_UPDATE, Flag.RST, 5, 0)
 
 
-def test_ack_backlog_limits_unacknowledged_streams():
+def test_ack_backlog_limits_unacknowledged_streams() -> None:
     client, server = YamuxConnection(True, max_ack_backlog=4), YamuxConnection(False)
     for _ in range(4):
         client.open_stream()
@@ -209,7 +214,7 @@ def test_ack_backlog_limits_unacknowledged_streams():
     client.open_stream()
 
 
-def test_inbound_streams_over_the_limit_are_reset():
+def test_inbound_streams_over_the_limit_are_reset() -> None:
     client, server = YamuxConnection(True), YamuxConnection(False, max_streams=2)
     ids = [client.open_stream() for _ in range(3)]
     seen_client, seen_server = pump(client, server)
@@ -233,13 +238,13 @@ def test_inbound_streams_over_the_limit_are_reset():
         frame(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 2**32 - 1),  # window overflow
     ],
 )
-def test_protocol_violations(wire):
+def test_protocol_violations(wire: bytes) -> None:
     server = YamuxConnection(is_client=False)
     server.receive_data(wire)
     drain_until_error(server)
 
 
-def test_partial_frames_need_data():
+def test_partial_frames_need_data() -> None:
     server = YamuxConnection(is_client=False)
     wire = frame(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0) + frame(FrameType.DATA, Flag.FIN, 1, 3, b"abc")
     events = []
@@ -249,7 +254,7 @@ def test_partial_frames_need_data():
     assert events == [StreamOpened(1), StreamData(1, b"abc"), StreamEnded(1)]
 
 
-def test_error_is_sticky():
+def test_error_is_sticky() -> None:
     server = YamuxConnection(is_client=False)
     server.receive_data(bytes([1]) + bytes(11) + frame(FrameType.PING, Flag.SYN, 0, 1))
     with pytest.raises(YamuxError) as first:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,12 +12,15 @@ from ..data.engine import redact
 from .common import run
 from .db import db
 
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+
 
 class _ProgressBar:
     """click.progressbar fed by the copy: sized once the source's rows are counted."""
 
     def __init__(self) -> None:
-        self._bar: click.progressbar[int] | None = None  # type: ignore[type-var]
+        self._bar: ProgressBar[int] | None = None
 
     def start(self, total_rows: int) -> None:
         self._bar = click.progressbar(length=total_rows, label="copying", show_pos=True, file=sys.stderr)

@@ -21,7 +21,7 @@ from ..data.engine import (
 from ..data.schema import alembic_config, current_revision, head_revision, open_store
 from ..data.stats import store_stats
 from ..errors import StoreError
-from . import main
+from .group import main
 from .common import Location, fail, location_options, run
 
 

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -20,8 +20,11 @@ from ..provider.api import AddResult, ProvideEntry, ProvideError, ProvideStatus
 from ..provider.cids import multihash_of
 from ..provider.providelist import ProvideListStore
 from ..provider.service import ProvideListService
-from . import main
+from .group import main
 from .common import Location, location_options, run
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 IMPORT_BATCH = 10_000  # CIDs per transaction: memory stays flat whatever the file's size
 MAX_REPORTED_ERRORS = 20  # bad lines printed one by one; the rest are counted
@@ -127,13 +130,13 @@ def _file_size(stream: IO[str] | None) -> int | None:
         return None
 
 
-def _progress(stream: IO[str] | None, bar: object, items: int) -> int:
+def _progress(stream: IO[str] | None, bar: ProgressBar[Any], items: int) -> int:
     """Progress in bytes of the file read so far (or items, for arguments and stdin)."""
     size = _file_size(stream)
     if size is None or stream is None:
         return items
     try:
-        return max(0, stream.tell() - bar.pos)  # type: ignore[attr-defined]
+        return max(0, stream.tell() - bar.pos)
     except (OSError, ValueError):
         return 0
 

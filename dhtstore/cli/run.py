@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 import click
@@ -20,15 +20,17 @@ from .. import amino
 from ..config import Config, ConfigError, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
-from ..node import Node, NodeOptions
+from ..node import Mode, Node, NodeOptions
 from ..peerid import PeerId, PeerIdError
 from ..records.sql import key_text
-from ..routing.api import RoutingError
+from ..routing.api import LookupTimeout, NotFound, QuorumFailed, RoutingError
 from ..types import PeerInfo
-from . import main
+from .group import main
 from .common import Location, fail, identity_option, location_options, run
 
 log = logging.getLogger("dhtstore")
+
+T = TypeVar("T")
 
 
 def _is_private_bootstrap(addrs: Sequence[str]) -> bool:
@@ -69,7 +71,7 @@ def _node_options(
         store_url=where.store_url() if store else None,
         listen=list(listen or config.listen),
         bootstrap=boot,
-        mode=chosen_mode,
+        mode=cast(Mode, chosen_mode),  # Config checked it is one of MODES
         protocol=protocol,
         allow_private_addrs=allow_private,
         ip_diversity=not allow_private,
@@ -187,7 +189,14 @@ def client_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return location_options(command)
 
 
-def _one_shot(where: Location, bootstrap: tuple[str, ...], lan: bool, timeout: float, body: Callable[[Node], Awaitable[Any]]) -> Any:
+CLOSE_GRACE = 5.0  # seconds the node may take to close after a lookup that used all of --timeout
+
+
+def _one_shot(where: Location, bootstrap: tuple[str, ...], lan: bool, timeout: float, body: Callable[[Node, float], Awaitable[T]]) -> T:
+    """Start a client node, bootstrap, and run ``body(node, seconds left of --timeout)``.
+
+    The lookup outcomes NotFound, QuorumFailed and LookupTimeout reach the caller, which
+    words them for its command; any other routing error becomes a one-line error."""
     config = _config(where)
     opts = _node_options(
         where, config, listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=bootstrap, mode="client", lan=lan,
@@ -196,18 +205,22 @@ def _one_shot(where: Location, bootstrap: tuple[str, ...], lan: bool, timeout: f
     if not opts.bootstrap:
         raise fail("no bootstrap peers: pass --bootstrap /ip4/…/tcp/…/p2p/ID or set bootstrap in config.toml")
 
-    async def go() -> Any:
-        with anyio.fail_after(timeout):
+    async def go() -> T:
+        deadline = anyio.current_time() + timeout
+        with anyio.fail_after(timeout + CLOSE_GRACE):
             async with Node.start(opts) as node:
-                await node.upkeep.bootstrapped.wait()
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+                    await node.upkeep.bootstrapped.wait()
                 if not len(node.table):
                     raise fail("could not reach any bootstrap peer (is the node running? are the addresses right?)")
-                return await body(node)
+                return await body(node, max(deadline - anyio.current_time(), 0))
 
     try:
         return run(go)
     except TimeoutError:
         raise fail(f"timed out after {timeout:g} s") from None
+    except (NotFound, QuorumFailed, LookupTimeout):
+        raise
     except RoutingError as exc:
         raise fail(str(exc)) from None
 
@@ -248,7 +261,10 @@ def findprovs(where: Location, cid: str, count: int, bootstrap: tuple[str, ...],
         multihash.from_cid(cid)
     except multihash.MultihashError as exc:
         raise fail(str(exc)) from None
-    peers = _one_shot(where, bootstrap, lan, timeout, lambda node: node.find_providers(cid, count))
+    try:
+        peers = _one_shot(where, bootstrap, lan, timeout, lambda node, left: node.find_providers(cid, count, timeout=left))
+    except LookupTimeout as exc:
+        raise fail(f"timed out after {timeout:g} s, with {len(exc.peers)} of {count} providers found") from None
     _print_peers(peers, as_json)
     if not peers:
         sys.exit(1)
@@ -263,9 +279,12 @@ def findpeer(where: Location, peer: str, bootstrap: tuple[str, ...], lan: bool, 
         target = PeerId.from_string(peer)
     except PeerIdError as exc:
         raise fail(str(exc)) from None
-    found = _one_shot(where, bootstrap, lan, timeout, lambda node: node.find_peer(target))
-    if found is None:
-        raise fail(f"peer {target} not found")
+    try:
+        found = _one_shot(where, bootstrap, lan, timeout, lambda node, left: node.find_peer(target, timeout=left))
+    except NotFound:
+        raise fail(f"peer {target} not found") from None
+    except LookupTimeout:
+        raise fail(f"timed out after {timeout:g} s looking for peer {target}") from None
     _print_peers([found], as_json)
 
 
@@ -283,19 +302,28 @@ def closest(where: Location, key: str, bootstrap: tuple[str, ...], lan: bool, ti
             raw = multihash.from_cid(key)
         except multihash.MultihashError:
             raw = key.encode()
-    _print_peers(_one_shot(where, bootstrap, lan, timeout, lambda node: node.closest_peers(raw)), as_json)
+    try:
+        peers = _one_shot(where, bootstrap, lan, timeout, lambda node, left: node.closest_peers(raw, timeout=left))
+    except LookupTimeout as exc:
+        raise fail(f"timed out after {timeout:g} s, when {len(exc.peers)} of the closest peers had answered") from None
+    _print_peers(peers, as_json)
 
 
 @main.command("get")
 @click.argument("key")
-@click.option("--quorum", type=int, default=0, help="Stop after this many answers (0: the whole lookup; 16 for IPNS as Kubo).")
+@click.option("--quorum", type=int, default=0, help="Stop after this many valid records; fewer by the end of the lookup is an error (0: the whole lookup, no minimum; 16 for IPNS as Kubo).")
 @client_options
 def get(where: Location, key: str, quorum: int, bootstrap: tuple[str, ...], lan: bool, timeout: float, as_json: bool) -> None:
     """Get the value record at KEY (/pk/<peer id> or /ipns/<name>); the value goes to stdout."""
     raw = _parse_record_key(key)
-    record = _one_shot(where, bootstrap, lan, timeout, lambda node: node.get_value(raw, quorum))
-    if record is None:
-        raise fail(f"no record found for {key}")
+    try:
+        record = _one_shot(where, bootstrap, lan, timeout, lambda node, left: node.get_value(raw, quorum, timeout=left))
+    except NotFound:
+        raise fail(f"no record found for {key}") from None
+    except QuorumFailed as exc:
+        raise fail(f"only {len(exc.records)} valid records found for {key}, fewer than --quorum {exc.quorum}") from None
+    except LookupTimeout as exc:
+        raise fail(f"timed out after {timeout:g} s, with {len(exc.records)} valid records found for {key}") from None
     if as_json:
         click.echo(json.dumps({"key": key_text(record.key), "value_hex": record.value.hex(), "time_received": record.time_received}))
     else:
@@ -313,9 +341,10 @@ def put(where: Location, key: str, file: Path, bootstrap: tuple[str, ...], lan: 
     raw = _parse_record_key(key)
     value = file.read_bytes()
 
-    async def body(node: Node) -> int:
+    async def body(node: Node, left: float) -> int:
         try:
-            return await node.put_value(raw, value)
+            with anyio.fail_after(left):
+                return await node.put_value(raw, value)
         except RecordError as exc:
             raise fail(f"invalid record for {key}: {exc}") from None
 

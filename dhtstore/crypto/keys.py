@@ -39,6 +39,9 @@ class KeyFormatError(ValueError):
     """A key that does not parse, is of an unsupported type, or is too weak."""
 
 
+# The ``cryptography`` key objects behind each KeyType (Secp256k1 and ECDSA are both EC).
+_PublicKeyObject = ed25519.Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+_PrivateKeyObject = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def _encode(key_type: KeyType, data: bytes) -> bytes:
@@ -70,7 +73,7 @@ def _decode(blob: bytes) -> tuple[KeyType, bytes]:
 class PublicKey:
     key_type: KeyType
     data: bytes
-    _key: object
+    _key: _PublicKeyObject
 
     @classmethod
     def from_protobuf(cls, blob: bytes) -> PublicKey:
@@ -79,22 +82,26 @@ class PublicKey:
 
     @classmethod
     def from_type_and_data(cls, key_type: KeyType, data: bytes) -> PublicKey:
+        key: _PublicKeyObject
         try:
             if key_type is KeyType.Ed25519:
-                key: object = ed25519.Ed25519PublicKey.from_public_bytes(data)
+                key = ed25519.Ed25519PublicKey.from_public_bytes(data)
             elif key_type is KeyType.Secp256k1:
                 key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), data)
             else:
-                key = serialization.load_der_public_key(data)
+                loaded = serialization.load_der_public_key(data)
         except (ValueError, TypeError) as exc:
             raise KeyFormatError(f"invalid {key_type.name} public key: {exc}") from None
         if key_type is KeyType.RSA:
-            if not isinstance(key, rsa.RSAPublicKey):
+            if not isinstance(loaded, rsa.RSAPublicKey):
                 raise KeyFormatError("RSA key data is not an RSA key")
-            if key.key_size < MIN_RSA_BITS:
-                raise KeyFormatError(f"RSA key of {key.key_size} bits is below {MIN_RSA_BITS}")
-        elif key_type is KeyType.ECDSA and not isinstance(key, ec.EllipticCurvePublicKey):
-            raise KeyFormatError("ECDSA key data is not an EC key")
+            if loaded.key_size < MIN_RSA_BITS:
+                raise KeyFormatError(f"RSA key of {loaded.key_size} bits is below {MIN_RSA_BITS}")
+            key = loaded
+        elif key_type is KeyType.ECDSA:
+            if not isinstance(loaded, ec.EllipticCurvePublicKey):
+                raise KeyFormatError("ECDSA key data is not an EC key")
+            key = loaded
         return cls(key_type, data, key)
 
     def to_protobuf(self) -> bytes:
@@ -107,12 +114,12 @@ class PublicKey:
         """True when ``signature`` is valid for ``message``; never raises on bad input."""
         key = self._key
         try:
-            if self.key_type is KeyType.Ed25519:
-                key.verify(signature, message)  # type: ignore[attr-defined]
-            elif self.key_type is KeyType.RSA:
-                key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
+            if isinstance(key, ed25519.Ed25519PublicKey):
+                key.verify(signature, message)
+            elif isinstance(key, rsa.RSAPublicKey):
+                key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
             else:
-                key.verify(signature, message, ec.ECDSA(hashes.SHA256()))  # type: ignore[attr-defined]
+                key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError, TypeError):
             return False
         return True
@@ -127,7 +134,7 @@ class PublicKey:
 @dataclass(frozen=True, eq=False)
 class PrivateKey:
     key_type: KeyType
-    _key: object
+    _key: _PrivateKeyObject
 
     @classmethod
     def generate(cls, key_type: KeyType = KeyType.Ed25519, rsa_bits: int = 2048) -> PrivateKey:
@@ -142,42 +149,45 @@ class PrivateKey:
     @classmethod
     def from_protobuf(cls, blob: bytes) -> PrivateKey:
         key_type, data = _decode(bytes(blob))
+        key: _PrivateKeyObject
         try:
             if key_type is KeyType.Ed25519:
                 if len(data) not in (64, 96):
                     raise KeyFormatError(f"Ed25519 private key of {len(data)} bytes")
-                key: object = ed25519.Ed25519PrivateKey.from_private_bytes(data[:32])
-            elif key_type is KeyType.RSA:
-                key = serialization.load_der_private_key(data, password=None)
+                key = ed25519.Ed25519PrivateKey.from_private_bytes(data[:32])
             elif key_type is KeyType.Secp256k1:
                 key = ec.derive_private_key(int.from_bytes(data, "big"), ec.SECP256K1())
             else:
-                key = serialization.load_der_private_key(data, password=None)
+                loaded = serialization.load_der_private_key(data, password=None)
         except (ValueError, TypeError) as exc:
             raise KeyFormatError(f"invalid {key_type.name} private key: {exc}") from None
+        if key_type is KeyType.RSA:
+            if not isinstance(loaded, rsa.RSAPrivateKey):
+                raise KeyFormatError("RSA key data is not an RSA key")
+            key = loaded
+        elif key_type is KeyType.ECDSA:
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise KeyFormatError("ECDSA key data is not an EC key")
+            key = loaded
         return cls(key_type, key)
 
     def to_protobuf(self) -> bytes:
         key = self._key
-        if self.key_type is KeyType.Ed25519:
-            seed = key.private_bytes(  # type: ignore[attr-defined]
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            seed = key.private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
             )
             data = seed + self.public_key().data
-        elif self.key_type is KeyType.RSA:
-            data = key.private_bytes(  # type: ignore[attr-defined]
-                serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-            )
-        elif self.key_type is KeyType.Secp256k1:
-            data = key.private_numbers().private_value.to_bytes(32, "big")  # type: ignore[attr-defined]
-        else:
-            data = key.private_bytes(  # type: ignore[attr-defined]
+        elif self.key_type is KeyType.Secp256k1 and isinstance(key, ec.EllipticCurvePrivateKey):
+            data = key.private_numbers().private_value.to_bytes(32, "big")
+        else:  # RSA: DER PKCS#1; ECDSA: DER SEC1
+            data = key.private_bytes(
                 serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
             )
         return _encode(self.key_type, data)
 
     def public_key(self) -> PublicKey:
-        pub = self._key.public_key()  # type: ignore[attr-defined]
+        pub = self._key.public_key()
         if self.key_type is KeyType.Ed25519:
             data = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         elif self.key_type is KeyType.Secp256k1:
@@ -191,14 +201,9 @@ class PrivateKey:
 
     def sign(self, message: bytes) -> bytes:
         key = self._key
-        if self.key_type is KeyType.Ed25519:
-            return key.sign(message)  # type: ignore[attr-defined]
-        if self.key_type is KeyType.RSA:
-            return key.sign(message, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[attr-defined]
-        return key.sign(message, ec.ECDSA(hashes.SHA256()))  # type: ignore[attr-defined]
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(message)
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        return key.sign(message, ec.ECDSA(hashes.SHA256()))
 
-
-def public_key_for_peer(peer: PeerId) -> PublicKey | None:
-    """The public key inlined in a peer id (Ed25519, secp256k1), or None."""
-    inline = peer.inline_public_key()
-    return PublicKey.from_protobuf(inline) if inline is not None else None

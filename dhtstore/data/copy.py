@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 from alembic.util import CommandError
@@ -35,7 +35,7 @@ from .schema import create_or_upgrade, open_store
 
 DEFAULT_BATCH_SIZE = 5000
 COPY_MARKER = "dhtstore.db_copy.unfinished"  # provider_state row present while a copy runs
-_STATE = ProviderStateRow.__table__
+_STATE = cast(Table, ProviderStateRow.__table__)  # declared as a FromClause; it is a Table
 _MOD = 2**256
 
 

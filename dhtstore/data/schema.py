@@ -1,7 +1,8 @@
 """Schema revisions: Alembic driven from code, and the guard that refuses a store
 whose revision is not the code's.
 
-The revisions live in the top-level ``migrations/`` directory. Every function here
+The revisions live in the top-level ``migrations/`` directory of the source tree, which
+a built wheel ships as ``dhtstore/migrations`` (see ``setup.py``). Every function here
 works both from synchronous code (the CLI) and inside a running event loop (the node,
 tests): migrations run on a connection of the async engine via ``run_sync``.
 """
@@ -30,15 +31,23 @@ from .engine import (
     sqlite_path,
 )
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# An installed wheel first, then a source checkout (an editable install).
+MIGRATIONS_DIRS = (_PACKAGE_DIR / "migrations", _PACKAGE_DIR.parent / "migrations")
+
+
+def migrations_dir() -> Path:
+    for candidate in MIGRATIONS_DIRS:
+        if (candidate / "env.py").is_file():
+            return candidate
+    looked = " or ".join(str(d) for d in MIGRATIONS_DIRS)
+    raise StoreError(f"the schema revisions are missing (looked in {looked}): reinstall dhtstore")
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
     """An Alembic config for our migrations, on ``url`` or on an open ``connection``."""
-    if not (MIGRATIONS_DIR / "env.py").is_file():
-        raise StoreError(f"migrations not found at {MIGRATIONS_DIR}: run dhtstore from its source checkout")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
         cfg.attributes["url"] = url
     if connection is not None:

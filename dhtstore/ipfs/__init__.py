@@ -1,4 +1,4 @@
-"""IPFS content routing over any ``dht.DHT``: ``find_providers(t, cid)`` and
+"""IPFS content routing over any ``dht.KadClient``: ``find_providers(t, cid)`` and
 ``provide(t, peer, cid)``, with the optional ``FindProvidersDHT`` and ``ProvideDHT``
 Protocols for a faster path, in the style of ``dhtstore.dht``.
 
@@ -12,21 +12,20 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from .. import amino, multihash
-from ..dht import DHT, providers_near
-from ..dht.fanout import send_each
-from ..network.api import KadMessenger
+from ..dht import KadClient, providers_near, send_each
 from ..types import Message, MessageType, PeerInfo
 
 
 @runtime_checkable
-class FindProvidersDHT(DHT, Protocol):
-    async def find_providers(self, key: bytes, count: int) -> list[PeerInfo]:
-        """Up to ``count`` providers of the multihash ``key``."""
+class FindProvidersDHT(KadClient, Protocol):
+    async def find_providers(self, key: bytes, count: int, *, timeout: float | None = None) -> list[PeerInfo]:
+        """Up to ``count`` providers of the multihash ``key`` (0: every one found);
+        LookupTimeout after ``timeout`` s, carrying the providers found."""
         ...
 
 
 @runtime_checkable
-class ProvideDHT(DHT, Protocol):
+class ProvideDHT(KadClient, Protocol):
     async def provide(self, provider: PeerInfo, key: bytes) -> int:
         """Announce ``provider`` for the multihash ``key`` to the closest peers;
         returns to how many it was sent."""
@@ -46,30 +45,25 @@ def to_multihash(cid_or_mh: str | bytes) -> bytes:
 
 
 async def find_providers(
-    t: DHT, cid_or_mh: str | bytes, count: int = amino.BUCKET_SIZE, *, messenger: KadMessenger | None = None
+    t: KadClient, cid_or_mh: str | bytes, count: int = amino.BUCKET_SIZE, *, timeout: float | None = None
 ) -> list[PeerInfo]:
-    """Up to ``count`` providers. Generic path: GET_PROVIDERS to the k closest peers,
-    through ``messenger``."""
+    """Up to ``count`` providers (an empty list when there is none). Generic path:
+    GET_PROVIDERS to the k closest peers (``dht.providers_near``)."""
     key = to_multihash(cid_or_mh)
     if isinstance(t, FindProvidersDHT):
-        return await t.find_providers(key, count)
-    if messenger is None:
-        raise TypeError(f"{type(t).__name__} does not implement FindProvidersDHT; pass messenger=")
-    return await providers_near(t, key, count, messenger)
+        return await t.find_providers(key, count, timeout=timeout)
+    return await providers_near(t, key, count, timeout=timeout)
 
 
-async def provide(
-    t: DHT, peer: PeerInfo, cid_or_mh: str | bytes, *, messenger: KadMessenger | None = None
-) -> int:
-    """Announce ``peer`` (ourselves, with our addresses) as a provider. Generic path:
-    ADD_PROVIDER to the k closest peers through ``messenger``, no reply awaited."""
+async def provide(t: KadClient, peer: PeerInfo, cid_or_mh: str | bytes) -> int:
+    """Announce ``peer`` (ourselves, with our addresses) as a provider; returns to how
+    many peers it was sent. Generic path: ADD_PROVIDER to the k closest peers, no reply
+    awaited (go sends it fire-and-forget)."""
     key = to_multihash(cid_or_mh)
     if isinstance(t, ProvideDHT):
         return await t.provide(peer, key)
-    if messenger is None:
-        raise TypeError(f"{type(t).__name__} does not implement ProvideDHT; pass messenger=")
     peers = await t.find_closest_peers(key, amino.BUCKET_SIZE)
-    return await send_each(messenger, peers, Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(peer,)))
+    return await send_each(t, peers, Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(peer,)))
 
 
 __all__ = ["FindProvidersDHT", "ProvideDHT", "find_providers", "provide", "to_multihash"]

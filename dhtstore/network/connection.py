@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 import anyio
@@ -38,11 +38,8 @@ from .sansio import NEED_DATA
 
 log = logging.getLogger(__name__)
 
-YAMUX_PROTOCOL = "/yamux/1.0.0"
 READ_SIZE = 64 * 1024  # default for a stream's receive
 SOCKET_READ_SIZE = 1024 * 1024  # whatever the transport has (asyncio hands over ≤256 KiB)
-GO_AWAY_NORMAL = 0
-GO_AWAY_PROTOCOL_ERROR = 1
 
 # Errors that end a connection or stream without being a bug of ours.
 CONNECTION_ERRORS = (
@@ -109,7 +106,7 @@ async def upgrade(
     security = MultistreamDialer([NOISE_PROTOCOL]) if initiator else MultistreamListener([NOISE_PROTOCOL])
     agreed = await negotiate(security, sock.send, raw_receive)
 
-    handshake = NoiseHandshake(identity, initiator, expected_peer, stream_muxers=[YAMUX_PROTOCOL])
+    handshake = NoiseHandshake(identity, initiator, expected_peer, stream_muxers=[yamux.PROTOCOL_ID])
     if agreed.leftover:
         handshake.receive_data(agreed.leftover)
     while True:
@@ -124,7 +121,7 @@ async def upgrade(
         except anyio.EndOfStream:
             raise NegotiationError("remote closed during the Noise handshake") from None
     transport = handshake.transport()
-    if handshake.selected_muxer == YAMUX_PROTOCOL:
+    if handshake.selected_muxer == yamux.PROTOCOL_ID:
         return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, transport.decrypt_available(), True)
 
     async def secure_send(data: bytes) -> None:
@@ -137,7 +134,7 @@ async def upgrade(
                 return plaintext
             transport.receive_data(await raw_receive())
 
-    muxer = MultistreamDialer([YAMUX_PROTOCOL]) if initiator else MultistreamListener([YAMUX_PROTOCOL])
+    muxer = MultistreamDialer([yamux.PROTOCOL_ID]) if initiator else MultistreamListener([yamux.PROTOCOL_ID])
     agreed = await negotiate(muxer, secure_send, secure_receive)
     return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover, False)
 
@@ -279,6 +276,7 @@ class Stream(anyio.abc.ByteStream):
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
+InboundStreamTask = Callable[[Stream], Coroutine[object, object, None]]  # started as a task per stream
 
 
 class Connection:
@@ -293,7 +291,7 @@ class Connection:
         local_addr: Multiaddr,
         remote_addr: Multiaddr,
         max_streams: int,
-        on_inbound_stream: StreamHandler,
+        on_inbound_stream: InboundStreamTask,
     ):
         self._sock = sock
         self._transport = upgraded.transport
@@ -338,7 +336,7 @@ class Connection:
                 except ProtocolViolation as exc:
                     self.protocol_errors += 1
                     log.debug("%r: protocol error: %s", self, exc)
-                    await self._go_away(GO_AWAY_PROTOCOL_ERROR)
+                    await self._go_away(yamux.GoAwayCode.PROTOCOL_ERROR)
                 except CONNECTION_ERRORS as exc:
                     log.debug("%r: closed: %s", self, type(exc).__name__)
                 finally:
@@ -364,7 +362,7 @@ class Connection:
     async def close(self) -> None:
         """Go away politely, close the socket and wait for ``run`` to finish."""
         if not self.closed:
-            await self._go_away(GO_AWAY_NORMAL)
+            await self._go_away(yamux.GoAwayCode.NORMAL)
             await self._shutdown()
         if self._task_group is not None:
             await self._closed_event.wait()

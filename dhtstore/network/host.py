@@ -39,6 +39,7 @@ from ..peerid import PeerId
 from ..types import PeerInfo
 from . import multiaddrs, tcp
 from . import ping as ping_protocol
+from .api import IdentifyCallback, PeerCallback, PeerTarget
 from .connection import (
     CONNECTION_ERRORS,
     Connection,
@@ -52,17 +53,13 @@ from .identifyservice import IdentifyService
 from .limits import HostLimits
 from .multistream import MultistreamDialer, MultistreamListener
 
-__all__ = ["AGENT_VERSION", "DialError", "Host", "HostLimits", "PeerTarget", "Stream", "StreamHandler"]
+__all__ = ["AGENT_VERSION", "DialError", "Host", "HostLimits", "Stream", "StreamHandler"]
 
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "dhtstore/0.1.0"
 MAX_DIAL_ADDRS = 8  # addresses tried per dial, in the order given
 MAX_ADDRESS_BOOK = 10_000  # peers whose addresses the host remembers (LRU)
-
-PeerTarget = PeerInfo | PeerId | Multiaddr | str
-IdentifyCallback = Callable[[PeerId, IdentifyInfo], Any]
-PeerCallback = Callable[[PeerId], Any]
 
 
 class DialError(NetworkError):
@@ -85,6 +82,8 @@ class _PendingDial:
 
 
 class Host:
+    """Implements ``network.api.Host``."""
+
     def __init__(
         self,
         identity: PrivateKey,
@@ -105,15 +104,16 @@ class Host:
         self._dials: dict[PeerId, _PendingDial] = {}
         self._address_book: collections.OrderedDict[PeerId, tuple[bytes, ...]] = collections.OrderedDict()
         self._on_identify: list[IdentifyCallback] = []
-        self._on_connect: list[PeerCallback] = []
         self._on_disconnect: list[PeerCallback] = []
         self._pending_handshakes = 0
         self._trimming = False
         self._closing = False
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self.identify = IdentifyService(self)
+        self.identify = IdentifyService(self, on_identified=self._identified)
+        # The built-in protocols: set directly, as set_handler would schedule an identify push.
         self._handlers[ping_protocol.PROTOCOL_ID] = ping_protocol.handle_ping
+        self._handlers.update(self.identify.handlers())
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -150,7 +150,7 @@ class Host:
 
     def _on_tcp_connection(self, sock: tcp.TcpStream) -> None:
         if self._tg is None or self._closing:
-            sock._transport.abort()
+            sock.abort()
             return
         self._tg.start_soon(self._accept, sock)
 
@@ -176,9 +176,6 @@ class Host:
     def on_identify(self, callback: IdentifyCallback) -> None:
         """``callback(peer_id, info)`` after each identify or identify push from a peer."""
         self._on_identify.append(callback)
-
-    def on_connect(self, callback: PeerCallback) -> None:
-        self._on_connect.append(callback)
 
     def on_disconnect(self, callback: PeerCallback) -> None:
         self._on_disconnect.append(callback)
@@ -408,7 +405,6 @@ class Host:
     async def _run_connection(self, conn: Connection) -> None:
         peer = conn.remote_peer
         self.start_soon(self.identify.identify_peer, conn)
-        _notify(self._on_connect, peer)
         try:
             await conn.run()
         finally:
@@ -470,7 +466,7 @@ class Host:
             log.debug("handler failure", exc_info=True)
             await stream.reset()
 
-    def _notify_identify(self, peer: PeerId, info: IdentifyInfo) -> None:
+    def _identified(self, peer: PeerId, info: IdentifyInfo) -> None:
         self.add_addrs(peer, info.listen_addrs)
         _notify(self._on_identify, peer, info)
 
@@ -493,7 +489,7 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _notify(callbacks: list[Callable[..., Any]], *args: Any) -> None:
+def _notify(callbacks: Sequence[Callable[..., object]], *args: Any) -> None:
     for callback in callbacks:
         try:
             callback(*args)

@@ -1,6 +1,6 @@
 """Identify messages (``/ipfs/id/1.0.0`` and ``/ipfs/id/push/1.0.0``): building ours
 and parsing the peer's, with no I/O (libp2p specs, identify/README.md; limits as in
-go-libp2p ``p2p/protocol/identify``). The host wires the stream handlers.
+go-libp2p ``p2p/protocol/identify``). ``network.identifyservice`` runs the protocols on a host.
 
 On the wire the message (``proto/identify.proto``) is uvarint-length-delimited; the
 responder writes it and closes the stream. Like go, a reader accepts up to
@@ -9,7 +9,7 @@ merges them (a large identify may be split). We send at most
 ``MAX_OWN_MESSAGE_SIZE`` bytes, rust-libp2p's limit, dropping listen addresses that
 do not fit.
 
-The host reads the whole stream (at most ``MAX_STREAM_BYTES``) and calls
+The identify service reads the whole stream (at most ``MAX_STREAM_BYTES``) and calls
 ``parse_identify(data, remote_peer)``. Invalid listen addresses, an invalid observed
 address, invalid protocol ids and versions that are not UTF-8 are skipped and counted in ``IdentifyInfo.skipped``;
 a public key that does not parse or is not the connection's peer, an oversized or
@@ -173,7 +173,7 @@ def parse_identify(data: bytes, remote_peer: PeerId | None = None) -> IdentifyIn
 
 
 def _split_messages(data: bytes) -> list[bytes]:
-    bodies = []
+    bodies: list[bytes] = []
     pos = 0
     while pos < len(data):
         if len(bodies) == MAX_MESSAGES:

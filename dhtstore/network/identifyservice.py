@@ -7,8 +7,9 @@
   connected peer; pushes from peers update what we know (missing fields unchanged).
 
 What a peer tells us is checked (the public key must match the connection's peer)
-and handed to the host's ``on_identify`` callbacks, from which the node learns a
-peer's protocols (is it a DHT server?) and listen addresses.
+and handed to the ``on_identified`` callback the host gives the service; the host
+passes it on to its ``on_identify`` subscribers, from which the node learns a peer's
+protocols (is it a DHT server?) and listen addresses.
 
 Framing and limits are ``network.identify``'s: we read a stream to its end (at most
 ``MAX_STREAM_BYTES``) and hand it all to ``parse_identify``.
@@ -16,14 +17,17 @@ Framing and limits are ``network.identify``'s: we read a stream to its end (at m
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import anyio
 
+from ..crypto.keys import PrivateKey
 from ..errors import NetworkError
 from ..peerid import PeerId
-from .connection import CONNECTION_ERRORS, Connection, Stream
+from .connection import CONNECTION_ERRORS, Connection, Stream, StreamHandler
 from .identify import (
     DEFAULT_PROTOCOL_VERSION,
     MAX_STREAM_BYTES,
@@ -35,24 +39,55 @@ from .identify import (
     parse_identify,
 )
 
-if TYPE_CHECKING:
-    from .host import Host
-
 log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0  # seconds for one identify exchange
 PUSH_DEBOUNCE = 0.05  # seconds: several handler changes in a row make one push
 
 
+class IdentifyHost(Protocol):
+    """What the identify service uses of its host (``network.host.Host``)."""
+
+    @property
+    def identity(self) -> PrivateKey: ...
+
+    @property
+    def agent_version(self) -> str: ...
+
+    @property
+    def protocols(self) -> list[str]: ...
+
+    @property
+    def stats(self) -> collections.Counter[str]: ...
+
+    def advertised_addrs(self) -> list[bytes]: ...
+
+    def connection(self, peer: PeerId) -> Connection | None: ...
+
+    def connected_peers(self) -> list[PeerId]: ...
+
+    async def new_stream(self, target: PeerId, protocols: Sequence[str]) -> Stream: ...
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+    def on_disconnect(self, callback: Callable[[PeerId], object]) -> None: ...
+
+
 class IdentifyService:
-    def __init__(self, host: Host):
+    """Identify for one host: serve ``handlers()`` on it, call ``identify_peer`` for
+    each new connection and ``protocols_changed`` when its protocols change;
+    ``on_identified(peer, info)`` is called with what each peer tells us."""
+
+    def __init__(self, host: IdentifyHost, on_identified: Callable[[PeerId, IdentifyInfo], None]):
         self._host = host
+        self._on_identified = on_identified
         self._infos: dict[PeerId, IdentifyInfo] = {}
         self._push_scheduled = False
-        # Registered directly: these are fixed, and must not trigger a push.
-        host._handlers[PROTOCOL_ID] = self._handle_identify
-        host._handlers[PUSH_PROTOCOL_ID] = self._handle_push
         host.on_disconnect(self._forget)
+
+    def handlers(self) -> dict[str, StreamHandler]:
+        """The protocols identify serves, and their stream handlers."""
+        return {PROTOCOL_ID: self._handle_identify, PUSH_PROTOCOL_ID: self._handle_push}
 
     def info(self, peer: PeerId) -> IdentifyInfo | None:
         """What the connected ``peer`` last told us, or None."""
@@ -132,7 +167,7 @@ class IdentifyService:
         if self._host.connection(peer) is None:
             return  # gone meanwhile
         self._infos[peer] = info
-        self._host._notify_identify(peer, info)
+        self._on_identified(peer, info)
 
 
 async def _read_messages(stream: Stream) -> bytes:

@@ -6,7 +6,7 @@ Decoding is strict where a mistake would hurt and forgiving where go is:
   (KadCodecError; the caller resets the stream);
 - a peer entry whose id is not a peer id is skipped and counted in
   ``Message.skipped_peers``; addresses that are not valid multiaddrs are dropped;
-- at most ``MAX_CLOSER_PEERS`` closer peers are kept (go PR #1270);
+- at most ``MAX_CLOSER_PEERS`` closer peers are kept (go-libp2p-kad-dht PR #1270);
 - a peer entry over ``MAX_PEER_RECORD_SIZE`` keeps only the addresses that fit
   (go ``pb/message.go``), on encode and decode alike.
 
@@ -15,6 +15,9 @@ is refused as soon as the varint is complete, before any body is buffered.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import cast
 
 from google.protobuf.message import DecodeError
 
@@ -46,12 +49,12 @@ def _peer_to_pb(peer: PeerInfo, out: dht_pb2.Message.Peer) -> None:
         if size > MAX_PEER_RECORD_SIZE:
             break
         out.addrs.append(addr)
-    out.connection = int(peer.connection)
+    out.connection = cast("dht_pb2.Message.ConnectionType", int(peer.connection))
 
 
 def encode_message(message: Message) -> bytes:
     """The protobuf bytes of ``message`` (no length prefix)."""
-    pb = dht_pb2.Message(type=int(message.type), key=message.key)
+    pb = dht_pb2.Message(type=cast("dht_pb2.Message.MessageType", int(message.type)), key=message.key)
     if message.record is not None:
         pb.record.key = message.record.key
         pb.record.value = message.record.value
@@ -83,10 +86,10 @@ def _peer_from_pb(pb: dht_pb2.Message.Peer) -> PeerInfo | None:
     return PeerInfo(peer_id, tuple(addrs), connection)
 
 
-def _peers_from_pb(entries: object, limit: int | None) -> tuple[tuple[PeerInfo, ...], int]:
+def _peers_from_pb(entries: Iterable[dht_pb2.Message.Peer], limit: int | None) -> tuple[tuple[PeerInfo, ...], int]:
     peers: list[PeerInfo] = []
     skipped = 0
-    for entry in entries:  # type: ignore[attr-defined]
+    for entry in entries:
         if limit is not None and len(peers) >= limit:
             break
         peer = _peer_from_pb(entry)

@@ -21,8 +21,7 @@ from ..amino import PROTOCOL_ID, READ_MESSAGE_TIMEOUT
 from ..errors import NetworkError
 from ..peerid import PeerId
 from ..types import Message, PeerInfo
-from .connection import CONNECTION_ERRORS, Stream
-from .host import Host
+from .api import CONNECTION_ERRORS, Host, Stream
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,9 @@ class LibP2PKadMessenger:
         host.on_disconnect(self._forget)
 
     async def request(self, peer: PeerInfo, message: Message) -> Message:
-        return await self._exchange(peer, message, expect_reply=True)  # type: ignore[return-value]
+        reply = await self._exchange(peer, message, expect_reply=True)
+        assert reply is not None  # _exchange returns a reply when one is expected
+        return reply
 
     async def send(self, peer: PeerInfo, message: Message) -> None:
         await self._exchange(peer, message, expect_reply=False)

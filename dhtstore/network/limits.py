@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import anyio
 
+# Seconds for one dial: TCP connect, then the Noise and muxer handshakes (go-libp2p's
+# swarm dial timeout).
+DIAL_TIMEOUT = 15.0
+
 
 @dataclass(frozen=True, slots=True)
 class HostLimits:
@@ -23,7 +27,7 @@ class HostLimits:
     trim_interval: float = 10.0
     max_pending_handshakes: int = 64  # inbound handshakes in progress; more are refused
     handshake_timeout: float = 10.0  # TCP accept to muxer ready
-    dial_timeout: float = 15.0  # TCP connect + handshake, per address
+    dial_timeout: float = DIAL_TIMEOUT  # per address
     max_streams_per_connection: int = 128  # open yamux streams, both directions
     negotiate_timeout: float = 10.0  # multistream-select on one stream
 

@@ -34,7 +34,8 @@ _ANY_VALUE_CODES = frozenset({4, 6, 33, 41, 132, 273})
 
 @functools.lru_cache(maxsize=256)
 def _size_bits(code: int) -> int:
-    return protocols.protocol_with_code(code).size
+    size: int = protocols.protocol_with_code(code).size
+    return size
 
 
 def is_valid(data: bytes) -> bool:

@@ -103,7 +103,9 @@ def _hkdf(chaining_key: bytes, input_key_material: bytes) -> tuple[bytes, bytes]
     return output1, output2
 
 
-def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
+def _dh(private: X25519PrivateKey, public: bytes | None) -> bytes:
+    if public is None:  # unreachable through the handshake's fixed message order
+        raise NoiseError("the remote's key is not known yet")
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:  # a low-order point gives an all-zero secret, which cryptography refuses
@@ -133,9 +135,9 @@ class CipherState:
         nonce = b"\x00\x00\x00\x00" + self._nonce.to_bytes(8, "little")
         return nonce
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | memoryview) -> bytes:
         if self._aead is None:
-            return plaintext
+            return bytes(plaintext)
         ciphertext = self._aead.encrypt(self._next_nonce(), plaintext, ad)
         self._nonce += 1
         return ciphertext
@@ -228,12 +230,12 @@ class XXHandshakeState:
             out += self._write_e()
         elif self.message_index == 1:  # <- e, ee, s, es
             out += self._write_e()
-            sym.mix_key(_dh(self._e, self._re))  # type: ignore[arg-type]
+            sym.mix_key(_dh(self._e, self._re))
             out += sym.encrypt_and_hash(_public_bytes(self._s))
-            sym.mix_key(_dh(self._s, self._re))  # type: ignore[arg-type]
+            sym.mix_key(_dh(self._s, self._re))
         else:  # -> s, se
             out += sym.encrypt_and_hash(_public_bytes(self._s))
-            sym.mix_key(_dh(self._s, self._re))  # type: ignore[arg-type]
+            sym.mix_key(_dh(self._s, self._re))
         out += sym.encrypt_and_hash(payload)
         self.message_index += 1
         return out
@@ -247,12 +249,12 @@ class XXHandshakeState:
             view = self._read_e(view)
         elif self.message_index == 1:  # <- e, ee, s, es
             view = self._read_e(view)
-            sym.mix_key(_dh(self._e, self._re))  # type: ignore[arg-type]
+            sym.mix_key(_dh(self._e, self._re))
             view = self._read_s(view)
-            sym.mix_key(_dh(self._e, self.remote_static))  # type: ignore[arg-type]
+            sym.mix_key(_dh(self._e, self.remote_static))
         else:  # -> s, se
             view = self._read_s(view)
-            sym.mix_key(_dh(self._e, self.remote_static))  # type: ignore[arg-type]
+            sym.mix_key(_dh(self._e, self.remote_static))
         payload = sym.decrypt_and_hash(bytes(view))
         self.message_index += 1
         return payload

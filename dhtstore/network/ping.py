@@ -18,7 +18,7 @@ from .connection import CONNECTION_ERRORS, Stream
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PAYLOAD_SIZE = 32
-PING_TIMEOUT = 10.0  # seconds for one round trip
+PING_TIMEOUT = 10.0  # seconds for one round trip (js-libp2p ping's default)
 IDLE_TIMEOUT = 60.0  # an inbound ping stream with no ping for this long is closed
 MAX_PINGS_PER_STREAM = 10_000  # a bound on one stream's loop
 

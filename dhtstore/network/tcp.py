@@ -2,8 +2,8 @@
 
 Why not ``anyio.connect_tcp``: anyio's asyncio ``SocketStream`` resumes and pauses
 reading around every ``receive`` (two ``epoll_ctl`` calls) and yields to the loop
-after every ``send``; for small Kademlia requests that overhead was about a third of
-a round trip. Here the transport reads continuously into a bounded buffer (reading
+after every ``send``, which costs a small Kademlia request about a third of its round
+trip (``scripts/bench_transport.py`` measures the transport). Here the transport reads continuously into a bounded buffer (reading
 pauses above ``READ_HIGH_WATER`` unread bytes) and a send waits only when asyncio's
 write buffer is over its limit. Everything above this module uses the anyio stream
 interface, and anyio still runs the tasks (asyncio backend, as the node requires).
@@ -118,6 +118,13 @@ class TcpStream(anyio.abc.ByteStream):
         except (OSError, RuntimeError):
             pass
 
+    def abort(self) -> None:
+        """Close at once, discarding unsent data: for a connection refused from the
+        event loop's accept callback, where nothing can be awaited and nothing is owed."""
+        self._closed = True
+        self._transport.abort()
+        self._protocol.readable.set()
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -132,7 +139,7 @@ async def connect(host: str, port: int) -> TcpStream:
     """A TCP connection; OSError when it cannot be made."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(_Protocol, host, port)
-    return TcpStream(transport, protocol)  # type: ignore[arg-type]
+    return TcpStream(transport, protocol)
 
 
 async def listen(host: str, port: int, on_connection: Callable[[TcpStream], None]) -> asyncio.Server:

@@ -1,24 +1,34 @@
 """The routing module's presentation tier: iterative lookups over the network.
 
-``Router`` is the sum of the algorithm packages' Protocols (``dht.DHT``,
-``FindPeerDHT``, ``ValueDHT``, ``FeaturePeersDHT``, ``ipfs.FindProvidersDHT``,
-``ProvideDHT``), so the free functions of those packages take its fast path. Each
-lookup reports its cost as a ``LookupStats`` to the ``on_lookup`` callback given to
-the router, and each peer it contacted to the ``reporter`` (a ``PeerReporter``).
+``Router`` is what the node uses: every Protocol of the algorithm packages
+(``dht.KadClient``, ``FindPeerDHT``, ``ValueDHT``, ``FeaturePeersDHT``,
+``ipfs.FindProvidersDHT``, ``ProvideDHT``), so the node calls the free functions of
+those packages and they take the router's fast path. Each lookup reports its cost as a
+``LookupStats`` to the ``on_lookup`` callback given to the router.
+
+A lookup that finds nothing raises a ``RoutingError``: ``NoPeersError`` (nowhere to
+start), ``NotFound``, ``QuorumFailed`` or ``LookupTimeout`` (defined with the generic
+algorithms in ``dht.protocols``, which raise them too).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from ..dht import FeaturePeersDHT, FindPeerDHT, ValueDHT
+from .. import amino
+from ..dht import (
+    FeaturePeersDHT,
+    FindPeerDHT,
+    LookupTimeout,
+    NotFound,
+    QuorumFailed,
+    RoutingError,
+    ValueDHT,
+)
 from ..ipfs import FindProvidersDHT, ProvideDHT
 from ..types import PeerInfo
-
-
-class RoutingError(Exception):
-    """A lookup that could not run or found nothing usable."""
 
 
 class NoPeersError(RoutingError):
@@ -43,12 +53,7 @@ class LookupStats:
     duration: float
     skipped_peers: int
     completed: bool  # False when a stop rule other than termination ended it early
-
-
-class PeerReporter(Protocol):
-    """Told about each peer a lookup contacted, so the node can update its table."""
-
-    def __call__(self, peer: PeerInfo, responded: bool) -> None: ...
+    timed_out: bool = False  # the lookup's time limit ended it
 
 
 LookupObserver = Callable[[LookupStats], None]
@@ -56,14 +61,34 @@ LookupObserver = Callable[[LookupStats], None]
 
 @runtime_checkable
 class Router(FindPeerDHT, ValueDHT, FeaturePeersDHT, FindProvidersDHT, ProvideDHT, Protocol):
-    """Every DHT operation over the network: what the node calls. Implemented by
-    ``router.KademliaRouter``:
+    """Every DHT operation over the network. Implemented by ``router.KademliaRouter``:
 
-    - ``find_closest_peers(key: bytes, n) -> list[PeerInfo]`` (the n closest that answered)
-    - ``find_peer(peer_id) -> PeerInfo | None``
-    - ``get_value(key, quorum=0) -> Record | None`` (with entry correction)
+    - ``find_closest_peers(key, n, timeout=None) -> list[PeerInfo]`` (the n closest that answered)
+    - ``request(peer, message)``, ``send(peer, message)``: one message to one peer
+    - ``validator``: which value records are valid, and which is best
+    - ``find_peer(peer_id, timeout=None) -> PeerInfo``
+    - ``get_value(key, quorum=0, timeout=None) -> Record`` (with the stale-holder update)
     - ``set_value(key, value) -> int`` (peers that accepted)
-    - ``find_providers(multihash, count) -> list[PeerInfo]``
+    - ``find_providers(multihash, count, timeout=None) -> list[PeerInfo]``
     - ``provide(provider: PeerInfo, multihash) -> int`` (peers it was sent to)
     - ``find_feature_peers(feature, n) -> list[PeerInfo]``
     """
+
+    async def find_closest_peers(
+        self, key: bytes, n: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
+        """The ``n`` peers closest to SHA-256(``key``) that answered, closest first;
+        LookupTimeout after ``timeout`` s, carrying the closest that answered by then."""
+        ...
+
+
+__all__ = [
+    "LookupObserver",
+    "LookupStats",
+    "LookupTimeout",
+    "NoPeersError",
+    "NotFound",
+    "QuorumFailed",
+    "Router",
+    "RoutingError",
+]

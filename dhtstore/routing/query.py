@@ -21,20 +21,20 @@ import bisect
 import enum
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from hashlib import sha256
-from typing import Callable
 
 import anyio
 
 from .. import amino
+from ..dht import ReplyHandler, is_valid_peer_id
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network.api import KadMessenger
-from ..peerid import PeerId, PeerIdError
+from ..peerid import PeerId
 from ..types import Message, PeerInfo
-from .api import LookupStats, NoPeersError, PeerReporter
+from .api import LookupStats, NoPeersError
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,6 @@ class _Candidate:
         self.distance = distance
         self.state = PeerState.HEARD
         self.depth = depth
-
-
-@lru_cache(maxsize=1 << 16)
-def is_valid_peer_id(raw: bytes) -> bool:
-    try:
-        PeerId.from_bytes(raw)
-    except PeerIdError:
-        return False
-    return True
 
 
 class QueryState:
@@ -207,8 +198,8 @@ class QueryOutcome:
     stats: LookupStats
 
 
-ReplyHandler = Callable[[PeerInfo, Message], bool]
-"""Called with each reply; returns True to stop the lookup (goal met)."""
+PeerReporter = Callable[[PeerInfo, bool], None]
+"""Told about each peer the lookup contacted: (peer, whether it answered)."""
 
 
 async def run_query(
@@ -219,9 +210,12 @@ async def run_query(
     on_reply: ReplyHandler | None = None,
     *,
     timeout: float = amino.READ_MESSAGE_TIMEOUT,
+    deadline: float = math.inf,
     reporter: PeerReporter | None = None,
 ) -> QueryOutcome:
-    """Drive ``state`` to its end; raise NoPeersError at once when it has no seed."""
+    """Drive ``state`` to its end, or until ``deadline`` (anyio clock: then the stats say
+    ``timed_out`` and the requests in flight are dropped unreported); raise NoPeersError
+    at once when it has no seed. ``timeout`` bounds each request."""
     if not state.has_candidates:
         raise NoPeersError()
     started = anyio.current_time()
@@ -237,26 +231,27 @@ async def run_query(
             reply = None
         results_in.send_nowait((peer, reply))
 
-    async with anyio.create_task_group() as tg:
-        while True:
-            for peer in state.next_peers():
-                sent += 1
-                tg.start_soon(ask, peer)
-            if state.finished:
-                break
-            peer, reply = await results_out.receive()
-            if reply is None:
-                failed += 1
-                state.on_failure(peer.peer_id)
-            else:
-                responded += 1
-                state.skipped_peers += reply.skipped_peers
-                state.on_response(peer.peer_id, reply.closer_peers)
-                if on_reply is not None and on_reply(peer, reply):
-                    state.stop()
-            if reporter is not None:
-                reporter(peer, reply is not None)
-        tg.cancel_scope.cancel()
+    with anyio.CancelScope(deadline=deadline) as limit:
+        async with anyio.create_task_group() as tg:
+            while True:
+                for peer in state.next_peers():
+                    sent += 1
+                    tg.start_soon(ask, peer)
+                if state.finished:
+                    break
+                peer, reply = await results_out.receive()
+                if reply is None:
+                    failed += 1
+                    state.on_failure(peer.peer_id)
+                else:
+                    responded += 1
+                    state.skipped_peers += reply.skipped_peers
+                    state.on_response(peer.peer_id, reply.closer_peers)
+                    if on_reply is not None and on_reply(peer, reply):
+                        state.stop()
+                if reporter is not None:
+                    reporter(peer, reply is not None)
+            tg.cancel_scope.cancel()
     results_in.close()
     results_out.close()
 
@@ -270,6 +265,7 @@ async def run_query(
         hops=max((state.depth_of(p.peer_id) for p in answer), default=0),
         duration=anyio.current_time() - started,
         skipped_peers=state.skipped_peers,
-        completed=not state.stopped,
+        completed=not (state.stopped or limit.cancelled_caught),
+        timed_out=limit.cancelled_caught,
     )
     return QueryOutcome(state, stats)

@@ -1,30 +1,49 @@
 """``KademliaRouter``: the DHT operations built on the iterative lookup.
 
-It implements the Protocols of ``dhtstore.dht`` and ``dhtstore.ipfs`` (find closest
-peers, find a peer, get/set a value, find providers, provide, find peers by feature),
-so the packages' free functions take this fast path. Every operation hands a
-``LookupStats`` to ``on_lookup``, and every peer contacted is reported to
-``reporter`` so the node can keep its routing table current.
+It implements ``routing.api.Router`` (every Protocol of ``dhtstore.dht`` and
+``dhtstore.ipfs``), so the packages' free functions take this fast path. The rules that
+turn replies into a result are the generic layer's (``dht.ValueSearch``,
+``dht.ProviderSet``), so both paths answer alike. Every operation hands a
+``LookupStats`` to ``on_lookup``.
+
+Each peer a lookup contacts updates the routing table (go-libp2p-kad-dht ``query.go``
+``queryPeer``): one that answered is marked useful now; one that failed is marked
+failed, so the next newcomer to its bucket replaces it, while it stays usable until
+then. (go removes it outright in ``peerStoppedDHT``; marking keeps a peer that missed
+one request, on a lossy link, until someone better comes along.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
+from collections.abc import Callable
 
 import anyio
 
 from .. import amino
-from ..dht.fanout import ask_each, send_each
-from ..dht.functions import feature_key
+from ..dht import (
+    LookupTimeout,
+    NotFound,
+    ProviderSet,
+    ReplyHandler,
+    ValueSearch,
+    correct_holders,
+    deadline_after,
+    feature_key,
+    put_record,
+    send_each,
+)
 from ..kadkey import Key
 from ..network.api import KadMessenger
 from ..peerid import PeerId
-from ..records.api import RecordError, Validator
+from ..records.api import Validator
 from ..routingtable.api import RoutingTable
 from ..types import Message, MessageType, PeerInfo, Record
-from .api import LookupObserver, LookupStats, PeerReporter, RoutingError
-from .query import QueryOutcome, QueryState, ReplyHandler, is_valid_peer_id, run_query
+from .api import LookupObserver, LookupStats
+from .query import QueryOutcome, QueryState, run_query
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +54,14 @@ class KademliaRouter:
         local: PeerInfo,
         table: RoutingTable,
         messenger: KadMessenger,
-        validator: Validator | None = None,
+        validator: Validator,
         *,
         k: int = amino.BUCKET_SIZE,
         alpha: int = amino.CONCURRENCY,
         beta: int = amino.RESILIENCY,
         request_timeout: float = amino.READ_MESSAGE_TIMEOUT,
         put_timeout: float = amino.PUT_OPERATION_TIMEOUT,
-        reporter: PeerReporter | None = None,
+        clock: Callable[[], float] = time.monotonic,
         on_lookup: LookupObserver | None = None,
     ):
         self.local = local
@@ -52,21 +71,37 @@ class KademliaRouter:
         self.k, self.alpha, self.beta = k, alpha, beta
         self.request_timeout = request_timeout
         self.put_timeout = put_timeout
-        self.reporter = reporter
+        self.clock = clock  # the time given to the routing table's mark_useful
         self.on_lookup = on_lookup
 
-    # -- dht.DHT ---------------------------------------------------------------
+    # -- network.api.KadMessenger (dht.KadClient) --------------------------------
 
-    async def find_closest_peers(self, key: bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        return await self.messenger.request(peer, message)
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        await self.messenger.send(peer, message)
+
+    # -- dht.DHT -----------------------------------------------------------------
+
+    async def find_closest_peers(
+        self, key: bytes, n: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
         """The ``n`` closest peers to ``Key.hash(key)`` that answered us, closest first."""
-        outcome = await self._lookup("find_closest_peers", MessageType.FIND_NODE, key, Key.hash(key), width=n)
+        outcome = await self._lookup(
+            "find_closest_peers", MessageType.FIND_NODE, key, Key.hash(key), width=n, deadline=deadline_after(timeout)
+        )
         self._observe(outcome.stats)
-        return outcome.state.closest_queried(n)
+        closest = outcome.state.closest_queried(n)
+        if outcome.stats.timed_out:
+            raise LookupTimeout(key, timeout, peers=tuple(closest))
+        return closest
 
-    # -- dht.FindPeerDHT -------------------------------------------------------
+    # -- dht.FindPeerDHT ---------------------------------------------------------
 
-    async def find_peer(self, peer_id: PeerId) -> PeerInfo | None:
-        """The peer with its addresses, or None; stops as soon as someone names it."""
+    async def find_peer(self, peer_id: PeerId, *, timeout: float | None = None) -> PeerInfo:
+        """The peer with its addresses: from the table when it is there with some, else a
+        lookup that stops as soon as someone names it."""
         known = self.table.get(peer_id)
         if known is not None and known.addrs:
             return known
@@ -80,94 +115,72 @@ class KademliaRouter:
                     found.append(info)
             return bool(found)
 
+        key = peer_id.to_bytes()
         outcome = await self._lookup(
-            "find_peer", MessageType.FIND_NODE, peer_id.to_bytes(), Key.for_peer(peer_id), on_reply=on_reply
+            "find_peer", MessageType.FIND_NODE, key, Key.for_peer(peer_id), on_reply=on_reply,
+            deadline=deadline_after(timeout),
         )
         self._observe(outcome.stats)
-        return found[0] if found else None
+        if found:
+            return found[0]
+        if outcome.stats.timed_out:
+            raise LookupTimeout(key, timeout)
+        raise NotFound(key, "peer")
 
-    # -- dht.ValueDHT ----------------------------------------------------------
+    # -- dht.ValueDHT ------------------------------------------------------------
 
-    async def get_value(self, key: bytes, quorum: int = 0) -> Record | None:
-        """The best valid record for ``key``; stops after ``quorum`` valid answers (0: the
-        whole lookup). Entry correction: the best record is PUT back to peers that
-        returned another one, and to those among the k closest that returned none."""
-        validator = self._require_validator()
+    async def get_value(self, key: bytes, quorum: int = 0, *, timeout: float | None = None) -> Record:
+        """The best valid record for ``key``; the lookup stops after ``quorum`` valid
+        answers (0: it runs to its end). ``dht.ValueSearch`` has the rules: which
+        answers count, and the stale-holder update after a lookup that ran to its end."""
         started = anyio.current_time()
-        answers: dict[PeerId, tuple[PeerInfo, bytes | None]] = {}
-        valid: list[bytes] = []
-
-        def on_reply(peer: PeerInfo, reply: Message) -> bool:
-            value = None
-            record = reply.record
-            if record is not None and record.key == key:
-                try:
-                    validator.validate(key, record.value)
-                except RecordError as exc:
-                    log.debug("get_value: invalid record from %s: %s", peer.peer_id, exc)
-                else:
-                    value = record.value
-                    valid.append(value)
-            answers[peer.peer_id] = (peer, value)
-            return quorum > 0 and len(valid) >= quorum
-
-        outcome = await self._lookup("get_value", MessageType.GET_VALUE, key, Key.for_record(key), on_reply=on_reply)
-        if not valid:
+        deadline = deadline_after(timeout)
+        search = ValueSearch(key, self.validator, quorum)
+        outcome = await self._lookup(
+            "get_value", MessageType.GET_VALUE, key, Key.for_record(key), on_reply=search.on_reply, deadline=deadline
+        )
+        if outcome.stats.timed_out:
             self._observe(outcome.stats)
-            return None
-        best = valid[validator.select(key, valid)]
-        top = {p.peer_id for p in outcome.state.closest_queried(self.k)}
-        stale = [
-            peer
-            for peer, value in answers.values()
-            if (value is not None and value != best) or (value is None and peer.peer_id in top)
-        ]
-        corrected = await self._put_to(stale, Record(key, best))
-        self._observe(_with_extra_messages(outcome.stats, len(stale), started))
-        log.debug("get_value: corrected %d of %d stale holders", corrected, len(stale))
-        return Record(key, best)
+            raise LookupTimeout(key, timeout, records=tuple(search.records))
+        sent = 0
+        if not search.quorum_reached:
+            closest = outcome.state.closest_queried(self.k)
+            sent, corrected = await correct_holders(self.messenger, search, closest, deadline, self.put_timeout)
+            log.debug("get_value: corrected %d of %d stale holders", corrected, sent)
+        self._observe(_with_extra_messages(outcome.stats, sent, started))
+        return search.result()
 
     async def set_value(self, key: bytes, value: bytes) -> int:
         """Validate, then PUT_VALUE to the k closest peers; returns how many stored it."""
-        validator = self._require_validator()
-        validator.validate(key, value)
+        self.validator.validate(key, value)
         started = anyio.current_time()
         outcome = await self._lookup("set_value", MessageType.FIND_NODE, key, Key.for_record(key))
         targets = outcome.state.closest_queried(self.k)
-        stored = await self._put_to(targets, Record(key, value))
+        stored = await put_record(self.messenger, targets, Record(key, value), self.put_timeout)
         self._observe(_with_extra_messages(outcome.stats, len(targets), started))
         return stored
 
-    # -- ipfs.FindProvidersDHT -------------------------------------------------
+    # -- ipfs.FindProvidersDHT ---------------------------------------------------
 
-    async def find_providers(self, key: bytes, count: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
-        """Providers of the multihash ``key``; stops once ``count`` are known. A provider
-        first seen without addresses takes them when it shows up again with some."""
-        providers: dict[PeerId, PeerInfo] = {}
-        skipped = 0
-
-        def on_reply(peer: PeerInfo, reply: Message) -> bool:
-            nonlocal skipped
-            for info in reply.provider_peers:
-                pid = info.peer_id if isinstance(info, PeerInfo) else None
-                if not isinstance(pid, PeerId) or not is_valid_peer_id(pid.to_bytes()):
-                    skipped += 1
-                    continue
-                known = providers.get(pid)
-                if known is None or (info.addrs and not known.addrs):
-                    providers[pid] = info
-            return len(providers) >= count
-
+    async def find_providers(
+        self, key: bytes, count: int = amino.BUCKET_SIZE, *, timeout: float | None = None
+    ) -> list[PeerInfo]:
+        """Providers of the multihash ``key``, merged by ``dht.ProviderSet``; the lookup
+        stops once ``count`` are known (0: it runs to its end)."""
+        found = ProviderSet(count)
         outcome = await self._lookup(
-            "find_providers", MessageType.GET_PROVIDERS, key, Key.for_multihash(key), on_reply=on_reply
+            "find_providers", MessageType.GET_PROVIDERS, key, Key.for_multihash(key), on_reply=found.on_reply,
+            deadline=deadline_after(timeout),
         )
-        self._observe(dataclasses.replace(outcome.stats, skipped_peers=outcome.stats.skipped_peers + skipped))
-        return list(providers.values())[:count]
+        self._observe(dataclasses.replace(outcome.stats, skipped_peers=outcome.stats.skipped_peers + found.skipped))
+        if outcome.stats.timed_out:
+            raise LookupTimeout(key, timeout, peers=tuple(found.providers()))
+        return found.providers()
 
     async def find_feature_peers(self, feature: str | bytes, n: int = amino.BUCKET_SIZE) -> list[PeerInfo]:
         return await self.find_providers(feature_key(feature), n)
 
-    # -- ipfs.ProvideDHT -------------------------------------------------------
+    # -- ipfs.ProvideDHT ---------------------------------------------------------
 
     async def provide(self, provider: PeerInfo, key: bytes) -> int:
         """ADD_PROVIDER(key, provider) to the k closest peers. No reply is awaited (go
@@ -180,7 +193,7 @@ class KademliaRouter:
         self._observe(_with_extra_messages(outcome.stats, len(targets), started))
         return sent
 
-    # -- internals -------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------
 
     async def _lookup(
         self,
@@ -191,6 +204,7 @@ class KademliaRouter:
         *,
         width: int | None = None,
         on_reply: ReplyHandler | None = None,
+        deadline: float = math.inf,
     ) -> QueryOutcome:
         k = max(width or self.k, self.k)
         state = QueryState(
@@ -209,19 +223,15 @@ class KademliaRouter:
             lambda _peer: message,
             on_reply,
             timeout=self.request_timeout,
-            reporter=self.reporter,
+            deadline=deadline,
+            reporter=self._mark,
         )
 
-    async def _put_to(self, peers: list[PeerInfo], record: Record) -> int:
-        """PUT_VALUE to each peer; returns how many echoed the record (accepted it)."""
-        message = Message(MessageType.PUT_VALUE, key=record.key, record=record)
-        replies = await ask_each(self.messenger, peers, message, self.put_timeout)
-        return sum(1 for _, reply in replies if reply.record is not None and reply.record.value == record.value)
-
-    def _require_validator(self) -> Validator:
-        if self.validator is None:
-            raise RoutingError("this router has no record validator")
-        return self.validator
+    def _mark(self, peer: PeerInfo, responded: bool) -> None:
+        if responded:
+            self.table.mark_useful(peer.peer_id, self.clock())
+        else:
+            self.table.mark_failed(peer.peer_id)
 
     def _observe(self, stats: LookupStats) -> None:
         if self.on_lookup is not None:

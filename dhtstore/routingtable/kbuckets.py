@@ -78,10 +78,6 @@ class KBucketTable:
     def peers(self) -> list[PeerInfo]:
         return [e.info for e in self._entries.values()]
 
-    def bucket_sizes(self) -> list[int]:
-        """Sizes of buckets 0 … the deepest non-empty one."""
-        return [len(b) for b in self._buckets]
-
     def add(self, peer: PeerInfo, now: float) -> bool:
         entry = self._entries.get(peer.peer_id)
         if entry is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.addrs import pack_addrs, unpack_addrs
@@ -27,12 +27,14 @@ async def save_snapshot(
     taken_at = int(time.time() if now is None else now)
     async with engine.begin() as conn:
         result = await conn.execute(
-            RoutingSnapshotRow.__table__.insert().values(local_peer_id=local.to_bytes(), taken_at=taken_at)
+            insert(RoutingSnapshotRow).values(local_peer_id=local.to_bytes(), taken_at=taken_at)
         )
-        snapshot_id = result.inserted_primary_key[0]
+        key = result.inserted_primary_key
+        assert key is not None  # an INSERT of one row
+        snapshot_id = key[0]
         if peers:
             await conn.execute(
-                RoutingSnapshotPeerRow.__table__.insert(),
+                insert(RoutingSnapshotPeerRow),
                 [
                     {
                         "snapshot_id": snapshot_id,

@@ -1,6 +1,6 @@
 """Routing-table upkeep: who enters the table, who leaves, and keeping it full.
 
-The rules are go-libp2p-kad-dht's and the spec's (facts sheet 1.4, 1.6):
+The rules are go-libp2p-kad-dht's (``rtrefresh``, ``dht.go``) and the libp2p kad-dht spec's:
 - A peer enters when identify says it serves our kad protocol and it has a usable
   address (public ones only, unless private addresses are allowed, as on a LAN or in
   tests). Once the table holds k peers, a newcomer must first answer a FIND_NODE for
@@ -25,13 +25,14 @@ import anyio
 import anyio.abc
 
 from .. import amino
+from ..dht import DHT
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network import dnsaddr, multiaddrs
-from ..network.identify import IdentifyInfo
+from ..network.api import DIAL_TIMEOUT, IdentifyInfo, KadMessenger
 from ..peerid import PeerId
 from ..routing.api import RoutingError
-from ..routing.router import KademliaRouter
+from ..routingtable.api import RoutingTable
 from ..types import Message, MessageType, PeerInfo
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,10 @@ BOOTSTRAP_CHECK_INTERVAL = 120.0
 MIN_TABLE_SIZE = 10  # below this the node bootstraps again
 MAX_REFRESH_CPL = 15  # a random key with a longer shared prefix costs 2^16+ hashes to find
 ADMISSION_CONCURRENCY = 256  # go's LookupCheckConcurrency
-DIAL_TIMEOUT = 15.0
 ADMISSION_WAIT = 5.0  # seconds a bootstrap waits for identify to admit a dialled peer
 
 Pinger = Callable[[PeerInfo], Awaitable[float]]
-Connector = Callable[[str], Awaitable[object]]
+Connector = Callable[[str], Awaitable[PeerId]]  # dials a multiaddr, returns who answered
 
 
 
@@ -64,7 +64,10 @@ def random_preimage_with_cpl(local: Key, cpl: int, rng: Callable[[int], bytes] =
 class TableUpkeep:
     def __init__(
         self,
-        router: KademliaRouter,
+        table: RoutingTable,
+        lookups: DHT,
+        messenger: KadMessenger,
+        local: PeerId,
         *,
         protocols: Collection[str],
         ping: Pinger,
@@ -74,8 +77,10 @@ class TableUpkeep:
         refresh_interval: float = amino.REFRESH_INTERVAL.total_seconds(),
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.router = router
-        self.table = router.table
+        self.table = table
+        self._lookups = lookups
+        self._messenger = messenger
+        self._local = local
         self.protocols = frozenset(protocols)
         self._ping = ping
         self._connect = connect
@@ -133,7 +138,7 @@ class TableUpkeep:
         request = Message(MessageType.FIND_NODE, key=candidate.peer_id.to_bytes())
         try:
             with anyio.fail_after(amino.REFRESH_QUERY_TIMEOUT):
-                reply = await self.router.messenger.request(candidate, request)
+                reply = await self._messenger.request(candidate, request)
         except (TimeoutError, NetworkError):
             return False
         return bool(reply.closer_peers)
@@ -146,7 +151,7 @@ class TableUpkeep:
         deepest = max((Key.for_peer(p.peer_id).common_prefix_length(local) for p in self.table.peers()), default=-1)
         for cpl in range(min(deepest, MAX_REFRESH_CPL) + 1):
             await self._lookup(random_preimage_with_cpl(local, cpl))
-        await self._lookup(self.router.local.peer_id.to_bytes())
+        await self._lookup(self._local.to_bytes())
         self.counters["refreshes"] += 1
 
     async def _ping_stale_peers(self) -> None:
@@ -155,7 +160,7 @@ class TableUpkeep:
 
         async def check(peer: PeerInfo) -> None:
             try:
-                with anyio.fail_after(amino.PING_TIMEOUT):
+                with anyio.fail_after(amino.REFRESH_PING_TIMEOUT):
                     await self._ping(peer)
             except (TimeoutError, NetworkError, OSError):
                 self.table.remove(peer.peer_id)
@@ -170,7 +175,7 @@ class TableUpkeep:
     async def _lookup(self, key: bytes) -> None:
         try:
             with anyio.move_on_after(amino.REFRESH_QUERY_TIMEOUT * 6):
-                await self.router.find_closest_peers(key)
+                await self._lookups.find_closest_peers(key, amino.BUCKET_SIZE)
         except RoutingError as exc:
             log.debug("refresh lookup failed: %s", exc)
 
@@ -181,7 +186,7 @@ class TableUpkeep:
 
         async def dial(addr: str) -> None:
             nonlocal reached
-            conn = None
+            reached_peer: PeerId | None = None
             try:
                 targets = await dnsaddr.resolve(addr)
             except ValueError as exc:
@@ -190,16 +195,16 @@ class TableUpkeep:
             for target in targets:  # the addresses of one peer (or of several, for a bare /dnsaddr)
                 try:
                     with anyio.fail_after(DIAL_TIMEOUT):
-                        conn = await self._connect(target)
+                        reached_peer = await self._connect(target)
                     break
                 except (TimeoutError, NetworkError, OSError, ValueError) as exc:
                     log.info("bootstrap peer %s unreachable: %s", target, exc)
-            if conn is None:
+            if reached_peer is None:
                 return
             reached += 1
             # Identify runs on every new connection and admits the peer; give it a moment.
             with anyio.move_on_after(ADMISSION_WAIT):
-                while conn.remote_peer not in self.table:  # type: ignore[attr-defined]
+                while reached_peer not in self.table:
                     await anyio.sleep(0.02)
 
         async with anyio.create_task_group() as tg:
@@ -208,7 +213,7 @@ class TableUpkeep:
         if peers and not reached and not len(self.table):
             log.warning("none of %d bootstrap peers could be reached: check the network or pass --bootstrap", len(peers))
         if len(self.table):
-            await self._lookup(self.router.local.peer_id.to_bytes())
+            await self._lookup(self._local.to_bytes())
         self.counters["bootstraps"] += 1
         return reached
 

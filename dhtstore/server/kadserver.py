@@ -21,10 +21,7 @@ from collections.abc import Sequence
 import anyio
 
 from ..amino import PROTOCOL_ID, STREAM_IDLE_TIMEOUT
-from ..network.connection import CONNECTION_ERRORS, Stream
-from ..network.host import Host
-from ..network.kadcodec import FrameDecoder, KadCodecError, encode_frame
-from ..network.limits import PeerRateLimiter
+from ..network.api import CONNECTION_ERRORS, FrameDecoder, Host, KadCodecError, PeerRateLimiter, Stream, encode_frame
 from ..types import PeerInfo
 from .api import InvalidRequest, RequestHandler
 

@@ -11,7 +11,7 @@ same config and seed give the same messages in the same order.
 
     net = SimNetwork(SimConfig(nodes=1000, seed=7, latency=(0.01, 0.1), loss=0.01,
                                unresponsive=0.1))
-    node = net.node(0)            # .router (dht.DHT, ValueDHT, FindProvidersDHT, …),
+    node = net.node(0)            # .router (routing.api.Router: dht.KadClient, ValueDHT, …),
                                   # .messenger (KadMessenger), .table, .handler,
                                   # .providers, .values, .lookups (LookupStats list)
 
@@ -35,8 +35,9 @@ Faults: ``latency`` (uniform one-way delay), ``loss`` (a request or a reply vani
 and the caller times out), ``unresponsive`` (nodes that accept and never answer),
 offline nodes (connection refused after one trip), churn, and any node's ``handler``
 can be replaced by a hostile one. Tables start full, as in a long-running network;
-answering peers join a node's table as identify would admit them, silent ones are
-marked failed so newcomers can replace them. ``wall_clock()`` is the epoch time the
+answering peers join a node's table as identify would admit them, and the router marks
+the peers of its lookups useful or failed as a real node's does (a failed one is
+replaced by the next newcomer to its bucket). ``wall_clock()`` is the epoch time the
 stores see: 2026-01-01 plus ``now()``.
 """
 

@@ -7,8 +7,9 @@ import asyncio
 import bisect
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -84,19 +85,9 @@ class SimNode:
             alpha=cfg.alpha,
             beta=cfg.beta,
             request_timeout=cfg.request_timeout,
-            reporter=self._report,
+            clock=network.now,
             on_lookup=self.lookups.append,
         )
-
-    def _report(self, peer: PeerInfo, responded: bool) -> None:
-        """What go does with lookup outcomes (query.go ``queryPeer``): a peer that
-        answered is useful (and may join the table, as identify would admit a server);
-        one that failed is dropped from the table (``peerStoppedDHT``)."""
-        if responded:
-            self.table.add(peer, self.network.now())
-            self.table.mark_useful(peer.peer_id, self.network.now())
-        else:
-            self.table.remove(peer.peer_id)
 
     def __repr__(self) -> str:
         return f"SimNode({self.index}, {self.peer_id})"
@@ -117,6 +108,8 @@ class SimMessenger:
         await anyio.sleep(self._net.latency())
         if self._net.lost():
             await self._time_out()
+        # A server that answered passes identify and the lookup check: it may join our table.
+        self._owner.table.add(peer, self._net.now())
         return reply
 
     async def send(self, peer: PeerInfo, message: Message) -> None:

@@ -19,6 +19,7 @@ from dhtstore.crypto.keys import KeyType, PrivateKey
 from dhtstore.node import Node
 from dhtstore.peerid import PeerId
 from dhtstore.records import pk
+from dhtstore.routing.api import NotFound
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.slow]
 
@@ -117,7 +118,10 @@ async def test_mixed_network(js_harness, tmp_path, loopback_options):
         await rsa_js[0].put(js_key, js_public_key.to_protobuf())
 
         async def we_read_js_record():
-            return await client.get_value(js_key)
+            try:
+                return await client.get_value(js_key)
+            except NotFound:  # not stored yet
+                return None
 
         record = await eventually(we_read_js_record)
         assert PeerId.from_public_key_bytes(record.value) == rsa_js[0].peer_id
