@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from cid import from_string  # type: ignore[import-untyped]  # py-cid ships no type information
+from cid import from_string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
