@@ -82,9 +82,10 @@ class SqlProviderStore:
     entering starts the writer, the sweep and the health probe in the store's own task
     group; leaving commits what is queued, then stops them. The engine stays the caller's.
 
-    ``shared``: other processes may write the store (default: on PostgreSQL). ``retry_delays``
-    (default: RETRY_DELAYS on PostgreSQL; none on SQLite, a local file whose errors are not
-    lost connections and whose busy timeout already waits for other writers).
+    ``shared``: other processes may write the store (default: True on PostgreSQL).
+    ``retry_delays``: seconds before each retry of a failed batch (default: RETRY_DELAYS on
+    PostgreSQL; none on SQLite, a local file whose errors are not lost connections and
+    whose busy timeout already waits for other writers).
     """
 
     def __init__(
