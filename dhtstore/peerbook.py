@@ -27,7 +27,7 @@ from .data.dialects import upsert
 from .data.failures import unavailable
 from .data.models import PeerRow, ProviderRecordRow
 from .errors import StoreError
-from .network.identify import IdentifyInfo
+from .network.api import IdentifyInfo
 from .peerid import PeerId
 
 log = logging.getLogger(__name__)

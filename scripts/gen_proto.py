@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate ``dhtstore/network/pb/<name>_pb2.py`` and its type stub ``<name>_pb2.pyi``
+"""Regenerate ``dhtstore/pb/<name>_pb2.py`` and its type stub ``<name>_pb2.pyi``
 from every ``proto/<name>.proto``.
 
     python scripts/gen_proto.py           # regenerate
@@ -22,8 +22,8 @@ from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-OUT_DIR = ROOT / "dhtstore" / "network" / "pb"
-PB_PACKAGE = "dhtstore.network.pb"
+OUT_DIR = ROOT / "dhtstore" / "pb"
+PB_PACKAGE = "dhtstore.pb"
 
 
 def _protoc(*args: str) -> None:

@@ -14,7 +14,7 @@ from dhtstore.network.noise import (
     NoiseError,
     NoiseHandshake,
 )
-from dhtstore.network.pb import noise_pb2
+from dhtstore.pb import noise_pb2
 
 FUZZ = settings(max_examples=200, deadline=None)
 IDENTITY = PrivateKey.generate(KeyType.Ed25519)

@@ -16,7 +16,7 @@ from dhtstore.network.identify import (
     build_identify,
     parse_identify,
 )
-from dhtstore.network.pb import identify_pb2
+from dhtstore.pb import identify_pb2
 
 ADDR4 = Multiaddr("/ip4/127.0.0.1/tcp/4001").to_bytes()
 ADDR6 = Multiaddr("/ip6/::1/tcp/4002").to_bytes()

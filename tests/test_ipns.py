@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dhtstore.amino import MAX_IPNS_RECORD_SIZE
 from dhtstore.crypto.keys import KeyType, PrivateKey
-from dhtstore.network.pb import ipns_pb2
+from dhtstore.pb import ipns_pb2
 from dhtstore.peerid import PeerId
 from dhtstore.records import ipns
 from dhtstore.records.api import RecordError

@@ -45,7 +45,8 @@ from dhtstore.multihash import SHA2_256, Multihash, cid_string
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.sql import SqlProviderStore
 from dhtstore.providerstore.validation import base58btc
-from dhtstore.records.sql import SqlValueStore, key_text
+from dhtstore.records.api import key_text
+from dhtstore.records.sql import SqlValueStore
 from dhtstore.records.validators import NamespacedValidator
 from dhtstore.routingtable.snapshots import load_latest_snapshot
 

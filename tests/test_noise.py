@@ -15,14 +15,14 @@ from dhtstore.network.noise import (
     MAX_PLAINTEXT_LENGTH,
     NEED_DATA,
     SIGNATURE_PREFIX,
+    CipherState,
     HandshakeComplete,
     NoiseError,
     NoiseHandshake,
-    CipherState,
     XXHandshakeState,
 )
-from dhtstore.network.pb import noise_pb2
 from dhtstore.network.sansio import NeedData
+from dhtstore.pb import noise_pb2
 
 # Noise_XX_25519_ChaChaPoly_SHA256 from the cacophony vectors (as shipped in
 # mcginty/snow tests/vectors/cacophony.txt). Messages alternate initiator, responder, ...

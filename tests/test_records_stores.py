@@ -12,9 +12,9 @@ from sqlalchemy import text
 from dhtstore.crypto.keys import KeyType, PrivateKey
 from dhtstore.data.schema import open_store
 from dhtstore.records import ipns, pk
-from dhtstore.records.api import RecordError, ValueStore
+from dhtstore.records.api import RecordError, ValueStore, key_text
 from dhtstore.records.memory import MemoryValueStore
-from dhtstore.records.sql import SqlValueStore, key_text
+from dhtstore.records.sql import SqlValueStore
 from dhtstore.records.validators import NamespacedValidator
 from dhtstore.types import Record
 

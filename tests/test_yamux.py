@@ -8,6 +8,7 @@ from dhtstore.network.yamux import (
     DEFAULT_WINDOW,
     HEADER,
     NEED_DATA,
+    Event,
     Flag,
     FrameType,
     GoAwayCode,
@@ -24,7 +25,6 @@ from dhtstore.network.yamux import (
     YamuxConnection,
     YamuxError,
 )
-from dhtstore.network.yamux import Event
 
 
 def drain(conn: YamuxConnection) -> list[Event]:

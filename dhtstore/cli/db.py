@@ -21,8 +21,8 @@ from ..data.engine import (
 from ..data.schema import alembic_config, current_revision, head_revision, open_store
 from ..data.stats import store_stats
 from ..errors import StoreError
-from .group import main
 from .common import Location, fail, location_options, run
+from .group import main
 
 
 @main.group()

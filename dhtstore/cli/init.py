@@ -7,8 +7,8 @@ import click
 from ..config import Config, read_identity, render, write_new_identity
 from ..data.engine import redact
 from ..data.schema import create_or_upgrade, head_revision
-from .group import main
 from .common import Location, identity_option, location_options, run
+from .group import main
 
 
 @main.command()

@@ -20,8 +20,8 @@ from ..provider.api import AddResult, ProvideEntry, ProvideError, ProvideStatus
 from ..provider.cids import multihash_of
 from ..provider.providelist import ProvideListStore
 from ..provider.service import ProvideListService
-from .group import main
 from .common import Location, location_options, run
+from .group import main
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar

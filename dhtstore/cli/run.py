@@ -16,17 +16,17 @@ from typing import Any, TypeVar, cast
 import anyio
 import click
 
-from .. import amino
+from .. import amino, multihash
 from ..config import Config, ConfigError, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
 from ..node import Mode, Node, NodeOptions
 from ..peerid import PeerId, PeerIdError
-from ..records.sql import key_text
+from ..records.api import RecordError, key_text
 from ..routing.api import LookupTimeout, NotFound, QuorumFailed, RoutingError
 from ..types import PeerInfo
-from .group import main
 from .common import Location, fail, identity_option, location_options, run
+from .group import main
 
 log = logging.getLogger("dhtstore")
 
@@ -36,11 +36,9 @@ T = TypeVar("T")
 def _is_private_bootstrap(addrs: Sequence[str]) -> bool:
     """True when a bootstrap address is on loopback or a private network: then peers
     with such addresses must be allowed into the routing table, or nothing would be."""
-    from ..network.multiaddrs import is_public_addr
-
     for text in addrs:
         try:
-            if not is_public_addr(multiaddrs.parse(text).to_bytes()):
+            if not multiaddrs.is_public_addr(multiaddrs.parse(text).to_bytes()):
                 return True
         except multiaddrs.MultiaddrFormatError:
             continue
@@ -255,8 +253,6 @@ def _parse_record_key(text: str) -> bytes:
 @client_options
 def findprovs(where: Location, cid: str, count: int, bootstrap: tuple[str, ...], lan: bool, timeout: float, as_json: bool) -> None:
     """Find providers of CID."""
-    from .. import multihash
-
     try:
         multihash.from_cid(cid)
     except multihash.MultihashError as exc:
@@ -293,8 +289,6 @@ def findpeer(where: Location, peer: str, bootstrap: tuple[str, ...], lan: bool, 
 @client_options
 def closest(where: Location, key: str, bootstrap: tuple[str, ...], lan: bool, timeout: float, as_json: bool) -> None:
     """The 20 DHT servers closest to KEY (a peer id, a CID, or any text)."""
-    from .. import multihash
-
     try:
         raw = PeerId.from_string(key).to_bytes()
     except PeerIdError:
@@ -336,8 +330,6 @@ def get(where: Location, key: str, quorum: int, bootstrap: tuple[str, ...], lan:
 @client_options
 def put(where: Location, key: str, file: Path, bootstrap: tuple[str, ...], lan: bool, timeout: float, as_json: bool) -> None:
     """Put the record value in FILE at KEY (validated before anything is sent)."""
-    from ..records.api import RecordError
-
     raw = _parse_record_key(key)
     value = file.read_bytes()
 

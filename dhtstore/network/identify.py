@@ -30,9 +30,9 @@ from google.protobuf.message import DecodeError
 from .. import varint
 from ..crypto.keys import KeyFormatError, PublicKey
 from ..errors import ProtocolViolation
+from ..pb import identify_pb2
 from ..peerid import PeerId
 from . import multiaddrs
-from .pb import identify_pb2
 
 PROTOCOL_ID = "/ipfs/id/1.0.0"
 PUSH_PROTOCOL_ID = "/ipfs/id/push/1.0.0"

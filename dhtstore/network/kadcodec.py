@@ -24,10 +24,10 @@ from google.protobuf.message import DecodeError
 from .. import varint
 from ..amino import MAX_CLOSER_PEERS, MAX_MESSAGE_SIZE, MAX_PEER_RECORD_SIZE
 from ..errors import ProtocolViolation
+from ..pb import dht_pb2
 from ..peerid import PeerId, PeerIdError
 from ..types import ConnectionType, Message, MessageType, PeerInfo, Record
 from . import multiaddrs
-from .pb import dht_pb2
 
 _PEER_OVERHEAD = 8  # field tags and length prefixes around a peer's id and addresses
 

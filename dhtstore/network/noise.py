@@ -50,8 +50,8 @@ from google.protobuf.message import DecodeError
 
 from ..crypto.keys import KeyFormatError, PrivateKey, PublicKey
 from ..errors import ProtocolViolation
+from ..pb import noise_pb2
 from ..peerid import PeerId
-from .pb import noise_pb2
 from .sansio import NEED_DATA, NeedData
 
 PROTOCOL_ID = "/noise"

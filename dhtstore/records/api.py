@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import base58
+
 from ..types import Record
 
 
@@ -52,3 +54,13 @@ class ValueStore(Protocol):
         """Delete every record older than MAX_RECORD_AGE; return how many went. Reads
         already hide them: this frees the space of records nobody reads."""
         ...
+
+
+def key_text(key: bytes) -> str:
+    """``/ipns/<binary>`` → ``/ipns/<base58btc>``, the readable twin of a record key."""
+    if key.startswith(b"/"):
+        slash = key.find(b"/", 1)
+        if slash > 1:
+            namespace = key[1:slash].decode("ascii", "replace")
+            return f"/{namespace}/{base58.b58encode(key[slash + 1 :]).decode()}"
+    return base58.b58encode(key).decode()

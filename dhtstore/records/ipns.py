@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from ..amino import MAX_IPNS_RECORD_SIZE
 from ..crypto.keys import KeyFormatError, PrivateKey, PublicKey
-from ..network.pb import ipns_pb2
+from ..pb import ipns_pb2
 from ..peerid import PeerId, PeerIdError
 from . import timestamps
 from .api import RecordError

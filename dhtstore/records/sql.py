@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-import base58
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,18 +24,8 @@ from ..data.failures import unavailable
 from ..data.models import ValueRecordRow as _V
 from ..types import Record
 from . import timestamps
-from .api import RecordError, Validator
+from .api import RecordError, Validator, key_text
 from .validators import Clock
-
-
-def key_text(key: bytes) -> str:
-    """``/ipns/<binary>`` → ``/ipns/<base58btc>``, the readable twin of a record key."""
-    if key.startswith(b"/"):
-        slash = key.find(b"/", 1)
-        if slash > 1:
-            namespace = key[1:slash].decode("ascii", "replace")
-            return f"/{namespace}/{base58.b58encode(key[slash + 1 :]).decode()}"
-    return base58.b58encode(key).decode()
 
 
 class SqlValueStore:

@@ -21,7 +21,15 @@ from collections.abc import Sequence
 import anyio
 
 from ..amino import PROTOCOL_ID, STREAM_IDLE_TIMEOUT
-from ..network.api import CONNECTION_ERRORS, FrameDecoder, Host, KadCodecError, PeerRateLimiter, Stream, encode_frame
+from ..network.api import (
+    CONNECTION_ERRORS,
+    FrameDecoder,
+    Host,
+    KadCodecError,
+    PeerRateLimiter,
+    Stream,
+    encode_frame,
+)
 from ..types import PeerInfo
 from .api import InvalidRequest, RequestHandler
 
