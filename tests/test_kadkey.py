@@ -1,7 +1,10 @@
 """Kademlia keys: the spec's test vectors and the distance rules."""
 
+import random
+
 from dhtstore import multihash
-from dhtstore.kadkey import Key, sort_by_distance
+from dhtstore.kadkey import Key, preimage_with_prefix
+from dhtstore.multihash import SHA2_256_HEADER
 from dhtstore.peerid import PeerId
 
 
@@ -29,7 +32,12 @@ def test_common_prefix_length():
     assert zero.common_prefix_length(zero) == 256
 
 
-def test_sort_by_distance_orders_closest_first():
-    target = Key(0b1000)
-    keys = [Key(0b0000), Key(0b1001), Key(0b1100)]
-    assert sort_by_distance(target, keys) == [Key(0b1001), Key(0b1100), Key(0b0000)]
+def test_preimage_with_prefix_hashes_under_the_prefix():
+    rng = random.Random(1)
+    for bits, length in ((0, 1), (0b1011, 4), (0b0110100111, 10), (0, 0)):
+        mh = preimage_with_prefix(bits, length, rng.randbytes)
+        assert mh[:2] == SHA2_256_HEADER and len(mh) == 34
+        assert Key.hash(mh).prefix(length) == bits
+    # The same random source gives the same preimage: simulations stay reproducible.
+    assert preimage_with_prefix(5, 3, random.Random(2).randbytes) == preimage_with_prefix(5, 3, random.Random(2).randbytes)
+

@@ -18,7 +18,7 @@ from dhtstore import node as node_module
 from dhtstore.data.models import ReprovideClaimRow
 from dhtstore.node import Node
 from dhtstore.peerid import PeerId
-from dhtstore.provider.sweep import SweepConfig
+from dhtstore.provider.api import SweepConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 

@@ -19,7 +19,7 @@ from dhtstore.provider.keyspace import (
     minimal_regions,
 )
 from dhtstore.provider.schedule import next_turn, region_offset, retry_delay
-from dhtstore.provider.sweep import preimage_under
+from dhtstore.provider.planner import preimage_under
 
 
 def under(prefix: Prefix, rng: random.Random) -> int:

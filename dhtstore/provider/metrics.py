@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .api import ProvideStatus
-from .sweep import VisitReport
+from .api import ProvideStatus, VisitReport
 
 
 class ProvideMetrics:
