@@ -11,7 +11,8 @@ one ``MemoryProvideList`` built on it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Iterator, Sequence
+import heapq
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ..kadkey import Key
@@ -85,6 +86,9 @@ class MemoryProvideList:
         self._entries: dict[bytes, _Entry] = {}
         self._kads: list[int] = []  # sorted: a prefix is one bisected range
         self._by_kad: dict[int, _Entry] = {}
+        # (next_due_at, kad) of every entry, and stale pairs of changed or removed ones,
+        # dropped when they reach the top: the earliest due key in O(log n).
+        self._due: list[tuple[int, int]] = []
         self._regions: dict[Prefix, RegionRow] = {}
         self._state: dict[str, tuple[str, int]] = {}  # name -> (value, updated_at)
 
@@ -101,9 +105,11 @@ class MemoryProvideList:
             entry = _Entry(cid, mh, Key.for_multihash(mh).value, now, None, now)
             self._entries[mh] = entry
             self._by_kad[entry.kad] = entry
+            self._due.append((now, entry.kad))
             added += 1
         if added:
             self._kads = sorted(self._by_kad)
+            heapq.heapify(self._due)
         return AddResult(added=added, present=len(entries) - added)
 
     async def remove(self, multihashes: Sequence[bytes]) -> int:
@@ -141,26 +147,50 @@ class MemoryProvideList:
 
     # --- the schedule ---------------------------------------------------------------
 
-    def _unclaimed(self, owner: str, now: int) -> Iterator[_Entry]:
+    def _set_due(self, e: _Entry, due: int) -> None:
+        e.next_due_at = due
+        heapq.heappush(self._due, (due, e.kad))
+
+    def _earliest(self) -> tuple[int, int] | None:
+        """``(next_due_at, kad)`` of the key due first."""
+        heap = self._due
+        if len(heap) > 2 * len(self._entries) + 1024:  # mostly stale: rebuild
+            heap[:] = [(e.next_due_at, e.kad) for e in self._entries.values()]
+            heapq.heapify(heap)
+        while heap:
+            due, kad = heap[0]
+            e = self._by_kad.get(kad)
+            if e is not None and e.next_due_at == due:
+                return due, kad
+            heapq.heappop(heap)
+        return None
+
+    def _earliest_unclaimed(self, owner: str, now: int) -> tuple[int, int] | None:
+        first = self._earliest()
         others = self.claims.others(owner, now)
-        if not others:
-            return iter(self._entries.values())
-        return (e for e in self._entries.values() if not any(p.contains(e.kad) for p in others))
+        if first is None or not any(p.contains(first[1]) for p in others):
+            return first
+        return min(
+            ((e.next_due_at, e.kad) for e in self._entries.values() if not any(p.contains(e.kad) for p in others)),
+            default=None,
+        )
 
     async def next_due(self) -> int | None:
-        return min((e.next_due_at for e in self._entries.values()), default=None)
+        first = self._earliest()
+        return None if first is None else first[0]
 
     async def next_due_for(self, owner: str, now: int) -> int | None:
-        return min((e.next_due_at for e in self._unclaimed(owner, now)), default=None)
+        first = self._earliest_unclaimed(owner, now)
+        return None if first is None else first[0]
 
     async def last_due(self) -> int | None:
         return max((e.next_due_at for e in self._entries.values()), default=None)
 
     async def oldest_due(self, now: int, owner: str) -> tuple[int, int] | None:
-        due = [(e.next_due_at, e.kad) for e in self._unclaimed(owner, now) if e.next_due_at <= now]
-        if not due:
+        first = self._earliest_unclaimed(owner, now)
+        if first is None or first[0] > now:
             return None
-        at, kad = min(due)
+        at, kad = first
         return kad, at
 
     def _under(self, prefix: Prefix) -> list[_Entry]:
@@ -188,7 +218,7 @@ class MemoryProvideList:
     async def realign(self, prefix: Prefix, before: int, provided_since: int, next_due: int) -> None:
         for e in self._under(prefix):
             if e.next_due_at < before and e.last_provided_at is not None and e.last_provided_at >= provided_since:
-                e.next_due_at = next_due
+                self._set_due(e, next_due)
 
     async def any_key(self, prefix: Prefix) -> bytes | None:
         i = bisect.bisect_left(self._kads, prefix.first)
@@ -200,13 +230,15 @@ class MemoryProvideList:
         for mh in multihashes:
             e = self._entries.get(mh)
             if e is not None:
-                e.last_provided_at, e.next_due_at, e.attempts, e.last_error = at, next_due, 0, None
+                e.last_provided_at, e.attempts, e.last_error = at, 0, None
+                self._set_due(e, next_due)
 
     async def mark_failed(self, multihashes: Sequence[bytes], error: str, retry_at: int) -> None:
         for mh in multihashes:
             e = self._entries.get(mh)
             if e is not None:
-                e.next_due_at, e.attempts, e.last_error = retry_at, e.attempts + 1, error[:MAX_ERROR_CHARS]
+                e.attempts, e.last_error = e.attempts + 1, error[:MAX_ERROR_CHARS]
+                self._set_due(e, retry_at)
 
     async def max_attempts(self, multihashes: Sequence[bytes]) -> int:
         return max((e.attempts for mh in multihashes if (e := self._entries.get(mh)) is not None), default=0)
