@@ -32,7 +32,9 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -41,11 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dhtstore.errors import NetworkError  # noqa: E402
 from dhtstore.kadkey import Key  # noqa: E402
 from dhtstore.multihash import cid_string  # noqa: E402
+from dhtstore.network.api import KadMessenger  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
 from dhtstore.provider.keyspace import Prefix  # noqa: E402
 from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList  # noqa: E402
 from dhtstore.provider.reprovider import Reprovider  # noqa: E402
-from dhtstore.sim import SimConfig, SimNetwork, run_virtual  # noqa: E402
+from dhtstore.sim import SimConfig, SimNetwork, SimNode, run_virtual  # noqa: E402
 from dhtstore.sim.network import EPOCH  # noqa: E402
 from dhtstore.sim.provider import run_schedule  # noqa: E402
 from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
@@ -57,7 +60,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def multihashes(n: int):  # type: ignore[no-untyped-def]
+def multihashes(n: int) -> Iterator[bytes]:
     for i in range(n):
         yield b"\x12\x20" + hashlib.sha256(b"bench%d" % i).digest()
 
@@ -166,7 +169,7 @@ def report_provider_only(args: argparse.Namespace) -> None:
             out.write("\n" + text)
 
 
-async def sweep_cycle(net: SimNetwork, node, n: int) -> dict:  # type: ignore[no-untyped-def]
+async def sweep_cycle(net: SimNetwork, node: SimNode, n: int) -> dict[str, Any]:
     claims = MemoryClaimStore()
     store = MemoryProvideList(claims)
     await add_all(store, n, int(net.wall_clock()))
@@ -222,21 +225,26 @@ class CountingMessenger:
         self.sent = 0
 
     async def request(self, peer: PeerInfo, message: Message) -> Message:
-        raise NetworkError("not used")
+        if message.type is MessageType.PING:  # the sweep confirms its ADD_PROVIDERs with one
+            return Message(MessageType.PING)
+        raise NetworkError(f"{message.type} not answered here")
 
     async def send(self, peer: PeerInfo, message: Message) -> None:
         self.sent += 1
 
 
-async def provider_only(nodes: int, n: int, seed: int) -> dict:  # type: ignore[no-untyped-def]
+async def provider_only(nodes: int, n: int, seed: int) -> dict[str, Any]:
     """One cycle of the sweep against OracleDHT: the provider's own CPU and memory."""
     dht, messenger = OracleDHT(nodes, seed), CountingMessenger()
     me = PeerInfo(PeerId(b"\x00\x24\x08\x01\x12\x20" + bytes(32)), (b"\x04\x7f\x00\x00\x01",))
-    clock = lambda: EPOCH + asyncio.get_running_loop().time()  # noqa: E731
+
+    def clock() -> float:
+        return EPOCH + asyncio.get_running_loop().time()
+
     claims = MemoryClaimStore()
     store = MemoryProvideList(claims)
     await add_all(store, n, int(clock()))
-    r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)  # type: ignore[arg-type]
+    r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
     t = time.process_time()
     first = await r.run_due()
     first_cpu = time.process_time() - t
@@ -268,7 +276,7 @@ async def add_all(store: MemoryProvideList, n: int, now: int) -> None:
         await store.add(batch, now)
 
 
-async def naive_sample(net: SimNetwork, node, sample: int) -> dict:  # type: ignore[no-untyped-def]
+async def naive_sample(net: SimNetwork, node: SimNode, sample: int) -> dict[str, float]:
     """The legacy provider: a lookup per CID, then ADD_PROVIDER to the 20 found."""
     rng = random.Random(7)
     messages_before = net.message_count()
@@ -283,7 +291,7 @@ async def naive_sample(net: SimNetwork, node, sample: int) -> dict:  # type: ign
     return {"messages": net.message_count() - messages_before, "cpu": time.process_time() - t}
 
 
-async def _send_quietly(messenger, peer, message) -> None:  # type: ignore[no-untyped-def]
+async def _send_quietly(messenger: KadMessenger, peer: PeerInfo, message: Message) -> None:
     try:
         await messenger.send(peer, message)
     except NetworkError:

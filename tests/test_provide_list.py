@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
-from cid import make_cid
+from cid import make_cid  # type: ignore[import-untyped]  # py-cid ships no type information
 
 from dhtstore.data.engine import make_engine
 from dhtstore.data.schema import open_store

@@ -69,6 +69,7 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(store_url: str) -> N
                 return job is not None and int(job.next_run_time.timestamp()) == await r.store.next_due()
 
             await wait_until(armed, "the timer is set for the next due key")
+            assert r._scheduler is not None
             assert len(r._scheduler.get_jobs()) == 3  # that timer, the poll and the metrics refresh
 
             added_by_cli = cids(5, b"cli")

@@ -192,7 +192,8 @@ def test_a_turn_closer_than_the_grace_is_taken_now() -> None:
 
 def test_regions_in_memory() -> None:
     rows = [RegionRow(Prefix.parse(p), 0, None, 0, None) for p in ("00", "011", "1")]
-    assert region_of(rows, Prefix.parse("0111").first).prefix == Prefix.parse("011")
+    found = region_of(rows, Prefix.parse("0111").first)
+    assert found is not None and found.prefix == Prefix.parse("011")
     assert region_of(rows, Prefix.parse("010").first) is None
     kad = Prefix.parse("0100").first
     assert free_prefix(rows, kad, 1) == Prefix.parse("010"), "lengthened until it holds no region"

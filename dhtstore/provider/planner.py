@@ -1,4 +1,4 @@
-"""The sweep's decisions, without I/O: which prefix a visit takes, where its lookups go,
+"""The sweep's decisions, without I/O: which slice a visit takes, where its lookups go,
 which server gets which key, and what a visit's outcome writes back.
 
 ``sweep.Sweep`` (the driver) reads the store, makes the lookups and sends the messages,

@@ -9,9 +9,9 @@ after a change, never half-written. Times are integer epoch seconds, as in the m
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
@@ -56,7 +56,7 @@ def unavailable_on_driver_errors() -> Iterator[None]:
         raise StoreUnavailable(f"the store did not answer ({exc.__class__.__name__}: {first_line})") from exc
 
 
-def store_call(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A store method that raises ``StoreUnavailable``, never a driver's error."""
 
     @functools.wraps(fn)

@@ -151,7 +151,7 @@ class Reprovider(ProvideListService):
     # --- work -------------------------------------------------------------------------------
 
     async def run_due(self) -> list[VisitReport]:
-        """Visit regions until nothing is due now; return what was done."""
+        """Visit slices until nothing is due now; return what was done."""
         sweep = await self.open()
         reports: list[VisitReport] = []
         while True:

@@ -39,13 +39,15 @@ of its servers took their records, else its keys are retried with backoff. A reg
 with at most two due keys is not explored: each key gets its own lookup (go's
 ``individualProvideThreshold``).
 
-Schedule. Every key has ``next_due_at``. The key overdue longest picks the next region,
+Schedule. Every key has ``next_due_at``. The key overdue longest picks the next slice,
 so after downtime the oldest work goes first and a restart resumes where it stopped: a
-finished region's keys are due a whole interval later, an unfinished one's are still
-due. Visiting a region sends every key of it due before the region's next turn
+finished slice's keys are due a whole interval later, an unfinished one's are still
+due. Visiting a slice sends every key of it due before its region's next turn
 (``planner.Turns``: go's ``reprovideTimeForPrefix``, offset by prefix XOR the node's
 order key), then sets their ``next_due_at`` to that turn. New keys are due when added,
-so they go out at once, and line up on their region's turn after the first visit.
+so they go out at once, and line up on their region's turn after the first visit; a
+key an earlier visit sent while the regions were still being refined only moves to the
+turn (``planner.plan_parts``), so no key goes out twice in a cycle.
 Failed keys count ``attempts``, keep ``last_error`` and come back after a doubling
 backoff; they are reported as failing, never dropped.
 
