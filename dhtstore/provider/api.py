@@ -1,4 +1,6 @@
-"""The provider module's presentation tier: what the node's own provide list does.
+"""The provider module's contracts: what the node's own provide list does (``Provider``),
+the sweep's settings and reports, and the two stores under it (``ProvideList``,
+``ClaimStore``; in SQL in ``providelist`` and ``claims``, in memory in ``memory``).
 
 The provide list is the set of multihashes this node announces as a provider. Each
 entry is a promise: once ``start_provide`` returns, the key is stored and will be

@@ -4,6 +4,8 @@
 Every method is one short transaction, so the CLI can write beside a running node
 (SQLite waits on its busy timeout) and a kill -9 leaves each row either before or
 after a change, never half-written. Times are integer epoch seconds, as in the models.
+A database that does not answer or refuses raises ``errors.StoreUnavailable``, here and
+in ``claims`` (``store_call``): callers never see a driver's or SQLAlchemy's errors.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def _unclaimed(owner: str, now: int) -> ColumnElement[bool]:
 
 
 class ProvideListStore:
+    """``provider.api.ProvideList`` in SQL."""
+
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
         self._insert = dialect_insert(engine)

@@ -288,7 +288,9 @@ class Sweep:
     async def _estimate_prefix_len(self, kad: int) -> Seed | None:
         """One lookup toward an overdue key: all k answers share its first m bits, so a
         prefix of m bits holds at least k servers."""
-        mh = await self.store.any_key(Prefix.of(kad, BITS)) or preimage_under(Prefix.of(kad, BITS))
+        # The key itself; if it was removed meanwhile, a target sharing its first
+        # MAX_MINED_PREFIX_BITS bits gives the same estimate.
+        mh = await self.store.any_key(Prefix.of(kad, BITS)) or preimage_under(Prefix.of(kad, MAX_MINED_PREFIX_BITS))
         answer = await self._lookup(mh)
         if not answer:
             return None
