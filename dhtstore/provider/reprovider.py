@@ -110,7 +110,7 @@ class Reprovider(ProvideListService):
             prefix_len=int(prefix_len) if prefix_len else None,
             config=self.config,
             clock=self.clock,
-            on_region=lambda prefix: self.metrics.region_started(str(prefix)),
+            on_slice=lambda prefix: self.metrics.region_started(str(prefix)),
         )
         return self.sweep
 

@@ -151,12 +151,12 @@ class Sweep:
         prefix_len: int | None,
         config: SweepConfig,
         clock: Callable[[], float],
-        on_region: Callable[[Prefix], None] | None = None,
+        on_slice: Callable[[Prefix], None] | None = None,
     ):
         self.clock = clock
         self.store = store
         self.claims = claims
-        self.on_region = on_region
+        self.on_slice = on_slice
         self.dht = dht
         self.messenger = messenger
         self.self_info = self_info
@@ -197,8 +197,8 @@ class Sweep:
         else:
             return None  # other processes are busy with the due work
         self.counters.visits += 1
-        if self.on_region is not None:
-            self.on_region(piece)
+        if self.on_slice is not None:
+            self.on_slice(piece)
         async with self._claimed(piece):
             try:
                 if found is None:
