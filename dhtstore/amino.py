@@ -27,7 +27,14 @@ MAX_PROVIDER_KEY_BYTES = 80
 
 READ_MESSAGE_TIMEOUT = 10.0  # seconds, a response to a request
 STREAM_IDLE_TIMEOUT = 60.0  # an idle inbound kad stream is reset
-PUT_OPERATION_TIMEOUT = 30.0  # per-peer PUT_VALUE / ADD_PROVIDER
+PUT_OPERATION_TIMEOUT = 30.0  # per-peer PUT_VALUE / ADD_PROVIDER of one lookup's fan-out (the router)
+# Per ADD_PROVIDER (and the PING confirming them) of the sweeping provider: Kubo's default
+# Provide.DHT.SendProviderRecordTimeout (10 s), which it hands to go-libp2p-kad-dht's
+# SweepingProvider (provider.WithSendProviderRecordTimeout). Shorter than the router's:
+# the sweep sends a peer thousands of records one after the other and gives the peer up
+# after a few failures, so a dead peer must not hold a sending slot for long; the router
+# sends one record to each peer, all at once.
+SWEEP_SEND_TIMEOUT = 10.0
 
 MAX_PEERS_PER_IP_GROUP = 3
 MAX_PEERS_PER_IP_GROUP_PER_CPL = 2

@@ -8,7 +8,11 @@ ints are single C operations, which the routing table and lookups lean on.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from .multihash import SHA2_256_HEADER
 
 if TYPE_CHECKING:
     from .peerid import PeerId
@@ -81,6 +85,18 @@ class Key:
         return f"Key({self.hex()[:16]}…)"
 
 
-def sort_by_distance(target: Key, keys: list[Key]) -> list[Key]:
-    t = target.value
-    return sorted(keys, key=lambda k: k.value ^ t)
+def preimage_with_prefix(bits: int, length: int, rng: Callable[[int], bytes] = os.urandom) -> bytes:
+    """A sha2-256 multihash whose Kademlia key starts with the ``length`` bits ``bits``:
+    a FIND_NODE target inside that part of the keyspace (FIND_NODE takes a preimage).
+
+    Random digests from ``rng`` are tried until one hashes there: 2^length tries on
+    average, so callers keep ``length`` to about 20 bits.
+    """
+    if not 0 <= length <= BITS or not 0 <= bits < 1 << length:
+        raise ValueError(f"{bits} is not a prefix of {length} bits")
+    shift = BITS - length
+    for _ in range(1 << (length + 6)):  # failing this bound has probability ~e^-64
+        candidate = SHA2_256_HEADER + rng(32)
+        if int.from_bytes(hashlib.sha256(candidate).digest(), "big") >> shift == bits:
+            return candidate
+    raise ValueError(f"no preimage found under a prefix of {length} bits")  # pragma: no cover

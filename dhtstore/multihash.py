@@ -8,6 +8,7 @@ from . import varint
 
 IDENTITY = 0x00
 SHA2_256 = 0x12
+SHA2_256_HEADER = bytes((SHA2_256, 32))  # code and length of a sha2-256 multihash (both one-byte varints)
 # go-libp2p-kad-dht refuses provider keys longer than this (handlers.go).
 MAX_KEY_BYTES = 80
 

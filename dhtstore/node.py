@@ -31,13 +31,13 @@ from typing import Literal
 
 import anyio
 import anyio.abc
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import amino, dht, ipfs
 from .crypto.keys import PrivateKey
 from .data.schema import open_store
 from .data.stats import store_stats
+from .errors import StoreError
 from .kadkey import Key
 from .metrics import Metrics, NodeStats
 from .network import api as network
@@ -46,11 +46,11 @@ from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .peerbook import PeerBook
 from .peerid import PeerId
-from .provider.api import AddResult, ProvideEntry
+from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, SweepConfig
+from .provider.claims import SqlClaimStore
 from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
-from .provider.sweep import CLAIM_LEASE, SweepConfig
 from .providerstore.api import ProviderStore
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
@@ -208,6 +208,7 @@ class Node:
         assert self.engine is not None
         self.reprovider = Reprovider(
             ProvideListStore(self.engine),
+            SqlClaimStore(self.engine),
             self.router,
             self.messenger,
             self._self_info,
@@ -228,7 +229,7 @@ class Node:
             return False
         try:
             return await self.reprovider.store.contains(multihash)
-        except (SQLAlchemyError, OSError) as exc:  # store down: the other providers still answer
+        except StoreError as exc:  # store down: the other providers still answer
             log.debug("provide list unavailable: %s", exc.__class__.__name__)
             return False
 

@@ -2,8 +2,9 @@
 """Reprovide cost, sweep against naive, in the simulation (issue 6's benchmark).
 
 One node of a simulated network (real routing code, virtual time) provides C CIDs
-from a SQLite store. Measured for one reprovide cycle (22 h of virtual time, after the
-first provide has laid out the regions):
+from the in-memory provide list (``provider.memory``: the SQL store's rules without its
+I/O, so the CPU figures leave the store out). Measured for one reprovide cycle (22 h
+of virtual time, after the first provide has laid out the regions):
 
 - sweep: the ``Reprovider`` as the node runs it;
 - naive: one lookup per CID, then ADD_PROVIDER to its 20 closest (the legacy
@@ -30,25 +31,26 @@ import platform
 import random
 import resource
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dhtstore.data.schema import create_or_upgrade, open_store  # noqa: E402
 from dhtstore.errors import NetworkError  # noqa: E402
 from dhtstore.kadkey import Key  # noqa: E402
 from dhtstore.multihash import cid_string  # noqa: E402
+from dhtstore.network.api import KadMessenger  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
 from dhtstore.provider.keyspace import Prefix  # noqa: E402
-from dhtstore.provider.providelist import ProvideListStore  # noqa: E402
+from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList  # noqa: E402
 from dhtstore.provider.reprovider import Reprovider  # noqa: E402
-from dhtstore.sim import SimConfig, SimNetwork  # noqa: E402
+from dhtstore.sim import SimConfig, SimNetwork, SimNode, run_virtual  # noqa: E402
 from dhtstore.sim.network import EPOCH  # noqa: E402
-from dhtstore.sim.provider import StoreTimeLoop, TimedStore, run_in, run_schedule  # noqa: E402
+from dhtstore.sim.provider import run_schedule  # noqa: E402
 from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 
 HOUR = 3600.0
@@ -58,7 +60,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def multihashes(n: int):  # type: ignore[no-untyped-def]
+def multihashes(n: int) -> Iterator[bytes]:
     for i in range(n):
         yield b"\x12\x20" + hashlib.sha256(b"bench%d" % i).digest()
 
@@ -88,12 +90,9 @@ def main() -> None:
     node = net.node(0)
     print(f"network of {args.nodes} nodes built in {build_cpu:.1f} s CPU, RSS {rss_after_build:.0f} MB", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-        anyio.run(create_or_upgrade, url)
-        results = run_in(net, sweep_cycle, net, node, url, args.cids)
+    results = net.run(sweep_cycle, net, node, args.cids)
     sweep_peak = peak_rss_mb()
-    naive = run_in(net, naive_sample, net, node, args.naive_sample)
+    naive = net.run(naive_sample, net, node, args.naive_sample)
     scale = args.cids / args.naive_sample
     naive_lookups = args.cids
     naive_messages = naive["messages"] * scale
@@ -127,7 +126,7 @@ def main() -> None:
         f"- naive figures: measured on {args.naive_sample} CIDs "
         f"({naive['messages'] / args.naive_sample:.1f} messages and {naive['cpu'] / args.naive_sample * 1000:.1f} ms CPU "
         f"per CID) and scaled to {args.cids:,}.",
-        f"- CPU includes the simulated network's side (handlers, routing tables, provider stores) and the SQLite store; "
+        f"- CPU includes the simulated network's side (handlers, routing tables, provider stores), not the provide list's store; "
         f"peak RSS {sweep_peak:.0f} MB: {rss_after_build:.0f} MB is the simulated network as built, most of the rest "
         f"the {args.cids * 20:,} provider records its peers then hold (the provider's own memory: `--provider-only`).",
         "- Targets (issue 6): sweep ≤ 3% of naive lookups and ≤ 35% of its messages; "
@@ -142,14 +141,8 @@ def main() -> None:
 
 
 def report_provider_only(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
-        anyio.run(create_or_upgrade, url)
-        base = peak_rss_mb()
-        r = anyio.run(
-            provider_only, url, args.nodes, args.cids, args.seed, backend="asyncio",
-            backend_options={"loop_factory": StoreTimeLoop},
-        )
+    base = peak_rss_mb()
+    r = run_virtual(provider_only, args.nodes, args.cids, args.seed)
     load = os.getloadavg()
     command = f"python scripts/bench_reprovide.py --provider-only --nodes {args.nodes} --cids {args.cids}"
     text = "\n".join(
@@ -158,7 +151,7 @@ def report_provider_only(args: argparse.Namespace) -> None:
             "",
             f"`{command}` — {time.strftime('%Y-%m-%d')}, {platform.python_implementation()} {platform.python_version()}, "
             f"{os.cpu_count()} cores, load average {load[0]:.1f} (shared machine). Lookups answered by an exact oracle, "
-            "ADD_PROVIDER counted and dropped: what remains is the sweep, the SQLite store and the scheduling.",
+            "ADD_PROVIDER counted and dropped: what remains is the sweep, the in-memory provide list and the scheduling.",
             "",
             "| | first provide | one 22 h reprovide cycle |",
             "|---|---|---|",
@@ -176,35 +169,32 @@ def report_provider_only(args: argparse.Namespace) -> None:
             out.write("\n" + text)
 
 
-async def sweep_cycle(net: SimNetwork, node, url: str, n: int) -> dict:  # type: ignore[no-untyped-def]
-    engine = await open_store(url)
-    try:
-        store = ProvideListStore(engine)
-        await add_all(store, n, int(net.wall_clock()))
-        r = Reprovider(TimedStore(store), node.router, node.messenger, lambda: node.info, clock=net.wall_clock)  # type: ignore[arg-type]
-        t = time.process_time()
-        first = await r.run_due()
-        first_cpu = time.process_time() - t
-        print(f"first provide: {len(first)} visits, {sum(x.lookups for x in first)} lookups, {first_cpu:.0f} s CPU", flush=True)
-        sent_before = sum(x.keys for x in first)
-        messages_before = net.message_count()
-        t = time.process_time()
-        start = net.wall_clock()
-        reports = await run_schedule(r, start + r.interval)
-        cpu = time.process_time() - t
-        keys_sent = sum(x.keys for x in reports)
-        return {
-            "lookups": sum(x.lookups for x in reports),
-            "messages": net.message_count() - messages_before,
-            "cpu": cpu,
-            "visits": len(reports),
-            "regions": len(await store.regions()),
-            "first_lookups": sum(x.lookups for x in first),
-            "first_cpu": first_cpu,
-            "per_key": f"{keys_sent / n:.2f}" if sent_before else "0",
-        }
-    finally:
-        await engine.dispose()
+async def sweep_cycle(net: SimNetwork, node: SimNode, n: int) -> dict[str, Any]:
+    claims = MemoryClaimStore()
+    store = MemoryProvideList(claims)
+    await add_all(store, n, int(net.wall_clock()))
+    r = Reprovider(store, claims, node.router, node.messenger, lambda: node.info, clock=net.wall_clock)
+    t = time.process_time()
+    first = await r.run_due()
+    first_cpu = time.process_time() - t
+    print(f"first provide: {len(first)} visits, {sum(x.lookups for x in first)} lookups, {first_cpu:.0f} s CPU", flush=True)
+    sent_before = sum(x.keys for x in first)
+    messages_before = net.message_count()
+    t = time.process_time()
+    start = net.wall_clock()
+    reports = await run_schedule(r, start + r.interval)
+    cpu = time.process_time() - t
+    keys_sent = sum(x.keys for x in reports)
+    return {
+        "lookups": sum(x.lookups for x in reports),
+        "messages": net.message_count() - messages_before,
+        "cpu": cpu,
+        "visits": len(reports),
+        "regions": len(await store.regions()),
+        "first_lookups": sum(x.lookups for x in first),
+        "first_cpu": first_cpu,
+        "per_key": f"{keys_sent / n:.2f}" if sent_before else "0",
+    }
 
 
 class OracleDHT:
@@ -235,45 +225,47 @@ class CountingMessenger:
         self.sent = 0
 
     async def request(self, peer: PeerInfo, message: Message) -> Message:
-        raise NetworkError("not used")
+        if message.type is MessageType.PING:  # the sweep confirms its ADD_PROVIDERs with one
+            return Message(MessageType.PING)
+        raise NetworkError(f"{message.type} not answered here")
 
     async def send(self, peer: PeerInfo, message: Message) -> None:
         self.sent += 1
 
 
-async def provider_only(url: str, nodes: int, n: int, seed: int) -> dict:  # type: ignore[no-untyped-def]
+async def provider_only(nodes: int, n: int, seed: int) -> dict[str, Any]:
     """One cycle of the sweep against OracleDHT: the provider's own CPU and memory."""
     dht, messenger = OracleDHT(nodes, seed), CountingMessenger()
     me = PeerInfo(PeerId(b"\x00\x24\x08\x01\x12\x20" + bytes(32)), (b"\x04\x7f\x00\x00\x01",))
-    clock = lambda: EPOCH + asyncio.get_running_loop().time()  # noqa: E731
-    engine = await open_store(url)
-    try:
-        store = ProvideListStore(engine)
-        await add_all(store, n, int(clock()))
-        r = Reprovider(TimedStore(store), dht, messenger, lambda: me, clock=clock)  # type: ignore[arg-type]
-        t = time.process_time()
-        first = await r.run_due()
-        first_cpu = time.process_time() - t
-        rss_first = peak_rss_mb()
-        lookups, sent = dht.lookups, messenger.sent
-        t = time.process_time()
-        # One turn of every region: the turns set by the first provide lie within an
-        # interval after its grace (a region due within the grace went out at once).
-        reports = await run_schedule(r, clock() + r.interval + r.config.grace)
-        return {
-            "cpu": time.process_time() - t,
-            "first_cpu": first_cpu,
-            "lookups": dht.lookups - lookups,
-            "sent": messenger.sent - sent,
-            "visits": len(reports),
-            "first_visits": len(first),
-            "rss_first": rss_first,
-        }
-    finally:
-        await engine.dispose()
+
+    def clock() -> float:
+        return EPOCH + asyncio.get_running_loop().time()
+
+    claims = MemoryClaimStore()
+    store = MemoryProvideList(claims)
+    await add_all(store, n, int(clock()))
+    r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
+    t = time.process_time()
+    first = await r.run_due()
+    first_cpu = time.process_time() - t
+    rss_first = peak_rss_mb()
+    lookups, sent = dht.lookups, messenger.sent
+    t = time.process_time()
+    # One turn of every region: the turns set by the first provide lie within an
+    # interval after its grace (a region due within the grace went out at once).
+    reports = await run_schedule(r, clock() + r.interval + r.config.grace)
+    return {
+        "cpu": time.process_time() - t,
+        "first_cpu": first_cpu,
+        "lookups": dht.lookups - lookups,
+        "sent": messenger.sent - sent,
+        "visits": len(reports),
+        "first_visits": len(first),
+        "rss_first": rss_first,
+    }
 
 
-async def add_all(store: ProvideListStore, n: int, now: int) -> None:
+async def add_all(store: MemoryProvideList, n: int, now: int) -> None:
     batch: list[tuple[str, bytes]] = []
     for mh in multihashes(n):
         batch.append((cid_string(mh), mh))
@@ -284,7 +276,7 @@ async def add_all(store: ProvideListStore, n: int, now: int) -> None:
         await store.add(batch, now)
 
 
-async def naive_sample(net: SimNetwork, node, sample: int) -> dict:  # type: ignore[no-untyped-def]
+async def naive_sample(net: SimNetwork, node: SimNode, sample: int) -> dict[str, float]:
     """The legacy provider: a lookup per CID, then ADD_PROVIDER to the 20 found."""
     rng = random.Random(7)
     messages_before = net.message_count()
@@ -299,7 +291,7 @@ async def naive_sample(net: SimNetwork, node, sample: int) -> dict:  # type: ign
     return {"messages": net.message_count() - messages_before, "cpu": time.process_time() - t}
 
 
-async def _send_quietly(messenger, peer, message) -> None:  # type: ignore[no-untyped-def]
+async def _send_quietly(messenger: KadMessenger, peer: PeerInfo, message: Message) -> None:
     try:
         await messenger.send(peer, message)
     except NetworkError:

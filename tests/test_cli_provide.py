@@ -8,7 +8,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from cid import make_cid
+from cid import make_cid  # type: ignore[import-untyped]  # py-cid ships no type information
 from click.testing import CliRunner
 
 from dhtstore.cli import main
@@ -23,7 +23,7 @@ def cli(store: str, *args: str, input: str | None = None):  # type: ignore[no-un
     return CliRunner().invoke(main, ["provide", *args, "--store", store], input=input, catch_exceptions=False)
 
 
-def ls_all(store: str) -> list[dict]:
+def ls_all(store: str) -> list[dict[str, object]]:
     result = cli(store, "ls", "--all", "--json")
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in result.stdout.splitlines()][:-1]

@@ -1,18 +1,25 @@
-"""The provide list in SQL: entries keyed by multihash, states, paging, schedule state."""
+"""The provide list, in SQL (SQLite, PostgreSQL) and in memory (``provider.memory``, which
+the simulation uses): entries keyed by multihash, states, paging, schedule state; and
+a store that does not answer raises ``StoreUnavailable``."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import pytest
-from cid import make_cid
+from cid import make_cid  # type: ignore[import-untyped]  # py-cid ships no type information
 
+from dhtstore.data.engine import make_engine
 from dhtstore.data.schema import open_store
+from dhtstore.errors import StoreUnavailable
 from dhtstore.multihash import cid_string
-from dhtstore.provider.api import AddResult, KeyState, ProvideError
+from dhtstore.provider.api import AddResult, KeyState, ProvideError, RegionRow
 from dhtstore.provider.cids import multihash_of
+from dhtstore.provider.claims import SqlClaimStore
 from dhtstore.provider.keyspace import Prefix
-from dhtstore.provider.providelist import ProvideListStore, RegionRow
+from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
+from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.provider.service import ProvideListService
 
 pytestmark = pytest.mark.anyio
@@ -32,11 +39,33 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-async def service(store_url: str):
-    engine = await open_store(store_url)
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+async def service(request: pytest.FixtureRequest) -> AsyncIterator[ProvideListService]:
+    if request.param == "memory":
+        claims = MemoryClaimStore()
+        yield ProvideListService(MemoryProvideList(claims), claims, interval=3600, clock=Clock())
+        return
+    engine = await open_store(request.getfixturevalue("sqlite_store_url" if request.param == "sqlite" else "pg_store_url"))
     try:
-        yield ProvideListService(ProvideListStore(engine), interval=3600, clock=Clock())
+        yield ProvideListService(ProvideListStore(engine), SqlClaimStore(engine), interval=3600, clock=Clock())
+    finally:
+        await engine.dispose()
+
+
+async def test_an_unreachable_store_raises_store_unavailable() -> None:
+    engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    store, claims = ProvideListStore(engine), SqlClaimStore(engine)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.contains(mh(1))
+        with pytest.raises(StoreUnavailable):
+            await store.mark_provided([mh(1)], NOW, NOW + 1)
+        with pytest.raises(StoreUnavailable):
+            [row async for row in store.rows()]
+        with pytest.raises(StoreUnavailable):
+            await claims.claim(Prefix.parse("0"), "a", NOW, 60)
+        with pytest.raises(StoreUnavailable):
+            await claims.live(NOW)
     finally:
         await engine.dispose()
 

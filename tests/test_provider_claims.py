@@ -1,18 +1,22 @@
-"""Claims on slices of the keyspace (``provider.claims``), on SQLite and PostgreSQL: two
-owners never hold overlapping live claims, a lapsed claim is taken over, and the
-provide list's "due and unclaimed" queries skip other owners' slices."""
+"""Claims on slices of the keyspace (``provider.claims``), on SQLite, PostgreSQL and in
+memory (``provider.memory``, which the simulation uses): two owners never hold
+overlapping live claims, a lapsed claim is taken over, and the provide list's "due and
+unclaimed" queries skip other owners' slices."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
 from dhtstore.data.engine import make_engine
 from dhtstore.multihash import SHA2_256, Multihash, cid_string
-from dhtstore.provider.claims import ClaimStore
+from dhtstore.provider.api import ClaimStore, ProvideList
+from dhtstore.provider.claims import SqlClaimStore
 from dhtstore.provider.keyspace import Prefix
+from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
 from dhtstore.provider.providelist import ProvideListStore
 
 pytestmark = pytest.mark.anyio
@@ -21,15 +25,22 @@ NOW = 1_900_000_000
 LEASE = 60
 
 
-@pytest.fixture
-async def engine(store_url):
-    engine = make_engine(store_url)
-    yield engine
-    await engine.dispose()
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ProvideList, ClaimStore]]:
+    """A provide list and its claims: in SQL (SQLite, PostgreSQL) or in memory."""
+    if request.param == "memory":
+        claims = MemoryClaimStore()
+        yield MemoryProvideList(claims), claims
+        return
+    engine = make_engine(request.getfixturevalue("sqlite_store_url" if request.param == "sqlite" else "pg_store_url"))
+    try:
+        yield ProvideListStore(engine), SqlClaimStore(engine)
+    finally:
+        await engine.dispose()
 
 
-async def test_overlapping_claims_of_two_owners_exclude_each_other(engine) -> None:
-    claims = ClaimStore(engine)
+async def test_overlapping_claims_of_two_owners_exclude_each_other(stores: tuple[ProvideList, ClaimStore]) -> None:
+    _, claims = stores
     assert await claims.claim(Prefix.parse("01"), "a", NOW, LEASE)
     assert not await claims.claim(Prefix.parse("0"), "b", NOW, LEASE), "covers a's slice"
     assert not await claims.claim(Prefix.parse("011"), "b", NOW, LEASE), "inside a's slice"
@@ -40,8 +51,8 @@ async def test_overlapping_claims_of_two_owners_exclude_each_other(engine) -> No
     assert await claims.claim(Prefix.parse("01"), "b", NOW, LEASE), "released: free for anyone"
 
 
-async def test_a_lapsed_claim_is_taken_over_and_its_owner_finds_out(engine) -> None:
-    claims = ClaimStore(engine)
+async def test_a_lapsed_claim_is_taken_over_and_its_owner_finds_out(stores: tuple[ProvideList, ClaimStore]) -> None:
+    _, claims = stores
     assert await claims.claim(Prefix.parse("*"), "a", NOW, LEASE)
     assert await claims.renew(Prefix.parse("*"), "a", NOW + LEASE - 1, LEASE), "renewed in time"
     later = NOW + 2 * LEASE
@@ -51,16 +62,16 @@ async def test_a_lapsed_claim_is_taken_over_and_its_owner_finds_out(engine) -> N
     assert [c.owner for c in await claims.live(later)] == ["b"]
 
 
-async def test_an_owner_replaces_its_own_overlapping_claims(engine) -> None:
+async def test_an_owner_replaces_its_own_overlapping_claims(stores: tuple[ProvideList, ClaimStore]) -> None:
     """A restarted process (same identity) finds its killed run's claim and may claim over it."""
-    claims = ClaimStore(engine)
+    _, claims = stores
     assert await claims.claim(Prefix.parse("10"), "a", NOW, LEASE)
     assert await claims.claim(Prefix.parse("1"), "a", NOW + 1, LEASE)
     assert [str(c.prefix) for c in await claims.live(NOW + 1)] == ["1*"]
 
 
-async def test_concurrent_claimers_never_both_win(engine) -> None:
-    claims = ClaimStore(engine)
+async def test_concurrent_claimers_never_both_win(stores: tuple[ProvideList, ClaimStore]) -> None:
+    _, claims = stores
     winners: list[str] = []
 
     async def try_claim(owner: str, prefix: str) -> None:
@@ -75,13 +86,14 @@ async def test_concurrent_claimers_never_both_win(engine) -> None:
     assert all(not a.covers(b) for a in live for b in live if a is not b), "no two live claims overlap"
 
 
-async def test_due_queries_skip_other_owners_live_claims(engine) -> None:
-    store = ProvideListStore(engine)
+async def test_due_queries_skip_other_owners_live_claims(stores: tuple[ProvideList, ClaimStore]) -> None:
+    store, claims = stores
     mhs = [Multihash(SHA2_256, hashlib.sha256(b"claim %d" % i).digest()).to_bytes() for i in range(64)]
     await store.add([(cid_string(mh), mh) for mh in mhs], NOW - 10)
-    claims = ClaimStore(engine)
     assert await claims.claim(Prefix.parse("0"), "a", NOW, LEASE)
-    kad, _ = await store.oldest_due(NOW, "b")
+    oldest = await store.oldest_due(NOW, "b")
+    assert oldest is not None
+    kad, _ = oldest
     assert Prefix.parse("1").contains(kad), "b is given keys outside a's slice"
     assert await store.next_due_for("b", NOW) == NOW - 10
     assert await claims.claim(Prefix.parse("1"), "c", NOW, LEASE)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from dhtstore.data.schema import open_store
 from dhtstore.multihash import cid_string
 from dhtstore.provider.api import KeyState
+from dhtstore.provider.claims import SqlClaimStore
 from dhtstore.provider.metrics import ProvideMetrics
 from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.provider.reprovider import NEXT_JOB, Reprovider
@@ -45,11 +46,11 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(store_url: str) -> N
     engine = await open_store(store_url)
     registry = CollectorRegistry()
     r = Reprovider(
-        ProvideListStore(engine), node.router, messenger, lambda: node.info, poll_interval=0.1,
+        ProvideListStore(engine), SqlClaimStore(engine), node.router, messenger, lambda: node.info, poll_interval=0.1,
         metrics=ProvideMetrics(registry),
     )
     cli_engine = await open_store(store_url)  # the CLI: another engine on the same file
-    cli = ProvideListService(ProvideListStore(cli_engine))
+    cli = ProvideListService(ProvideListStore(cli_engine), SqlClaimStore(cli_engine))
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(r.run)
@@ -68,6 +69,7 @@ async def test_runs_on_apscheduler_and_picks_up_cli_changes(store_url: str) -> N
                 return job is not None and int(job.next_run_time.timestamp()) == await r.store.next_due()
 
             await wait_until(armed, "the timer is set for the next due key")
+            assert r._scheduler is not None
             assert len(r._scheduler.get_jobs()) == 3  # that timer, the poll and the metrics refresh
 
             added_by_cli = cids(5, b"cli")
@@ -94,6 +96,7 @@ CHILD = textwrap.dedent(
     import sys, anyio, hashlib
     from dhtstore.data.schema import open_store
     from dhtstore.multihash import cid_string
+    from dhtstore.provider.claims import SqlClaimStore
     from dhtstore.provider.providelist import ProvideListStore
     from dhtstore.provider.reprovider import Reprovider
     from dhtstore.sim import SimConfig, SimNetwork
@@ -114,7 +117,7 @@ CHILD = textwrap.dedent(
     async def main():
         engine = await open_store(url)
         slow = Slow()
-        r = Reprovider(ProvideListStore(engine), node.router, slow, lambda: node.info)
+        r = Reprovider(ProvideListStore(engine), SqlClaimStore(engine), node.router, slow, lambda: node.info)
         await r.start_provide([cid_string(b"\\x12\\x20" + hashlib.sha256(b"k%d" % i).digest()) for i in range(n)])
         sweep = await r.open()
         while (report := await sweep.visit(r.clock())) is not None:
@@ -151,7 +154,8 @@ async def test_kill_9_mid_sweep_loses_no_entry_and_no_schedule_state(sqlite_stor
     engine = await open_store(sqlite_store_url)
     try:
         store = ProvideListStore(engine)
-        service = ProvideListService(store)
+        claims = SqlClaimStore(engine)
+        service = ProvideListService(store, claims)
         entries = [e async for e in service.provide_list()]
         assert len(entries) == n  # every entry survived
         provided = [e for e in entries if e.state is KeyState.PROVIDED]
@@ -166,7 +170,7 @@ async def test_kill_9_mid_sweep_loses_no_entry_and_no_schedule_state(sqlite_stor
         net = SimNetwork(SimConfig(nodes=300, seed=22, latency=(0.0, 0.0)))
         node = net.node(0)
         messenger = RecordingMessenger(node.messenger)
-        r = Reprovider(store, node.router, messenger, lambda: node.info)
+        r = Reprovider(store, claims, node.router, messenger, lambda: node.info)
         await r.run_due()
         finished = {e.multihash for e in provided}
         assert not finished & set(messenger.sent)

@@ -1,7 +1,7 @@
-"""The sweeping reprovider in the many-node simulation, with a real SQLite store.
+"""The sweeping reprovider in the many-node simulation, on the in-memory provide list
+(``provider.memory``, held to the SQL store's rules by the store tests).
 
-Virtual time: a 22-hour cycle runs in seconds, and store calls take no virtual time
-(``sim.provider.StoreTimeLoop``).
+Virtual time (``sim.VirtualTimeLoop``): a 22-hour cycle runs in seconds.
 """
 
 from __future__ import annotations
@@ -12,21 +12,14 @@ import random
 import anyio
 import pytest
 
-from dhtstore.data.schema import open_store
+from dhtstore.kadkey import Key
 from dhtstore.multihash import cid_string
-from dhtstore.provider.api import KeyState
-from dhtstore.provider.providelist import ProvideListStore
+from dhtstore.network.api import KadMessenger
+from dhtstore.provider.api import KeyState, SweepConfig
+from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
 from dhtstore.provider.reprovider import Reprovider
-from dhtstore.provider.sweep import SweepConfig
 from dhtstore.sim import SimConfig, SimNetwork, SimNode
-from dhtstore.sim.provider import (
-    Oracle,
-    RecordingMessenger,
-    TimedStore,
-    holders,
-    run_in,
-    run_schedule,
-)
+from dhtstore.sim.provider import Oracle, RecordingMessenger, holders, run_schedule
 
 HOUR = 3600.0
 
@@ -35,20 +28,19 @@ def multihashes(n: int, tag: bytes = b"sim") -> list[bytes]:
     return [b"\x12\x20" + hashlib.sha256(tag + b"%d" % i).digest() for i in range(n)]
 
 
-async def reprovider(url: str, net: SimNetwork, node: SimNode, messenger: object, **kw: object) -> Reprovider:
-    engine = await open_store(url)
-    return Reprovider(
-        TimedStore(ProvideListStore(engine)),  # type: ignore[arg-type]
-        node.router,
-        messenger,  # type: ignore[arg-type]
-        lambda: node.info,
-        clock=net.wall_clock,
-        **kw,  # type: ignore[arg-type]
-    )
+class Store:
+    """One provide list with its claims, kept across the node's restarts."""
+
+    def __init__(self) -> None:
+        self.claims = MemoryClaimStore()
+        self.list = MemoryProvideList(self.claims)
 
 
-async def close(r: Reprovider) -> None:
-    await r.store.engine.dispose()
+def reprovider(
+    store: Store, net: SimNetwork, node: SimNode, messenger: KadMessenger, config: SweepConfig | None = None
+) -> Reprovider:
+    """A (re)started node's reprovider on ``store``."""
+    return Reprovider(store.list, store.claims, node.router, messenger, lambda: node.info, clock=net.wall_clock, config=config)
 
 
 async def all_held(net: SimNetwork, node: SimNode, keys: list[bytes]) -> list[int]:
@@ -57,7 +49,8 @@ async def all_held(net: SimNetwork, node: SimNode, keys: list[bytes]) -> list[in
 
 
 @pytest.mark.slow
-def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -> None:
+def test_one_cycle_with_a_restart_2000_nodes_20000_cids() -> None:
+    store = Store()
     net = SimNetwork(SimConfig(nodes=2000, seed=11))
     node = net.node(0)
     keys = multihashes(20_000)
@@ -65,7 +58,7 @@ def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -
     kept = keys[100:]
 
     async def first_provide() -> None:
-        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        r = reprovider(store, net, node, node.messenger)
         await r.start_provide([cid_string(mh) for mh in keys])
         reports = await r.run_due()
         lookups = sum(x.lookups for x in reports)
@@ -84,27 +77,25 @@ def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -
         assert (status.keys, status.pending, status.overdue, status.failing) == (20_000, 0, 0, 0)
         assert status.provided_within_interval == 20_000 and not status.falling_behind
         assert await r.stop_provide([cid_string(mh) for mh in removed]) == len(removed)
-        await close(r)
 
     provide_started = net.wall_clock()
-    run_in(net, first_provide)
+    net.run(first_provide)
     cycle_start = net.wall_clock()
     interval, grace = SweepConfig().interval, SweepConfig().grace
     recorder = RecordingMessenger(node.messenger, clock=net.wall_clock)
     visited: list[list[str]] = [[], []]
 
     async def run_until(part: int, until: float) -> None:
-        r = await reprovider(sqlite_store_url, net, node, recorder)  # a fresh start on the same store
+        r = reprovider(store, net, node, recorder)  # a fresh start on the same store
         reports = await run_schedule(r, until)
         visited[part] = [str(x.prefix) for x in reports]
         assert sum(x.lookups for x in reports) < len(keys) / 50
-        await close(r)
 
-    run_in(net, run_until, 0, cycle_start + interval / 2)
+    net.run(run_until, 0, cycle_start + interval / 2)
     assert visited[0] and recorder.sent  # the first half did reprovide some regions
     # The second half, until the last turn of a region provided at the end of the first
     # provide (a key moved to a refined region's turn may wait up to max_delay more).
-    run_in(net, run_until, 1, cycle_start + interval + SweepConfig().max_delay + (cycle_start - provide_started))
+    net.run(run_until, 1, cycle_start + interval + SweepConfig().max_delay + (cycle_start - provide_started))
     # Every kept key went out in the cycle, removed ones never; and no key went out twice
     # within an interval: the restarted node did not redo the regions finished before it.
     assert set(recorder.episodes) == set(kept)
@@ -116,28 +107,28 @@ def test_one_cycle_with_a_restart_2000_nodes_20000_cids(sqlite_store_url: str) -
         held = await all_held(net, node, random.Random(6).sample(kept, 2_000))
         assert min(held) == 20
 
-    run_in(net, check)
+    net.run(check)
 
 
 @pytest.mark.slow
-def test_a_node_down_longer_than_the_interval_catches_up_oldest_first(sqlite_store_url: str) -> None:
+def test_a_node_down_longer_than_the_interval_catches_up_oldest_first() -> None:
+    store = Store()
     net = SimNetwork(SimConfig(nodes=2000, seed=12))
     node = net.node(0)
     keys = multihashes(3_000, b"down")
 
     async def provide_then_run(hours: float) -> None:
-        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        r = reprovider(store, net, node, node.messenger)
         await r.start_provide([cid_string(mh) for mh in keys])
         await run_schedule(r, net.wall_clock() + hours * HOUR)
-        await close(r)
 
-    run_in(net, provide_then_run, 5)
+    net.run(provide_then_run, 5)
     # Down for 50 hours: longer than the interval, and every record on the network expired.
-    run_in(net, anyio.sleep, 50 * HOUR)
+    net.run(anyio.sleep, 50 * HOUR)
 
     async def come_back() -> None:
         assert max(await all_held(net, node, keys)) == 0
-        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        r = reprovider(store, net, node, node.messenger)
         before = {mh: e for mh, e in [(e.multihash, e) async for e in r.provide_list()]}
         assert all(e.state is KeyState.OVERDUE for e in before.values())
         status = await r.status()
@@ -153,22 +144,22 @@ def test_a_node_down_longer_than_the_interval_catches_up_oldest_first(sqlite_sto
         assert min(await all_held(net, node, keys)) == 20
         after = await r.status()
         assert after.overdue == 0 and not after.falling_behind
-        await close(r)
 
-    run_in(net, come_back)
+    net.run(come_back)
 
 
 def _kad(mh: bytes) -> int:
-    return int.from_bytes(hashlib.sha256(mh).digest(), "big")
+    return Key.for_multihash(mh).value
 
 
-def test_few_keys_are_provided_one_by_one_and_failures_are_reported(sqlite_store_url: str) -> None:
+def test_few_keys_are_provided_one_by_one_and_failures_are_reported() -> None:
+    store = Store()
     net = SimNetwork(SimConfig(nodes=300, seed=13))
     node = net.node(0)
     keys = multihashes(2, b"few")
 
     async def run() -> None:
-        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        r = reprovider(store, net, node, node.messenger)
         await r.start_provide([cid_string(mh) for mh in keys])
         reports = await r.run_due()
         assert all(x.individual for x in reports) and sum(x.lookups for x in reports) == len(keys)
@@ -188,13 +179,13 @@ def test_few_keys_are_provided_one_by_one_and_failures_are_reported(sqlite_store
         await run_schedule(r, net.wall_clock() + 2 * HOUR)  # the next retry succeeds
         entries = [e async for e in r.provide_list()]
         assert all(e.state is KeyState.PROVIDED and e.attempts == 0 and e.last_error is None for e in entries)
-        await close(r)
 
-    run_in(net, run)
+    net.run(run)
 
 
 @pytest.mark.slow
-def test_unresponsive_servers_do_not_collapse_the_regions(sqlite_store_url: str) -> None:
+def test_unresponsive_servers_do_not_collapse_the_regions() -> None:
+    store = Store()
     # Lookups that come back short (silent peers dropped) must not be taken for the
     # whole network: the records still reach the 20 closest live servers.
     net = SimNetwork(SimConfig(nodes=500, seed=14, unresponsive=0.1))
@@ -202,19 +193,18 @@ def test_unresponsive_servers_do_not_collapse_the_regions(sqlite_store_url: str)
     keys = multihashes(2_000, b"silent")
 
     async def run() -> None:
-        r = await reprovider(sqlite_store_url, net, node, node.messenger)
+        r = reprovider(store, net, node, node.messenger)
         await r.start_provide([cid_string(mh) for mh in keys])
         reports = await r.run_due()
         assert r.sweep is not None and len(r.sweep.regions) >= 8
         assert sum(x.lookups for x in reports) < len(keys) / 20
         assert min(await all_held(net, node, keys)) == 20
-        await close(r)
 
-    run_in(net, run)
+    net.run(run)
 
 
 @pytest.mark.slow
-def test_three_processes_on_one_store_provide_each_key_once_per_cycle(sqlite_store_url: str) -> None:
+def test_three_processes_on_one_store_provide_each_key_once_per_cycle() -> None:
     """Three provider identities share one provide list (``provider.claims``): through the
     first provide and a reprovide cycle, every key goes out once per cycle, from one of
     them, and each takes a share."""
@@ -225,20 +215,15 @@ def test_three_processes_on_one_store_provide_each_key_once_per_cycle(sqlite_sto
     recorders = [RecordingMessenger(n.messenger, clock=net.wall_clock) for n in nodes]
 
     async def three_processes(until: float) -> None:
-        engine = await open_store(sqlite_store_url)
-        store = TimedStore(ProvideListStore(engine))
+        store = Store()
         config = SweepConfig(claim_batch=100)  # several slices per region, so all three share them
-        processes = [
-            Reprovider(store, n.router, rec, (lambda n=n: n.info), clock=net.wall_clock, config=config)  # type: ignore[arg-type]
-            for n, rec in zip(nodes, recorders, strict=True)
-        ]
+        processes = [reprovider(store, net, n, rec, config) for n, rec in zip(nodes, recorders, strict=True)]
         await processes[0].start_provide([cid_string(mh) for mh in keys])
         async with anyio.create_task_group() as tg:
             for r in processes:
                 tg.start_soon(run_schedule, r, until)
-        await engine.dispose()
 
-    run_in(net, three_processes, net.wall_clock() + interval + 2 * HOUR)
+    net.run(three_processes, net.wall_clock() + interval + 2 * HOUR)
     grace = SweepConfig().grace
     for mh in keys:
         # When it went out, from whichever process: the first provide, then at its region's

@@ -18,8 +18,8 @@ from dhtstore.provider.keyspace import (
     gaps,
     minimal_regions,
 )
+from dhtstore.provider.planner import preimage_under
 from dhtstore.provider.schedule import next_turn, region_offset, retry_delay
-from dhtstore.provider.sweep import preimage_under
 
 
 def under(prefix: Prefix, rng: random.Random) -> int:

@@ -14,10 +14,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import click
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.schema import open_store
 from ..provider.api import AddResult, ProvideEntry, ProvideError, ProvideStatus
 from ..provider.cids import multihash_of
+from ..provider.claims import SqlClaimStore
 from ..provider.providelist import ProvideListStore
 from ..provider.service import ProvideListService
 from .common import Location, location_options, run
@@ -35,13 +37,10 @@ def provide() -> None:
     """Edit and inspect the provide list (works while the node runs)."""
 
 
-async def _service(where: Location) -> ProvideListService:
+async def _service(where: Location) -> tuple[ProvideListService, AsyncEngine]:
+    """The provide list of the store at ``where``, and its engine (dispose it when done)."""
     engine = await open_store(where.store_url())
-    return await ProvideListService.for_store(ProvideListStore(engine))
-
-
-async def _close(service: ProvideListService) -> None:
-    await service.store.engine.dispose()
+    return await ProvideListService.for_store(ProvideListStore(engine), SqlClaimStore(engine)), engine
 
 
 # --- add ----------------------------------------------------------------------------------
@@ -69,7 +68,7 @@ def add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None) -> No
 
 
 async def _add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None) -> None:
-    service = await _service(where)
+    service, engine = await _service(where)
     sources: list[tuple[str, Iterator[tuple[int, str]]]] = []
     if cids:
         sources.append(("argument", iter(enumerate(cids, 1))))
@@ -112,7 +111,7 @@ async def _add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None
                         if batch:
                             await send.send(batch)
     finally:
-        await _close(service)
+        await engine.dispose()
     if bad > MAX_REPORTED_ERRORS:
         click.echo(f"… and {bad - MAX_REPORTED_ERRORS} more bad lines", err=True)
     click.echo(f"added {total.added}, already listed {total.present}, refused {bad}")
@@ -166,11 +165,11 @@ def rm(where: Location, cids: tuple[str, ...]) -> None:
 
 
 async def _rm(where: Location, multihashes: list[bytes]) -> int:
-    service = await _service(where)
+    service, engine = await _service(where)
     try:
         return await service.store.remove(multihashes)
     finally:
-        await _close(service)
+        await engine.dispose()
 
 
 # --- ls ----------------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ def ls(where: Location, limit: int, after: str | None, everything: bool, as_json
 
 
 async def _ls(where: Location, after: bytes | None, limit: int | None, as_json: bool) -> None:
-    service = await _service(where)
+    service, engine = await _service(where)
     shown = 0
     last: bytes | None = None
     try:
@@ -219,7 +218,7 @@ async def _ls(where: Location, after: bytes | None, limit: int | None, as_json: 
                 error = f"  {e.last_error}" if e.last_error else ""
                 click.echo(f"{e.cid}  {e.state.value:<8}  provided {provided}  due {e.next_due_at:%Y-%m-%d %H:%M}{error}")
     finally:
-        await _close(service)
+        await engine.dispose()
     more = limit is not None and shown == limit
     if as_json:
         click.echo(json.dumps({"next": last.hex() if more and last else None}))
@@ -269,8 +268,8 @@ def _status_json(s: ProvideStatus) -> dict[str, object]:
 
 
 async def _status(where: Location) -> ProvideStatus:
-    service = await _service(where)
+    service, engine = await _service(where)
     try:
         return await service.status()
     finally:
-        await _close(service)
+        await engine.dispose()

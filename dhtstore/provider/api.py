@@ -1,4 +1,6 @@
-"""The provider module's presentation tier: what the node's own provide list does.
+"""The provider module's contracts: what the node's own provide list does (``Provider``),
+the sweep's settings and reports, and the two stores under it (``ProvideList``,
+``ClaimStore``; in SQL in ``providelist`` and ``claims``, in memory in ``memory``).
 
 The provide list is the set of multihashes this node announces as a provider. Each
 entry is a promise: once ``start_provide`` returns, the key is stored and will be
@@ -10,14 +12,18 @@ DHT key, hence one entry); the CID as first given is kept for display.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from ..amino import BUCKET_SIZE, REPROVIDE_INTERVAL, SWEEP_SEND_TIMEOUT
+from .keyspace import Prefix
+
 # After this many failed attempts in a row a key is reported as failing (it is still
 # retried with backoff: a failing key is never dropped).
 FAILING_AFTER_ATTEMPTS = 3
+CLAIM_LEASE = 300.0  # seconds: a dead process's slice is taken over this long after its last renewal
 
 
 class KeyState(enum.Enum):
@@ -83,3 +89,217 @@ class Provider(Protocol):
         ...
 
     async def status(self) -> ProvideStatus: ...
+
+
+# --- the sweep ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SweepConfig:
+    interval: float = REPROVIDE_INTERVAL.total_seconds()
+    replication: int = BUCKET_SIZE
+    max_peers_in_flight: int = 20  # go: maxProvideConnsPerWorker
+    send_timeout: float = SWEEP_SEND_TIMEOUT  # per ADD_PROVIDER and per confirming PING
+    min_reachable_ratio: float = 0.2  # go: minimalRegionReachablePeersRatio
+    individual_threshold: int = 2  # go: individualProvideThreshold
+    max_failure_streak: int = 2  # go: maxConsecutiveProvideFailuresAllowed
+    max_exploration_lookups: int = 64  # go: maxExplorationPrefixSearches
+    max_stale_lookups: int = 2  # go: maxConsecutiveNoFreshPeers
+    retry_after: float = 300.0  # go retries failed work every 5 min; we double from there
+    max_retry_after: float = 3600.0
+    claim_lease: float = CLAIM_LEASE
+    # A PING after this many ADD_PROVIDERs to one peer: its backlog stays short (servers
+    # rate-limit each peer, ours to 200 requests/s), so the PING is answered in time.
+    confirm_every: int = 256
+    claim_batch: int = 2_000  # a region with more due keys than this is shared out in slices
+
+    @property
+    def grace(self) -> float:
+        """A region whose turn is this close is provided now rather than twice."""
+        return self.interval / 128
+
+    @property
+    def max_delay(self) -> float:
+        """How far past one interval a key's next provide may fall (1 h at 22 h, go's
+        ``DefaultMaxReprovideDelay``); records live 48 h, far longer."""
+        return self.interval / 22
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VisitReport:
+    """One visit: what was sent and what it cost."""
+
+    prefix: Prefix  # the slice visited (or the region, for keys provided one by one)
+    keys: int = 0
+    provided: int = 0  # keys whose region reached enough servers
+    failed: int = 0
+    peers: int = 0
+    peers_reached: int = 0
+    lookups: int = 0
+    messages: int = 0
+    individual: bool = False
+    error: str | None = None
+
+
+# --- the stores -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One provided key, as the sweep needs it."""
+
+    kad: int  # the Kademlia key as an int
+    multihash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    cid: str
+    multihash: bytes
+    added_at: int
+    last_provided_at: int | None
+    next_due_at: int
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegionRow:
+    prefix: Prefix
+    next_due_at: int
+    last_run_at: int | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    keys: int
+    pending: int
+    provided_within: int
+    overdue: int
+    failing: int
+    stale: int  # not provided for longer than the interval (plus slack): its records may be gone
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    prefix: Prefix
+    owner: str
+    claimed_at: int
+    expires_at: int
+
+
+class ClaimStore(Protocol):
+    """Which process of a shared provide list provides which slice now (``provider.claims``).
+
+    A claim is a lease on a prefix: no two owners hold overlapping live claims. Every
+    method raises ``dhtstore.errors.StoreUnavailable`` when the store cannot be reached.
+    """
+
+    async def claim(self, prefix: Prefix, owner: str, now: int, lease: int) -> bool:
+        """Claim ``prefix`` for ``owner`` until ``now + lease``; False if another owner
+        holds a live claim overlapping it. The owner's own claims overlapping it are replaced."""
+        ...
+
+    async def renew(self, prefix: Prefix, owner: str, now: int, lease: int) -> bool:
+        """Extend the owner's claim to ``now + lease``; False if it is gone (expired and taken over)."""
+        ...
+
+    async def release(self, prefix: Prefix, owner: str) -> None: ...
+
+    async def live(self, now: int) -> list[Claim]:
+        """Every claim not yet expired at ``now``, in keyspace order."""
+        ...
+
+
+class ProvideList(Protocol):
+    """The provide list and the reprovide schedule: what the sweep, the reprovider, the
+    service (and so the CLI) and the node read and write. Times are integer epoch
+    seconds. ``owner`` arguments name the calling process: keys under another owner's
+    live claim are left out. Every method raises ``dhtstore.errors.StoreUnavailable``
+    when the store cannot be reached."""
+
+    # the list
+    async def contains(self, multihash: bytes) -> bool: ...
+
+    async def add(self, entries: Sequence[tuple[str, bytes]], now: int) -> AddResult:
+        """Add ``(cid, multihash)`` pairs, due now; a multihash already listed is left as it is."""
+        ...
+
+    async def remove(self, multihashes: Sequence[bytes]) -> int: ...
+
+    def rows(self, after: bytes | None = None, limit: int | None = None) -> AsyncIterator[ListRow]:
+        """The list in multihash order, from the first multihash greater than ``after``."""
+        ...
+
+    async def counts(self, now: int, interval: int, late: int) -> Counts:
+        """Figures for the status; ``late``: how long past the interval a key counts as stale."""
+        ...
+
+    # the schedule
+    async def next_due(self) -> int | None:
+        """The earliest ``next_due_at`` of the list."""
+        ...
+
+    async def next_due_for(self, owner: str, now: int) -> int | None:
+        """The earliest ``next_due_at`` among the keys ``owner`` may provide."""
+        ...
+
+    async def last_due(self) -> int | None:
+        """The latest ``next_due_at``: when the current cycle will be through."""
+        ...
+
+    async def oldest_due(self, now: int, owner: str) -> tuple[int, int] | None:
+        """``(kad key, next_due_at)`` of the key overdue longest that ``owner`` may provide, if any is due at ``now``."""
+        ...
+
+    async def due_keys(
+        self, prefix: Prefix, before: int, limit: int | None = None, provided_before: int | None = None
+    ) -> list[KeyRow]:
+        """Keys under ``prefix`` due before ``before`` (and, if given, not provided since
+        ``provided_before``), sorted by Kademlia key."""
+        ...
+
+    async def count_due(self, prefix: Prefix, before: int, limit: int) -> int:
+        """How many keys under ``prefix`` are due before ``before``, counting at most ``limit``."""
+        ...
+
+    async def realign(self, prefix: Prefix, before: int, provided_since: int, next_due: int) -> None:
+        """Move keys under ``prefix`` due before ``before`` but provided since
+        ``provided_since`` to ``next_due``, without providing them again."""
+        ...
+
+    async def any_key(self, prefix: Prefix) -> bytes | None:
+        """A multihash of the list under ``prefix``, if any."""
+        ...
+
+    async def mark_provided(self, multihashes: Sequence[bytes], at: int, next_due: int) -> None:
+        """Provided at ``at``: due again at ``next_due``, attempts and error cleared."""
+        ...
+
+    async def mark_failed(self, multihashes: Sequence[bytes], error: str, retry_at: int) -> None:
+        """One more failed attempt: due again at ``retry_at``, ``error`` kept."""
+        ...
+
+    async def max_attempts(self, multihashes: Sequence[bytes]) -> int: ...
+
+    # the regions
+    async def regions(self) -> list[RegionRow]: ...
+
+    async def replace_regions(self, covering: Prefix, regions: Sequence[RegionRow]) -> None:
+        """Put ``regions`` (which tile ``covering``) in place of every region under ``covering``."""
+        ...
+
+    # named state
+    async def get_state(self) -> dict[str, str]: ...
+
+    async def state_since(self, prefix: str, since: int) -> dict[str, str]:
+        """The named values starting with ``prefix`` updated at or after ``since``."""
+        ...
+
+    async def add_state(self, values: dict[str, str], now: int) -> None:
+        """Set the named values that are not set yet."""
+        ...
+
+    async def set_state(self, values: dict[str, str], now: int) -> None: ...

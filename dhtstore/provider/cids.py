@@ -55,7 +55,7 @@ def _v0(text: str) -> bytes:
         raw = base58.b58decode(text)
     except ValueError:
         raise multihash.MultihashError(f"not a CIDv0: {text!r}") from None
-    if len(raw) != 34 or raw[:2] != b"\x12\x20":
+    if len(raw) != 34 or raw[:2] != multihash.SHA2_256_HEADER:
         raise multihash.MultihashError(f"not a CIDv0 (sha2-256 multihash): {text!r}")
     return raw
 

@@ -20,30 +20,25 @@ clocks in step (NTP), far closer than the lease of minutes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.locks import take_turn
 from ..data.models import ReprovideClaimRow
+from .api import Claim
 from .keyspace import Prefix, intersection
+from .providelist import store_call
 
 CLAIMS_LOCK = 0x6468_7473_636C_6169  # advisory lock id ("dhtsclai"): one claimer at a time
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    prefix: Prefix
-    owner: str
-    claimed_at: int
-    expires_at: int
+class SqlClaimStore:
+    """``provider.api.ClaimStore`` in the table ``reprovide_claims``."""
 
-
-class ClaimStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
 
+    @store_call
     async def claim(self, prefix: Prefix, owner: str, now: int, lease: int) -> bool:
         """Claim ``prefix`` for ``owner`` until ``now + lease``; False if another owner
         holds a live claim that overlaps it. Claims the owner left overlapping it (a
@@ -70,6 +65,7 @@ class ClaimStore:
             )
         return True
 
+    @store_call
     async def renew(self, prefix: Prefix, owner: str, now: int, lease: int) -> bool:
         """Extend the owner's claim; False if it is gone (expired and taken over)."""
         c = ReprovideClaimRow
@@ -77,13 +73,15 @@ class ClaimStore:
             result = await conn.execute(
                 update(c).where(c.region == str(prefix), c.owner == owner).values(expires_at=now + lease)
             )
-            return result.rowcount == 1
+            return bool(result.rowcount == 1)
 
+    @store_call
     async def release(self, prefix: Prefix, owner: str) -> None:
         c = ReprovideClaimRow
         async with self.engine.begin() as conn:
             await conn.execute(delete(c).where(c.region == str(prefix), c.owner == owner))
 
+    @store_call
     async def live(self, now: int) -> list[Claim]:
         """Every claim not yet expired, in keyspace order."""
         c = ReprovideClaimRow

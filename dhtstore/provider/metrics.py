@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .api import ProvideStatus
-from .sweep import VisitReport
+from .api import ProvideStatus, VisitReport
 
 
 class ProvideMetrics:
@@ -25,7 +24,7 @@ class ProvideMetrics:
         self.regions = Gauge("dhtstore_provide_regions", "Keyspace regions in the reprovide schedule", registry=r)
         self.current_region = Gauge(
             "dhtstore_provide_current_region_info",
-            "1 for the region being provided now (label: its prefix bits)",
+            "1 for the slice being provided now (label: its prefix bits)",
             ["prefix"],
             registry=r,
         )
@@ -37,7 +36,7 @@ class ProvideMetrics:
         self.messages = Counter("dhtstore_provide_messages", "ADD_PROVIDER messages sent", registry=r)
         self.keys_provided = Counter("dhtstore_provide_keys_provided", "Keys (re)provided to enough peers", registry=r)
         self.keys_failed = Counter("dhtstore_provide_keys_failed", "Key provide attempts that failed", registry=r)
-        self.visits = Counter("dhtstore_provide_region_visits", "Regions visited by the sweep", registry=r)
+        self.visits = Counter("dhtstore_provide_region_visits", "Slices visited by the sweep", registry=r)
 
     def region_started(self, label: str) -> None:
         self.current_region.clear()

@@ -4,14 +4,20 @@
 Every method is one short transaction, so the CLI can write beside a running node
 (SQLite waits on its busy timeout) and a kill -9 leaves each row either before or
 after a change, never half-written. Times are integer epoch seconds, as in the models.
+A database that does not answer or refuses raises ``errors.StoreUnavailable``, here and
+in ``claims`` (``store_call``): callers never see a driver's or SQLAlchemy's errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.dialects import dialect_insert
@@ -22,8 +28,9 @@ from ..data.models import (
     ReprovideClaimRow,
     ReprovideRegionRow,
 )
+from ..errors import StoreUnavailable
 from ..kadkey import Key
-from .api import FAILING_AFTER_ATTEMPTS, AddResult
+from .api import FAILING_AFTER_ATTEMPTS, AddResult, Counts, KeyRow, ListRow, RegionRow
 from .keyspace import Prefix
 
 # Rows per statement: well under SQLite's 32,766 bound parameters, and large enough
@@ -32,46 +39,37 @@ WRITE_BATCH = 2_000
 READ_BATCH = 1_000
 REGIONS_LOCK = 0x6468_7473_7265_6769  # advisory lock id ("dhtsregi"): one region writer at a time
 
+# What a database that does not answer, or refuses, raises through SQLAlchemy's async
+# drivers (asyncpg may raise its own errors while a connection is set up).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    """One provided key, as the sweep needs it."""
-
-    kad: int  # the Kademlia key as an int
-    multihash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ListRow:
-    cid: str
-    multihash: bytes
-    added_at: int
-    last_provided_at: int | None
-    next_due_at: int
-    attempts: int
-    last_error: str | None
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S")
 
 
-@dataclass(frozen=True, slots=True)
-class RegionRow:
-    prefix: Prefix
-    next_due_at: int
-    last_run_at: int | None
-    attempts: int
-    last_error: str | None
+@contextmanager
+def unavailable_on_driver_errors() -> Iterator[None]:
+    """Turn a driver's or SQLAlchemy's failure into ``StoreUnavailable`` (one line, the cause chained)."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        first_line = next(iter(str(exc).splitlines()), "")
+        raise StoreUnavailable(f"the store did not answer ({exc.__class__.__name__}: {first_line})") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class Counts:
-    keys: int
-    pending: int
-    provided_within: int
-    overdue: int
-    failing: int
-    stale: int  # not provided for longer than the interval (plus slack): its records may be gone
+def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A store method that raises ``StoreUnavailable``, never a driver's error."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        with unavailable_on_driver_errors():
+            return await fn(*args, **kwargs)
+
+    return call
 
 
-def _chunks(items: Sequence, size: int):  # type: ignore[no-untyped-def]
+def _chunks(items: Sequence[S], size: int) -> Iterator[Sequence[S]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -87,11 +85,11 @@ def _region_values(g: RegionRow) -> dict[str, object]:
     }
 
 
-def _in_prefix(prefix: Prefix):  # type: ignore[no-untyped-def]
+def _in_prefix(prefix: Prefix) -> ColumnElement[bool]:
     return ProvidedKeyRow.kad_key.between(prefix.first_bytes(), prefix.last_bytes())
 
 
-def _unclaimed(owner: str, now: int):  # type: ignore[no-untyped-def]
+def _unclaimed(owner: str, now: int) -> ColumnElement[bool]:
     """Keys under no live claim of another process (``provider.claims``)."""
     c = ReprovideClaimRow
     return ~(
@@ -102,18 +100,22 @@ def _unclaimed(owner: str, now: int):  # type: ignore[no-untyped-def]
 
 
 class ProvideListStore:
+    """``provider.api.ProvideList`` in SQL."""
+
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
         self._insert = dialect_insert(engine)
 
     # --- the list ---------------------------------------------------------------
 
+    @store_call
     async def contains(self, multihash: bytes) -> bool:
         """True when ``multihash`` is in the provide list (one unique-index lookup)."""
         async with self.engine.connect() as conn:
             found = await conn.execute(select(ProvidedKeyRow.id).where(ProvidedKeyRow.multihash == multihash).limit(1))
             return found.first() is not None
 
+    @store_call
     async def add(self, entries: Sequence[tuple[str, bytes]], now: int) -> AddResult:
         """Add ``(cid, multihash)`` pairs, due now; a multihash already listed is left as it is."""
         added = 0
@@ -146,6 +148,7 @@ class ProvideListStore:
                 added += len(result.all())
         return AddResult(added=added, present=len(entries) - added)
 
+    @store_call
     async def remove(self, multihashes: Sequence[bytes]) -> int:
         removed = 0
         async with self.engine.begin() as conn:
@@ -156,6 +159,11 @@ class ProvideListStore:
 
     async def rows(self, after: bytes | None = None, limit: int | None = None) -> AsyncIterator[ListRow]:
         """The list in multihash order, read in pages so memory stays flat."""
+        with unavailable_on_driver_errors():
+            async for row in self._rows(after, limit):
+                yield row
+
+    async def _rows(self, after: bytes | None, limit: int | None) -> AsyncIterator[ListRow]:
         cursor = after
         left = limit
         while left is None or left > 0:
@@ -181,6 +189,7 @@ class ProvideListStore:
             if left is not None:
                 left -= len(batch)
 
+    @store_call
     async def counts(self, now: int, interval: int, late: int) -> Counts:
         """Figures for the status; ``late``: how long past the interval a key counts as stale."""
         k = ProvidedKeyRow
@@ -203,11 +212,13 @@ class ProvideListStore:
 
     # --- what the sweep reads ----------------------------------------------------
 
+    @store_call
     async def next_due(self) -> int | None:
         """The earliest ``next_due_at`` of the list (an index lookup)."""
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.min(ProvidedKeyRow.next_due_at)))).scalar()
 
+    @store_call
     async def next_due_for(self, owner: str, now: int) -> int | None:
         """The earliest ``next_due_at`` among keys ``owner`` may provide: those under no
         other process's live claim."""
@@ -216,11 +227,13 @@ class ProvideListStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(stmt)).scalar()
 
+    @store_call
     async def last_due(self) -> int | None:
         """The latest ``next_due_at`` of the list: when the current cycle will be through."""
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.max(ProvidedKeyRow.next_due_at)))).scalar()
 
+    @store_call
     async def oldest_due(self, now: int, owner: str) -> tuple[int, int] | None:
         """``(kad key, next_due_at)`` of the key overdue longest that ``owner`` may
         provide (under no other process's live claim), if any is due at ``now``."""
@@ -234,6 +247,7 @@ class ProvideListStore:
             row = (await conn.execute(stmt)).first()
         return None if row is None else (int.from_bytes(row[0], "big"), row[1])
 
+    @store_call
     async def due_keys(
         self, prefix: Prefix, before: int, limit: int | None = None, provided_before: int | None = None
     ) -> list[KeyRow]:
@@ -250,6 +264,7 @@ class ProvideListStore:
             rows = (await conn.execute(stmt)).all()
         return [KeyRow(int.from_bytes(kad, "big"), mh) for kad, mh in rows]
 
+    @store_call
     async def count_due(self, prefix: Prefix, before: int, limit: int) -> int:
         """How many keys under ``prefix`` are due before ``before``, counting at most ``limit``."""
         k = ProvidedKeyRow
@@ -257,6 +272,7 @@ class ProvideListStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(func.count()).select_from(due))).scalar_one()
 
+    @store_call
     async def realign(self, prefix: Prefix, before: int, provided_since: int, next_due: int) -> None:
         """Move keys under ``prefix`` due before ``before`` but provided since
         ``provided_since`` to ``next_due``, without providing them again."""
@@ -268,6 +284,7 @@ class ProvideListStore:
                 .values(next_due_at=next_due)
             )
 
+    @store_call
     async def any_key(self, prefix: Prefix) -> bytes | None:
         """A multihash of the list under ``prefix`` (a lookup target inside it), if any."""
         stmt = select(ProvidedKeyRow.multihash).where(_in_prefix(prefix)).limit(1)
@@ -276,6 +293,7 @@ class ProvideListStore:
 
     # --- what the sweep writes ----------------------------------------------------
 
+    @store_call
     async def mark_provided(self, multihashes: Sequence[bytes], at: int, next_due: int) -> None:
         async with self.engine.begin() as conn:
             for chunk in _chunks(multihashes, WRITE_BATCH):
@@ -285,6 +303,7 @@ class ProvideListStore:
                     .values(last_provided_at=at, next_due_at=next_due, attempts=0, last_error=None)
                 )
 
+    @store_call
     async def mark_failed(self, multihashes: Sequence[bytes], error: str, retry_at: int) -> None:
         async with self.engine.begin() as conn:
             for chunk in _chunks(multihashes, WRITE_BATCH):
@@ -294,6 +313,7 @@ class ProvideListStore:
                     .values(next_due_at=retry_at, attempts=ProvidedKeyRow.attempts + 1, last_error=error[:1000])
                 )
 
+    @store_call
     async def max_attempts(self, multihashes: Sequence[bytes]) -> int:
         best = 0
         async with self.engine.connect() as conn:
@@ -304,6 +324,7 @@ class ProvideListStore:
 
     # --- regions ------------------------------------------------------------------
 
+    @store_call
     async def regions(self) -> list[RegionRow]:
         r = ReprovideRegionRow
         stmt = select(r.prefix, r.prefix_len, r.next_due_at, r.last_run_at, r.attempts, r.last_error)
@@ -314,6 +335,7 @@ class ProvideListStore:
             for p, n, due, last, attempts, err in rows
         ]
 
+    @store_call
     async def replace_regions(self, covering: Prefix, regions: Sequence[RegionRow]) -> None:
         """Put ``regions`` (which tile ``covering``) in place of every region under
         ``covering``. Processes sharing the store take turns, so regions never overlap."""
@@ -328,10 +350,12 @@ class ProvideListStore:
 
     # --- named state ----------------------------------------------------------------
 
+    @store_call
     async def get_state(self) -> dict[str, str]:
         async with self.engine.connect() as conn:
             return dict((await conn.execute(select(ProviderStateRow.name, ProviderStateRow.value))).all())
 
+    @store_call
     async def state_since(self, prefix: str, since: int) -> dict[str, str]:
         """The named values starting with ``prefix`` updated at or after ``since``."""
         s = ProviderStateRow
@@ -339,6 +363,7 @@ class ProvideListStore:
         async with self.engine.connect() as conn:
             return dict((await conn.execute(stmt)).all())
 
+    @store_call
     async def add_state(self, values: dict[str, str], now: int) -> None:
         """Set the named values that are not set yet (processes starting together on a
         shared store agree on the first one's)."""
@@ -346,6 +371,7 @@ class ProvideListStore:
         async with self.engine.begin() as conn:
             await conn.execute(self._insert(ProviderStateRow).on_conflict_do_nothing(index_elements=["name"]), rows)
 
+    @store_call
     async def set_state(self, values: dict[str, str], now: int) -> None:
         rows = [{"name": n, "value": v, "updated_at": now} for n, v in values.items()]
         stmt = self._insert(ProviderStateRow)

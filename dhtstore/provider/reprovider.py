@@ -6,7 +6,7 @@ job per CID), and a poll every few seconds that notices keys the CLI added to th
 table while the node runs. The work itself runs in ``run``'s task group, so stopping
 the node cancels it between two store transactions: nothing is half-written.
 
-    reprovider = Reprovider(ProvideListStore(engine), router, messenger, host_info)
+    reprovider = Reprovider(ProvideListStore(engine), SqlClaimStore(engine), router, messenger, host_info)
     async with anyio.create_task_group() as tg:
         await tg.start(reprovider.run)
         ...
@@ -23,17 +23,17 @@ from datetime import UTC, datetime
 
 import anyio
 import anyio.abc
+
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy.exc import SQLAlchemyError
 
 from ..dht import DHT
+from ..errors import StoreError
 from ..network.api import KadMessenger
 from ..types import PeerInfo
-from .api import AddResult
+from .api import AddResult, ClaimStore, ProvideList, SweepConfig, VisitReport
 from .metrics import ProvideMetrics
-from .providelist import ProvideListStore
 from .service import (
     STATE_CYCLE_START,
     STATE_INTERVAL,
@@ -42,7 +42,7 @@ from .service import (
     ProvideListService,
     throughput_state,
 )
-from .sweep import Sweep, SweepConfig, VisitReport
+from .sweep import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,19 @@ STORE_RETRY = 30.0  # after a store error, try again this much later
 class Reprovider(ProvideListService):
     def __init__(
         self,
-        store: ProvideListStore,
+        store: ProvideList,
+        claims: ClaimStore,
         dht: DHT,
         messenger: KadMessenger,
         self_info: Callable[[], PeerInfo],
         *,
-        config: SweepConfig = SweepConfig(),
+        config: SweepConfig | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 2.0,
         metrics: ProvideMetrics | None = None,
     ):
-        super().__init__(store, interval=config.interval, clock=clock)
+        config = config or SweepConfig()
+        super().__init__(store, claims, interval=config.interval, clock=clock)
         self.dht = dht
         self.messenger = messenger
         self.self_info = self_info
@@ -98,6 +100,7 @@ class Reprovider(ProvideListService):
         prefix_len = state.get(STATE_PREFIX_LEN)
         self.sweep = Sweep(
             self.store,
+            self.claims,
             self.dht,
             self.messenger,
             self.self_info,
@@ -106,7 +109,7 @@ class Reprovider(ProvideListService):
             prefix_len=int(prefix_len) if prefix_len else None,
             config=self.config,
             clock=self.clock,
-            on_region=lambda prefix: self.metrics.region_started(str(prefix)),
+            on_slice=lambda prefix: self.metrics.region_started(str(prefix)),
         )
         return self.sweep
 
@@ -147,9 +150,9 @@ class Reprovider(ProvideListService):
     # --- work -------------------------------------------------------------------------------
 
     async def run_due(self) -> list[VisitReport]:
-        """Visit regions until nothing is due now; return what was done."""
+        """Visit slices until nothing is due now; return what was done."""
         sweep = await self.open()
-        reports = []
+        reports: list[VisitReport] = []
         while True:
             started = self.clock()
             report = await sweep.visit(started)
@@ -170,7 +173,7 @@ class Reprovider(ProvideListService):
             await self.run_due()
             # Work still due now is another process's (a lost race for a claim): look again shortly.
             await self._arm(not_before=self.clock() + self.poll_interval)
-        except (SQLAlchemyError, OSError) as exc:
+        except StoreError as exc:
             log.warning("provider: store error, retrying in %ds: %s", STORE_RETRY, exc)
             self._arm_at(self.clock() + STORE_RETRY)
             return
@@ -241,7 +244,7 @@ class Reprovider(ProvideListService):
         expired: they are due now."""
         try:
             due = await self.next_unclaimed_due()
-        except (SQLAlchemyError, OSError) as exc:
+        except StoreError as exc:
             log.info("provider: poll failed: %s", exc)
             return
         if due is not None and due != self._armed_for and due <= self.clock():
@@ -250,5 +253,5 @@ class Reprovider(ProvideListService):
     async def _refresh_metrics(self) -> None:
         try:
             self.metrics.update(await self.status())
-        except (SQLAlchemyError, OSError) as exc:
+        except StoreError as exc:
             log.info("provider: metrics refresh failed: %s", exc)

@@ -36,4 +36,4 @@ def next_turn(prefix: Prefix, order: int, interval: float, cycle_start: float, a
 
 def retry_delay(attempts: int, base: float, ceiling: float) -> float:
     """Backoff before retrying work that failed ``attempts`` times in a row: doubling, capped."""
-    return min(ceiling, base * 2 ** max(attempts - 1, 0))
+    return min(ceiling, base * 2.0 ** max(attempts - 1, 0))

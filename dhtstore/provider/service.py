@@ -16,14 +16,15 @@ from ..amino import REPROVIDE_INTERVAL
 from .api import (
     FAILING_AFTER_ATTEMPTS,
     AddResult,
+    ClaimStore,
     KeyState,
+    ListRow,
     ProvideEntry,
     ProvideError,
+    ProvideList,
     ProvideStatus,
 )
 from .cids import multihash_of
-from .claims import ClaimStore
-from .providelist import ListRow, ProvideListStore
 
 # provider_state names
 STATE_ORDER = "order_key"
@@ -69,7 +70,8 @@ def entry_state(row: ListRow, now: float) -> KeyState:
 class ProvideListService:
     def __init__(
         self,
-        store: ProvideListStore,
+        store: ProvideList,
+        claims: ClaimStore,
         *,
         interval: float = REPROVIDE_INTERVAL.total_seconds(),
         clock: Callable[[], float] = time.time,
@@ -77,15 +79,18 @@ class ProvideListService:
         if interval <= 0:
             raise ValueError("the reprovide interval must be positive")
         self.store = store
+        self.claims = claims
         self.interval = interval
         self.clock = clock
 
     @classmethod
-    async def for_store(cls, store: ProvideListStore, clock: Callable[[], float] = time.time) -> ProvideListService:
+    async def for_store(
+        cls, store: ProvideList, claims: ClaimStore, clock: Callable[[], float] = time.time
+    ) -> ProvideListService:
         """A service with the interval the node last ran with (the default if it never ran)."""
         recorded = (await store.get_state()).get(STATE_INTERVAL)
         interval = float(recorded) if recorded else REPROVIDE_INTERVAL.total_seconds()
-        return cls(store, interval=interval, clock=clock)
+        return cls(store, claims, interval=interval, clock=clock)
 
     @property
     def behind_after(self) -> float:
@@ -119,7 +124,7 @@ class ProvideListService:
         regions = await self.store.regions()
         oldest = await self.store.next_due()
         last_due = await self.store.last_due()
-        claims = await ClaimStore(self.store.engine).live(int(now))
+        claims = await self.claims.live(int(now))
         # The processes that provided within the interval work side by side: their rates add up.
         rates = await self.store.state_since(STATE_THROUGHPUT, int(now - self.interval))
         throughput = sum(float(v or 0) for v in rates.values())

@@ -27,7 +27,7 @@ import anyio.abc
 from .. import amino
 from ..dht import DHT
 from ..errors import NetworkError
-from ..kadkey import Key
+from ..kadkey import Key, preimage_with_prefix
 from ..network import dnsaddr, multiaddrs
 from ..network.api import DIAL_TIMEOUT, IdentifyInfo, KadMessenger
 from ..peerid import PeerId
@@ -54,11 +54,8 @@ def random_preimage_with_cpl(local: Key, cpl: int, rng: Callable[[int], bytes] =
     """A peer-id-shaped key (sha2-256 multihash) whose Kad key shares exactly ``cpl`` bits with ``local``."""
     if not 0 <= cpl <= MAX_REFRESH_CPL:
         raise ValueError(f"cpl {cpl} outside 0..{MAX_REFRESH_CPL}")
-    for _ in range(1 << (cpl + 6)):  # expected 2^(cpl+1) tries; failing this bound is ~e^-32
-        candidate = b"\x12\x20" + rng(32)
-        if Key.hash(candidate).common_prefix_length(local) == cpl:
-            return candidate
-    raise RuntimeError("no random key found for the bucket")  # pragma: no cover
+    # Exactly cpl shared bits: local's first cpl bits, then the other value of bit cpl.
+    return preimage_with_prefix((local.prefix(cpl) << 1) | (1 - local.bit(cpl)), cpl + 1, rng)
 
 
 class TableUpkeep:

@@ -1,111 +1,34 @@
-"""Running the provider, with its real SQL store, inside ``dhtstore.sim``'s virtual time.
+"""Running the provider inside ``dhtstore.sim``'s virtual time.
 
-The simulation's loop jumps its clock to the next timer whenever nothing is ready; a
-store call, though, waits on a worker thread (aiosqlite, asyncpg's socket), which that
-loop cannot see. ``StoreTimeLoop`` counts the store calls in flight (through
-``TimedStore``) and, while there are any, blocks for real until the thread answers:
-store calls then take no virtual time, and a run stays reproducible.
+The provider runs unchanged (``provider.reprovider.Reprovider`` and its sweep) on the
+in-memory provide list and claims (``provider.memory``), whose calls never wait, on
+the network's ``VirtualTimeLoop``: a 22-hour cycle runs in seconds, and a run is
+reproducible. The SQL stores keep the same rules (the store tests run both) and are
+driven in real time by ``tests/test_reprovide_scheduler.py`` and ``tests/test_shared_provide.py``.
 
-    store = TimedStore(ProvideListStore(engine))
-    anyio.run(main, backend="asyncio", backend_options={"loop_factory": StoreTimeLoop})
+    claims = MemoryClaimStore()
+    reprovider = Reprovider(MemoryProvideList(claims), claims, node.router, node.messenger,
+                            lambda: node.info, clock=net.wall_clock)
+    reports = net.run(run_schedule, reprovider, net.wall_clock() + 22 * 3600)
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import functools
-import inspect
-import selectors
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
 from ..kadkey import BITS, Key
 from ..network.api import KadMessenger
 from ..peerid import PeerId
+from ..provider.api import VisitReport
 from ..provider.keyspace import Prefix
-from ..provider.providelist import ProvideListStore
 from ..provider.reprovider import Reprovider
-from ..provider.sweep import VisitReport
 from ..types import Message, MessageType, PeerInfo
 from .network import SimNetwork
-
-T = TypeVar("T")
-
-
-class _StoreAwareSelector(selectors.SelectSelector):
-    """Moves a virtual clock as ``sim.clock.VirtualTimeLoop`` does, but never while a
-    store call is in flight: then it waits for real until the worker thread answers."""
-
-    def __init__(self, start: float) -> None:
-        super().__init__()
-        self.now = start
-        self.in_flight = 0
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = super().select(0)
-        if ready or timeout == 0:  # timeout 0: callbacks are ready to run
-            return ready
-        if self.in_flight or timeout is None:
-            return super().select(None)
-        self.now += timeout
-        return []
-
-
-class StoreTimeLoop(asyncio.SelectorEventLoop):
-    """A virtual-time loop (like ``sim.clock.VirtualTimeLoop``) on which store calls
-    take zero virtual time."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._clock = _StoreAwareSelector(start)
-        super().__init__(selector=self._clock)
-
-    def time(self) -> float:
-        return self._clock.now
-
-
-class TimedStore:
-    """Wraps a ProvideListStore so the loop knows when one of its calls is in flight."""
-
-    def __init__(self, store: ProvideListStore):
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
-
-        @functools.wraps(attr)
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            selector = getattr(asyncio.get_running_loop(), "_clock", None)
-            counting = isinstance(selector, _StoreAwareSelector)
-            if counting:
-                selector.in_flight += 1
-            try:
-                return await attr(*args, **kwargs)
-            finally:
-                if counting:
-                    selector.in_flight -= 1
-
-        return call
-
-
-def run_in(net: SimNetwork, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``net.run(fn, *args)`` on a ``StoreTimeLoop``: virtual time goes on from the
-    network's previous run, and store calls take none of it."""
-
-    async def timed() -> T:
-        try:
-            return await fn(*args)
-        finally:
-            net._time = asyncio.get_running_loop().time()  # as SimNetwork.run keeps it
-
-    return anyio.run(
-        timed, backend="asyncio", backend_options={"loop_factory": functools.partial(StoreTimeLoop, net.now())}
-    )
 
 
 async def run_schedule(reprovider: Reprovider, until: float) -> list[VisitReport]:
