@@ -1,17 +1,29 @@
 """Database failures become the store API's one error, ``StoreUnavailable``.
 
-Every store (provider records, value records, the peer book) runs its SQL inside
-``unavailable(...)``, so its callers catch ``dhtstore.errors.StoreUnavailable`` and
-never a driver's or SQLAlchemy's own exception.
+Every store (provider records, value records, the peer book, the provide list and its
+claims) runs its SQL inside ``unavailable(...)`` or as a ``store_call`` method, so its
+callers catch ``dhtstore.errors.StoreUnavailable`` and never a driver's or
+SQLAlchemy's own exception.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from ..errors import StoreUnavailable
 from .engine import OPEN_ERRORS
+
+# What a database that does not answer, or refuses, raises through SQLAlchemy's async
+# drivers; asyncpg may raise its own errors while a connection is set up.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*OPEN_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def first_line(exc: BaseException) -> str:
@@ -26,7 +38,19 @@ def unavailable(what: str, on_failure: Callable[[BaseException], None] | None = 
     after telling ``on_failure`` (a store's health monitor) the original error."""
     try:
         yield
-    except OPEN_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         if on_failure is not None:
             on_failure(exc)
         raise StoreUnavailable(f"{what}: {first_line(exc)}") from exc
+
+
+def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A store method that raises ``StoreUnavailable``, never a driver's error."""
+    what = f"{fn.__qualname__} failed, the store did not answer"
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        with unavailable(what):
+            return await fn(*args, **kwargs)
+
+    return call

@@ -23,11 +23,11 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..data.failures import store_call
 from ..data.locks import take_turn
 from ..data.models import ReprovideClaimRow
 from .api import Claim
 from .keyspace import Prefix, intersection
-from .providelist import store_call
 
 CLAIMS_LOCK = 0x6468_7473_636C_6169  # advisory lock id ("dhtsclai"): one claimer at a time
 

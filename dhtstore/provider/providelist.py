@@ -5,22 +5,19 @@ Every method is one short transaction, so the CLI can write beside a running nod
 (SQLite waits on its busy timeout) and a kill -9 leaves each row either before or
 after a change, never half-written. Times are integer epoch seconds, as in the models.
 A database that does not answer or refuses raises ``errors.StoreUnavailable``, here and
-in ``claims`` (``store_call``): callers never see a driver's or SQLAlchemy's errors.
+in ``claims`` (``data.failures.store_call``): callers never see a driver's or SQLAlchemy's errors.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TypeVar
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.dialects import dialect_insert
+from ..data.failures import store_call, unavailable
 from ..data.locks import take_turn
 from ..data.models import (
     ProvidedKeyRow,
@@ -28,7 +25,6 @@ from ..data.models import (
     ReprovideClaimRow,
     ReprovideRegionRow,
 )
-from ..errors import StoreUnavailable
 from ..kadkey import Key
 from .api import FAILING_AFTER_ATTEMPTS, AddResult, Counts, KeyRow, ListRow, RegionRow
 from .keyspace import Prefix
@@ -39,34 +35,7 @@ WRITE_BATCH = 2_000
 READ_BATCH = 1_000
 REGIONS_LOCK = 0x6468_7473_7265_6769  # advisory lock id ("dhtsregi"): one region writer at a time
 
-# What a database that does not answer, or refuses, raises through SQLAlchemy's async
-# drivers (asyncpg may raise its own errors while a connection is set up).
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-P = ParamSpec("P")
-T = TypeVar("T")
 S = TypeVar("S")
-
-
-@contextmanager
-def unavailable_on_driver_errors() -> Iterator[None]:
-    """Turn a driver's or SQLAlchemy's failure into ``StoreUnavailable`` (one line, the cause chained)."""
-    try:
-        yield
-    except DRIVER_ERRORS as exc:
-        first_line = next(iter(str(exc).splitlines()), "")
-        raise StoreUnavailable(f"the store did not answer ({exc.__class__.__name__}: {first_line})") from exc
-
-
-def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """A store method that raises ``StoreUnavailable``, never a driver's error."""
-
-    @functools.wraps(fn)
-    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        with unavailable_on_driver_errors():
-            return await fn(*args, **kwargs)
-
-    return call
 
 
 def _chunks(items: Sequence[S], size: int) -> Iterator[Sequence[S]]:
@@ -159,7 +128,7 @@ class ProvideListStore:
 
     async def rows(self, after: bytes | None = None, limit: int | None = None) -> AsyncIterator[ListRow]:
         """The list in multihash order, read in pages so memory stays flat."""
-        with unavailable_on_driver_errors():
+        with unavailable("reading the provide list failed, the store did not answer"):
             async for row in self._rows(after, limit):
                 yield row
 

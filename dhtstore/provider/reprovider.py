@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 
 import anyio
 import anyio.abc
-
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
