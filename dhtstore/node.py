@@ -46,11 +46,12 @@ from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .peerbook import PeerBook
 from .peerid import PeerId
-from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, SweepConfig
+from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, Provider, SweepConfig
 from .provider.claims import SqlClaimStore
 from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
+from .provider.service import ProvideListService
 from .providerstore.api import ProviderStore
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
@@ -384,6 +385,17 @@ class Node:
             "lookups": dict(self.lookups),
             "errors": dict(stats.events),
         }
+
+
+@asynccontextmanager
+async def open_provide_list(store_url: str) -> AsyncIterator[Provider]:
+    """The provide list of the store at ``store_url``, without a node: what ``dhtstore
+    provide`` edits beside a running node (which polls the store for changes)."""
+    engine = await open_store(store_url)
+    try:
+        yield await ProvideListService.for_store(ProvideListStore(engine), SqlClaimStore(engine))
+    finally:
+        await engine.dispose()
 
 
 def _uninterrupted() -> anyio.CancelScope:

@@ -48,6 +48,7 @@ COMPOSITION_ROOTS = {"node", "sim"}
 # Helper modules other modules may use besides ``api`` (value types and pure functions).
 PUBLIC = {
     "network": {"multiaddrs", "dnsaddr"},
+    "provider": {"cids"},
 }
 
 

@@ -14,14 +14,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import click
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..data.schema import open_store
-from ..provider.api import AddResult, ProvideEntry, ProvideError, ProvideStatus
+from ..node import open_provide_list
+from ..provider.api import AddResult, ProvideEntry, ProvideError, Provider, ProvideStatus
 from ..provider.cids import multihash_of
-from ..provider.claims import SqlClaimStore
-from ..provider.providelist import ProvideListStore
-from ..provider.service import ProvideListService
 from .common import Location, location_options, run
 from .group import main
 
@@ -35,12 +31,6 @@ MAX_REPORTED_ERRORS = 20  # bad lines printed one by one; the rest are counted
 @main.group()
 def provide() -> None:
     """Edit and inspect the provide list (works while the node runs)."""
-
-
-async def _service(where: Location) -> tuple[ProvideListService, AsyncEngine]:
-    """The provide list of the store at ``where``, and its engine (dispose it when done)."""
-    engine = await open_store(where.store_url())
-    return await ProvideListService.for_store(ProvideListStore(engine), SqlClaimStore(engine)), engine
 
 
 # --- add ----------------------------------------------------------------------------------
@@ -68,7 +58,6 @@ def add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None) -> No
 
 
 async def _add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None) -> None:
-    service, engine = await _service(where)
     sources: list[tuple[str, Iterator[tuple[int, str]]]] = []
     if cids:
         sources.append(("argument", iter(enumerate(cids, 1))))
@@ -80,21 +69,21 @@ async def _add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None
     # Parsing (this thread) and inserting (the driver's thread) overlap: one batch in flight.
     send, receive = anyio.create_memory_object_stream[list[tuple[str, bytes]]](1)
 
-    async def write(bar: Any) -> None:
+    async def write(provider: Provider, bar: Any) -> None:
         nonlocal total
         async with receive:
             async for batch in receive:
-                total = _sum(total, await service.store.add(batch, int(service.clock())))
+                total = _sum(total, await provider.add_entries(batch))
                 bar.update(_progress(from_file, bar, len(batch)))
 
-    try:
+    async with open_provide_list(where.store_url()) as provider:
         known = size is not None or from_file is None
         length = size if size is not None else len(cids) if from_file is None else sys.maxsize
         with click.progressbar(
             length=length, label="importing", file=sys.stderr, show_pos=not known, show_percent=known, show_eta=known
         ) as bar:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(write, bar)
+                tg.start_soon(write, provider, bar)
                 async with send:
                     for what, items in sources:
                         batch: list[tuple[str, bytes]] = []
@@ -110,8 +99,6 @@ async def _add(where: Location, cids: tuple[str, ...], from_file: IO[str] | None
                                 batch = []
                         if batch:
                             await send.send(batch)
-    finally:
-        await engine.dispose()
     if bad > MAX_REPORTED_ERRORS:
         click.echo(f"… and {bad - MAX_REPORTED_ERRORS} more bad lines", err=True)
     click.echo(f"added {total.added}, already listed {total.present}, refused {bad}")
@@ -152,24 +139,23 @@ def _sum(a: AddResult, b: AddResult) -> AddResult:
 @location_options
 def rm(where: Location, cids: tuple[str, ...]) -> None:
     """Remove CIDs from the provide list; they are never reprovided again."""
-    items = []
+    valid: list[str] = []
+    multihashes: set[bytes] = set()
     for number, cid in enumerate(cids, 1):
         try:
-            items.append(multihash_of(cid))
+            multihashes.add(multihash_of(cid))
+            valid.append(cid)
         except ProvideError as exc:
             click.echo(f"argument {number}: {exc}", err=True)
-    removed = run(_rm, where, items) if items else 0
-    click.echo(f"removed {removed}, not listed {len(set(items)) - removed}, refused {len(cids) - len(items)}")
-    if len(items) < len(cids):
+    removed = run(_rm, where, valid) if valid else 0
+    click.echo(f"removed {removed}, not listed {len(multihashes) - removed}, refused {len(cids) - len(valid)}")
+    if len(valid) < len(cids):
         sys.exit(1)
 
 
-async def _rm(where: Location, multihashes: list[bytes]) -> int:
-    service, engine = await _service(where)
-    try:
-        return await service.store.remove(multihashes)
-    finally:
-        await engine.dispose()
+async def _rm(where: Location, cids: list[str]) -> int:
+    async with open_provide_list(where.store_url()) as provider:
+        return await provider.stop_provide(cids)
 
 
 # --- ls ----------------------------------------------------------------------------------------
@@ -204,11 +190,10 @@ def ls(where: Location, limit: int, after: str | None, everything: bool, as_json
 
 
 async def _ls(where: Location, after: bytes | None, limit: int | None, as_json: bool) -> None:
-    service, engine = await _service(where)
     shown = 0
     last: bytes | None = None
-    try:
-        async for e in service.provide_list(after, limit):
+    async with open_provide_list(where.store_url()) as provider:
+        async for e in provider.provide_list(after, limit):
             shown += 1
             last = e.multihash
             if as_json:
@@ -217,8 +202,6 @@ async def _ls(where: Location, after: bytes | None, limit: int | None, as_json: 
                 provided = e.last_provided_at.strftime("%Y-%m-%d %H:%M") if e.last_provided_at else "-"
                 error = f"  {e.last_error}" if e.last_error else ""
                 click.echo(f"{e.cid}  {e.state.value:<8}  provided {provided}  due {e.next_due_at:%Y-%m-%d %H:%M}{error}")
-    finally:
-        await engine.dispose()
     more = limit is not None and shown == limit
     if as_json:
         click.echo(json.dumps({"next": last.hex() if more and last else None}))
@@ -268,8 +251,5 @@ def _status_json(s: ProvideStatus) -> dict[str, object]:
 
 
 async def _status(where: Location) -> ProvideStatus:
-    service, engine = await _service(where)
-    try:
-        return await service.status()
-    finally:
-        await engine.dispose()
+    async with open_provide_list(where.store_url()) as provider:
+        return await provider.status()

@@ -80,6 +80,11 @@ class Provider(Protocol):
         """
         ...
 
+    async def add_entries(self, entries: Sequence[tuple[str, bytes]]) -> AddResult:
+        """``start_provide`` for ``(cid text, multihash)`` pairs already checked with
+        ``cids.multihash_of`` (a bulk import parses each line once)."""
+        ...
+
     async def stop_provide(self, cids: Iterable[str | bytes]) -> int:
         """Remove CIDs from the list; they are never reprovided again. Returns how many were removed."""
         ...

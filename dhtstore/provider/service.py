@@ -9,7 +9,7 @@ only running sweeps know come from the store: the slices being provided now from
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
 from ..amino import REPROVIDE_INTERVAL
@@ -98,7 +98,10 @@ class ProvideListService:
         return self.interval / 22
 
     async def start_provide(self, cids: Iterable[str | bytes]) -> AddResult:
-        return await self.store.add(parse_cids(cids), int(self.clock()))
+        return await self.add_entries(parse_cids(cids))
+
+    async def add_entries(self, entries: Sequence[tuple[str, bytes]]) -> AddResult:
+        return await self.store.add(entries, int(self.clock()))
 
     async def stop_provide(self, cids: Iterable[str | bytes]) -> int:
         return await self.store.remove([mh for _, mh in parse_cids(cids)])
