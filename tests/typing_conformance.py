@@ -13,6 +13,12 @@ from dhtstore.network import api as network
 from dhtstore.network.api import KadMessenger
 from dhtstore.network.host import Host
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
+from dhtstore.provider.api import ClaimStore, ProvideList, Provider
+from dhtstore.provider.claims import SqlClaimStore
+from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
+from dhtstore.provider.providelist import ProvideListStore
+from dhtstore.provider.reprovider import Reprovider
+from dhtstore.provider.service import ProvideListService
 from dhtstore.providerstore.api import ProviderStore
 from dhtstore.providerstore.memory import MemoryProviderStore
 from dhtstore.providerstore.sql import SqlProviderStore
@@ -82,4 +88,28 @@ def router_as_dht(impl: KademliaRouter) -> dht.DHT:
 
 
 def router_as_providers_dht(impl: KademliaRouter) -> ipfs.FindProvidersDHT:
+    return impl
+
+
+def provide_list_sql(impl: ProvideListStore) -> ProvideList:
+    return impl
+
+
+def provide_list_memory(impl: MemoryProvideList) -> ProvideList:
+    return impl
+
+
+def claims_sql(impl: SqlClaimStore) -> ClaimStore:
+    return impl
+
+
+def claims_memory(impl: MemoryClaimStore) -> ClaimStore:
+    return impl
+
+
+def provider_service(impl: ProvideListService) -> Provider:
+    return impl
+
+
+def provider_reprovider(impl: Reprovider) -> Provider:
     return impl
