@@ -6,28 +6,12 @@ import pytest
 
 from dhtstore import dht, ipfs
 from dhtstore.kadkey import Key
-from dhtstore.records.api import Validator
-from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimNode
-from dhtstore.types import Message, PeerInfo, Record
+from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork
+from dhtstore.types import Record
 
 CID = "bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y"
 
 
-class ClosestOnly:
-    """A ``dht.RecordClient`` and nothing more: the generic path's input."""
-
-    def __init__(self, node: SimNode):
-        self._node = node
-        self.validator: Validator = node.validator
-
-    async def find_closest_peers(self, key: bytes, n: int) -> list[PeerInfo]:
-        return await self._node.router.find_closest_peers(key, n)
-
-    async def request(self, peer: PeerInfo, message: Message) -> Message:
-        return await self._node.messenger.request(peer, message)
-
-    async def send(self, peer: PeerInfo, message: Message) -> None:
-        await self._node.messenger.send(peer, message)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +27,7 @@ def test_protocols_are_recognised(net):
     router = net.node(0).router
     richer = (dht.FindPeerDHT, dht.ValueDHT, dht.FeaturePeersDHT, ipfs.FindProvidersDHT, ipfs.ProvideDHT)
     assert all(isinstance(router, p) for p in (dht.DHT, *richer))
-    plain = ClosestOnly(net.node(0))
+    plain = net.node(0).generic_client()
     assert isinstance(plain, dht.RecordClient) and not any(isinstance(plain, p) for p in richer)
 
 
@@ -51,7 +35,7 @@ def test_protocols_are_recognised(net):
 def test_find_peer(net, generic):
     looker = net.node(1)
     target = next(n for n in net.nodes[100:] if n.peer_id not in looker.table)  # needs a lookup
-    t = ClosestOnly(looker) if generic else looker.router
+    t = looker.generic_client() if generic else looker.router
     assert net.run(dht.find_peer, t, target.peer_id) == target.info
     assert operations(looker)[-1] == ("find_closest_peers" if generic else "find_peer")
 
@@ -65,7 +49,7 @@ def test_set_and_get_value_with_entry_correction(generic):
     holders = [net.by_id[p] for p in net.true_closest(Key.for_record(key), 20, exclude=reader.peer_id)]
 
     def dht_of(node):
-        return ClosestOnly(node) if generic else node.router
+        return node.generic_client() if generic else node.router
 
     async def main():
         assert await dht.set_value(dht_of(writer), key, old) >= 19
@@ -87,7 +71,7 @@ def test_set_and_get_value_with_entry_correction(generic):
 def test_provide_and_find_providers(net, generic):
     provider, seeker = net.node(10), net.node(90)
     def dht_of(node):
-        return ClosestOnly(node) if generic else node.router
+        return node.generic_client() if generic else node.router
 
     async def main():
         assert await ipfs.provide(dht_of(provider), provider.info, CID) == 20
@@ -108,7 +92,7 @@ def test_find_feature_peers(net, generic):
         for node in announcers:
             await ipfs.provide(node.router, node.info, dht.feature_key(feature))
         if generic:
-            return await dht.find_feature_peers(ClosestOnly(seeker), feature, 10)
+            return await dht.find_feature_peers(seeker.generic_client(), feature, 10)
         return await dht.find_feature_peers(seeker.router, feature, 10)
 
     assert {p.peer_id for p in net.run(main)} == {n.peer_id for n in announcers}

@@ -9,34 +9,18 @@ import pytest
 
 from dhtstore import dht, ipfs
 from dhtstore.kadkey import Key
-from dhtstore.records.api import Validator
 from dhtstore.routing.api import LookupTimeout, NotFound, QuorumFailed, RoutingError
 from dhtstore.sim import SequenceValidator, SimConfig, SimNetwork, SimNode
-from dhtstore.types import Message, PeerInfo, Record
+from dhtstore.types import Record
 
 CID = "bafybeihfg3d7rdltd43u3tfvncx7n5loqofbsobojcadtmokrljfthuc7y"
 PATHS = ["router", "generic"]
 
 
-class Generic:
-    """A ``dht.RecordClient`` and nothing more: the free functions run their generic path."""
-
-    def __init__(self, node: SimNode):
-        self._node = node
-        self.validator: Validator = node.validator
-
-    async def find_closest_peers(self, key: bytes, n: int) -> list[PeerInfo]:
-        return await self._node.router.find_closest_peers(key, n)
-
-    async def request(self, peer: PeerInfo, message: Message) -> Message:
-        return await self._node.messenger.request(peer, message)
-
-    async def send(self, peer: PeerInfo, message: Message) -> None:
-        await self._node.messenger.send(peer, message)
 
 
 def client(node: SimNode, path: str) -> dht.RecordClient:
-    return node.router if path == "router" else Generic(node)
+    return node.router if path == "router" else node.generic_client()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ same config and seed give the same messages in the same order.
     node = net.node(0)            # .router (routing.api.Router: dht.KadClient, ValueDHT, …),
                                   # .messenger (KadMessenger), .table, .handler,
                                   # .providers, .values, .lookups (LookupStats list)
+    node.generic_client()         # a bare dht.RecordClient: the free functions' generic path
 
     async def main():
         peers = await node.router.find_closest_peers(b"some key", 20)

@@ -18,6 +18,7 @@ from ..errors import NetworkError
 from ..kadkey import BITS, Key
 from ..peerid import PeerId
 from ..providerstore.memory import MemoryProviderStore
+from ..records.api import Validator
 from ..records.memory import MemoryValueStore
 from ..routing.api import LookupStats
 from ..routing.router import KademliaRouter
@@ -91,6 +92,28 @@ class SimNode:
 
     def __repr__(self) -> str:
         return f"SimNode({self.index}, {self.peer_id})"
+
+    def generic_client(self) -> GenericClient:
+        """This node as a bare ``dht.RecordClient``: the free functions then run their
+        generic algorithms rather than the router's own methods."""
+        return GenericClient(self)
+
+
+class GenericClient:
+    """A ``dht.RecordClient`` and nothing more: closest peers, requests, a validator."""
+
+    def __init__(self, node: SimNode):
+        self._node = node
+        self.validator: Validator = node.validator
+
+    async def find_closest_peers(self, key: bytes, n: int) -> list[PeerInfo]:
+        return await self._node.router.find_closest_peers(key, n)
+
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        return await self._node.messenger.request(peer, message)
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        await self._node.messenger.send(peer, message)
 
 
 class SimMessenger:
