@@ -23,7 +23,7 @@ PROVIDER_GC_INTERVAL = timedelta(hours=1)
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # go-libp2p network.MessageSizeMax
 MAX_PEER_RECORD_SIZE = 8 * 1024  # one Message.Peer, addresses dropped past it
 MAX_CLOSER_PEERS = 2 * BUCKET_SIZE  # closer peers taken from one response
-MAX_PROVIDER_KEY_BYTES = 80
+MAX_PROVIDER_KEY_BYTES = 80  # a provider record's key: a multihash of at most this (go's handleAddProvider)
 
 READ_MESSAGE_TIMEOUT = 10.0  # seconds, a response to a request
 STREAM_IDLE_TIMEOUT = 60.0  # an idle inbound kad stream is reset
@@ -43,5 +43,4 @@ REFRESH_INTERVAL = timedelta(minutes=10)
 REFRESH_QUERY_TIMEOUT = 10.0
 REFRESH_PING_TIMEOUT = 10.0  # dial + ping of a table peer during refresh (go's peerPingTimeout)
 
-IPNS_QUORUM = 16
 MAX_IPNS_RECORD_SIZE = 10 * 1024

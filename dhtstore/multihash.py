@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import varint
+from . import amino, varint
 
 IDENTITY = 0x00
 SHA2_256 = 0x12
 SHA2_256_HEADER = bytes((SHA2_256, 32))  # code and length of a sha2-256 multihash (both one-byte varints)
 # go-libp2p-kad-dht refuses provider keys longer than this (handlers.go).
-MAX_KEY_BYTES = 80
 
 
 class MultihashError(ValueError):
@@ -43,8 +42,8 @@ def parse(data: bytes) -> Multihash:
 
 def check_key(key: bytes) -> bytes:
     """Validate a provider-record key: a multihash of at most 80 bytes."""
-    if len(key) > MAX_KEY_BYTES:
-        raise MultihashError(f"key is {len(key)} bytes, the limit is {MAX_KEY_BYTES}")
+    if len(key) > amino.MAX_PROVIDER_KEY_BYTES:
+        raise MultihashError(f"key is {len(key)} bytes, the limit is {amino.MAX_PROVIDER_KEY_BYTES}")
     parse(key)
     return key
 

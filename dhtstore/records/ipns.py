@@ -37,7 +37,6 @@ NAMESPACE_PREFIX = b"/ipns/"
 SIGNATURE_V2_PREFIX = b"ipns-signature:"
 VALIDITY_EOL = 0
 DEFAULT_TTL = datetime.timedelta(minutes=5)  # the spec's suggested default
-DEFAULT_LIFETIME = datetime.timedelta(hours=48)  # DHT peers keep records 48 h at most
 
 _VALUE, _VALIDITY, _VALIDITY_TYPE, _SEQUENCE, _TTL = "Value", "Validity", "ValidityType", "Sequence", "TTL"
 _UINT64_MAX = 2**64 - 1

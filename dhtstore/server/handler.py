@@ -147,7 +147,7 @@ class KademliaHandler:
         return None
 
     async def _get_providers(self, sender: PeerInfo, request: Message) -> Message:
-        if not request.key or len(request.key) > multihash.MAX_KEY_BYTES:
+        if not request.key or len(request.key) > amino.MAX_PROVIDER_KEY_BYTES:
             raise InvalidRequest(f"GET_PROVIDERS key of {len(request.key)} bytes")
         try:
             records = await self.providers.get_providers(request.key)
