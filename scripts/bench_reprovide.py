@@ -225,8 +225,8 @@ class CountingMessenger:
         self.sent = 0
 
     async def request(self, peer: PeerInfo, message: Message) -> Message:
-        if message.type is MessageType.PING:  # the sweep confirms its ADD_PROVIDERs with one
-            return Message(MessageType.PING)
+        if message.type is MessageType.FIND_NODE:  # the sweep confirms its ADD_PROVIDERs with one
+            return Message(MessageType.FIND_NODE)
         raise NetworkError(f"{message.type} not answered here")
 
     async def send(self, peer: PeerInfo, message: Message) -> None:

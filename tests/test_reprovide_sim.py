@@ -18,8 +18,10 @@ from dhtstore.network.api import KadMessenger
 from dhtstore.provider.api import KeyState, SweepConfig
 from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
 from dhtstore.provider.reprovider import Reprovider
+from dhtstore.server.api import InvalidRequest, RequestHandler
 from dhtstore.sim import SimConfig, SimNetwork, SimNode
 from dhtstore.sim.provider import Oracle, RecordingMessenger, holders, run_schedule
+from dhtstore.types import Message, MessageType, PeerInfo
 
 HOUR = 3600.0
 
@@ -179,6 +181,39 @@ def test_few_keys_are_provided_one_by_one_and_failures_are_reported() -> None:
         await run_schedule(r, net.wall_clock() + 2 * HOUR)  # the next retry succeeds
         entries = [e async for e in r.provide_list()]
         assert all(e.state is KeyState.PROVIDED and e.attempts == 0 and e.last_error is None for e in entries)
+
+    net.run(run)
+
+
+class ClosesStreamOnPing:
+    """A server as rust-libp2p's kad handler is: it closes the stream on a Kademlia PING."""
+
+    def __init__(self, inner: RequestHandler):
+        self.inner = inner
+
+    async def handle(self, sender: PeerInfo, request: Message) -> Message | None:
+        if request.type is MessageType.PING:
+            raise InvalidRequest("Kademlia PING messages are unsupported")
+        return await self.inner.handle(sender, request)
+
+
+def test_servers_that_refuse_ping_still_confirm_the_records() -> None:
+    """The sweep confirms its ADD_PROVIDERs with a request every implementation answers."""
+    store = Store()
+    net = SimNetwork(SimConfig(nodes=300, seed=15))
+    node = net.node(0)
+    for server in net.nodes[1:]:
+        server.handler = ClosesStreamOnPing(server.handler)
+    keys = multihashes(500, b"rust")
+
+    async def run() -> None:
+        r = reprovider(store, net, node, node.messenger, SweepConfig(confirm_every=16))
+        await r.start_provide([cid_string(mh) for mh in keys])
+        reports = await r.run_due()
+        assert sum(x.provided for x in reports) == len(keys) and not any(x.failed for x in reports)
+        assert min(await all_held(net, node, keys)) == 20
+        entries = [e async for e in r.provide_list()]
+        assert all(e.state is KeyState.PROVIDED for e in entries)
 
     net.run(run)
 

@@ -158,16 +158,16 @@ def test_a_ping_confirms_every_confirm_every_records_and_the_last_ones() -> None
     s = PeerSending(SweepConfig(confirm_every=3))
     s.delivered()
     s.delivered()
-    assert not s.ping_due
+    assert not s.confirm_due
     s.delivered()
-    assert s.ping_due
+    assert s.confirm_due
     s.confirmed()
-    assert not s.ping_due and not s.needs_final_ping, "all confirmed: no final PING"
+    assert not s.confirm_due and not s.needs_final_confirm, "all confirmed: no final confirmation"
     s.delivered()
-    assert s.needs_final_ping
+    assert s.needs_final_confirm
     nothing = PeerSending(CONFIG)
     nothing.failed()
-    assert not nothing.some_delivered and not nothing.needs_final_ping, "nothing went through: not reached"
+    assert not nothing.some_delivered and not nothing.needs_final_confirm, "nothing went through: not reached"
 
 
 def test_a_region_is_provided_when_a_fifth_of_its_servers_took_their_records() -> None:

@@ -104,7 +104,7 @@ class SweepConfig:
     interval: float = REPROVIDE_INTERVAL.total_seconds()
     replication: int = BUCKET_SIZE
     max_peers_in_flight: int = 20  # go: maxProvideConnsPerWorker
-    send_timeout: float = SWEEP_SEND_TIMEOUT  # per ADD_PROVIDER and per confirming PING
+    send_timeout: float = SWEEP_SEND_TIMEOUT  # per ADD_PROVIDER and per confirming FIND_NODE
     min_reachable_ratio: float = 0.2  # go: minimalRegionReachablePeersRatio
     individual_threshold: int = 2  # go: individualProvideThreshold
     max_failure_streak: int = 2  # go: maxConsecutiveProvideFailuresAllowed
@@ -113,8 +113,8 @@ class SweepConfig:
     retry_after: float = 300.0  # go retries failed work every 5 min; we double from there
     max_retry_after: float = 3600.0
     claim_lease: float = CLAIM_LEASE
-    # A PING after this many ADD_PROVIDERs to one peer: its backlog stays short (servers
-    # rate-limit each peer, ours to 200 requests/s), so the PING is answered in time.
+    # A confirming FIND_NODE after this many ADD_PROVIDERs to one peer: its backlog stays
+    # short (servers rate-limit each peer, ours to 200 requests/s), so it is answered in time.
     confirm_every: int = 256
     claim_batch: int = 2_000  # a region with more due keys than this is shared out in slices
 

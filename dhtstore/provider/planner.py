@@ -258,7 +258,7 @@ def answer_servers(answer: Sequence[PeerInfo]) -> tuple[list[int], list[PeerInfo
 class PeerSending:
     """The ADD_PROVIDERs to one server, one after the other on its stream.
 
-    ADD_PROVIDER gets no reply, so a PING on the same stream (answered in order) after
+    ADD_PROVIDER gets no reply, so a request on the same stream (answered in order) after
     every ``confirm_every`` of them and after the last proves the server processed them.
     The server is given up after more than ``max_failure_streak`` failures in a row (go's
     ``maxConsecutiveProvideFailuresAllowed``). It counts as reached when at least one
@@ -284,8 +284,8 @@ class PeerSending:
         return self.streak > self.config.max_failure_streak
 
     @property
-    def ping_due(self) -> bool:
-        """A PING must confirm the records sent so far before more go out."""
+    def confirm_due(self) -> bool:
+        """The server must confirm the records sent so far before more go out."""
         return self.unconfirmed >= self.config.confirm_every
 
     def confirmed(self) -> None:
@@ -296,7 +296,7 @@ class PeerSending:
         return self.errors < self.sent
 
     @property
-    def needs_final_ping(self) -> bool:
+    def needs_final_confirm(self) -> bool:
         return self.some_delivered and self.unconfirmed > 0
 
 

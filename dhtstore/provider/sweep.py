@@ -33,8 +33,8 @@ At most 64 lookups, stopping after two in a row that find no new server (go's
 Sending. Each key of the slice goes to its 20 closest servers of the region
 (``keyspace.allocate``, which hands out runs of keys rather than key by key). Each
 server gets all its keys one ADD_PROVIDER after the other, over the messenger's one
-reused stream to it, with ``max_peers_in_flight`` servers at a time, and a PING on that
-stream confirms them (``planner.PeerSending``). A region is provided when at least 20%
+reused stream to it, with ``max_peers_in_flight`` servers at a time, and a FIND_NODE on
+that stream confirms them (``planner.PeerSending``). A region is provided when at least 20%
 of its servers took their records, else its keys are retried with backoff. A region
 with at most two due keys is not explored: each key gets its own lookup (go's
 ``individualProvideThreshold``).
@@ -418,22 +418,25 @@ class Sweep:
                     if sending.failed():
                         log.debug("giving up on %s after %d failures: %s", peer.peer_id, sending.streak, exc)
                         return sending.sent, False
-                if sending.ping_due:
+                if sending.confirm_due:
                     if not await self._processed(peer):
                         return sending.sent, False
                     sending.confirmed()
-        if sending.needs_final_ping:
+        if sending.needs_final_confirm:
             return sending.sent, await self._processed(peer)
         return sending.sent, sending.some_delivered
 
     async def _processed(self, peer: PeerInfo) -> bool:
         """A sent ADD_PROVIDER may still sit in a buffer (or a rate limiter) when we move
-        on. A PING on the same stream, answered in order by go, js and us, proves the
-        peer has processed every ADD_PROVIDER before it: keys are marked provided only
-        once all are confirmed, so a crash never marks a key whose records were lost in flight."""
+        on. A FIND_NODE for the server's own id on the same stream, answered in order by
+        go, js, rust-libp2p and us, proves the server has processed every ADD_PROVIDER
+        before it (a PING would not do: rust-libp2p's kad handler closes the stream on
+        one; go answers a FIND_NODE for itself with itself alone). Keys are marked
+        provided only once all are confirmed, so a crash never marks a key whose records
+        were lost in flight."""
         try:
             with anyio.fail_after(self.config.send_timeout):
-                await self.messenger.request(peer, Message(MessageType.PING))
+                await self.messenger.request(peer, Message(MessageType.FIND_NODE, key=peer.peer_id.to_bytes()))
         except (NetworkError, TimeoutError, OSError) as exc:
             log.debug("%s did not confirm its ADD_PROVIDERs: %s", peer.peer_id, exc)
             return False
