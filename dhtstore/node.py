@@ -46,7 +46,7 @@ from .network.host import Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .peerbook import PeerBook
 from .peerid import PeerId
-from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, Provider, SweepConfig
+from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, ProvideList, Provider, SweepConfig
 from .provider.claims import SqlClaimStore
 from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
@@ -61,6 +61,7 @@ from .records.sql import SqlValueStore
 from .records.validators import NamespacedValidator
 from .routing.api import LookupStats, Router
 from .routing.router import KademliaRouter
+from .routingtable.api import RoutingTable
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
 from .rtrefresh.upkeep import TableUpkeep
@@ -104,7 +105,7 @@ class Node:
         self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
         self.metrics = Metrics(self.stats)
         self.validator = NamespacedValidator()
-        self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
+        self.table: RoutingTable = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
         self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
         self.router: Router = KademliaRouter(
@@ -128,6 +129,7 @@ class Node:
         self.handler: KademliaHandler
         self.kadserver: KadServer
         self.reprovider: Reprovider | None = None
+        self._own_list: ProvideList | None = None  # the reprovider's, which our GET_PROVIDERS answers for
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -207,8 +209,9 @@ class Node:
         if not self.options.reprovide:
             return
         assert self.engine is not None
+        self._own_list = ProvideListStore(self.engine)
         self.reprovider = Reprovider(
-            ProvideListStore(self.engine),
+            self._own_list,
             SqlClaimStore(self.engine),
             self.router,
             self.messenger,
@@ -226,10 +229,10 @@ class Node:
 
     async def _provides(self, multihash: bytes) -> bool:
         """Whether we answer GET_PROVIDERS for ourselves: for the list we reprovide."""
-        if self.reprovider is None:
+        if self._own_list is None:
             return False
         try:
-            return await self.reprovider.store.contains(multihash)
+            return await self._own_list.contains(multihash)
         except StoreError as exc:  # store down: the other providers still answer
             log.debug("provide list unavailable: %s", exc.__class__.__name__)
             return False
