@@ -35,11 +35,12 @@ from typing import Any
 from aiohttp import web
 
 from .. import multihash
-from ..errors import StoreError
+from ..errors import NetworkError, StoreError
 from ..network import multiaddrs
 from ..peerid import PeerId, PeerIdError
 from ..records import ipns
 from ..records.api import RecordError
+from ..routing.api import RoutingError
 from ..types import PeerInfo, Record
 from .api import HttpLimits, LocalRouting, NetworkRouting
 from .limits import LookupSlots, RateLimiter
@@ -131,7 +132,7 @@ class RoutingApi:
             outcome = request.get(OUTCOME, "ok")
         except _Refusal as refusal:
             outcome = refusal.outcome
-            response = web.Response(status=refusal.status, text=str(refusal), headers=refusal.headers)
+            response = web.Response(status=refusal.status, text=f"{refusal}\n", headers=refusal.headers)
         except web.HTTPRequestEntityTooLarge:
             outcome = "too_large"
             response = web.Response(status=413, text=f"request body over {self.limits.max_body} bytes")
@@ -275,11 +276,15 @@ class RoutingApi:
             self._slots.release()
 
     async def _bounded(self, lookup: Awaitable[Any], default: Any) -> Any:
-        """The lookup's answer, or ``default`` when it outlives the timeout."""
+        """The lookup's answer, or ``default`` when it outlives the timeout or finds no
+        peers to ask (an empty routing table)."""
         try:
             async with asyncio.timeout(self.limits.lookup_timeout):
                 return await lookup
         except TimeoutError:
+            return default
+        except (RoutingError, NetworkError) as exc:
+            log.debug("HTTP-started lookup failed: %s", exc)
             return default
 
 
@@ -389,7 +394,7 @@ async def _answer(request: web.Request, media: str, field: str, records: list[di
     }
     request[OUTCOME] = f"ok_{source}" if records else "not_found"
     if media == JSON:
-        body = json.dumps({field: records[:limit] if limit else records}, separators=(",", ":"))
+        body = json.dumps({field: records[:limit] if limit else records}, separators=(",", ":")) + "\n"  # as Go's json.Encoder
         return web.Response(status=status, text=body, content_type=JSON, headers=headers)
     response = web.StreamResponse(status=status, headers={**headers, **CORS, "Content-Type": NDJSON})
     await response.prepare(request)
