@@ -27,7 +27,7 @@ def sh_blocks() -> list[str]:
     text = README.read_text()
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
-    return re.findall(r"```sh\n(.*?)```", text[start : end if end >= 0 else None], re.S)
+    return re.findall(r"```sh\n(.*?)```", text[start : end if end >= 0 else None], re.DOTALL)
 
 
 def test_readme_http_routing_commands_work_as_written(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_readme_http_routing_commands_work_as_written(tmp_path: Path) -> None:
             assert node.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
         peer_id = found.group(1)
-        client = re.sub(r"^ID=\S+", f"ID={peer_id}", adapt(client_block), count=1, flags=re.M)
+        client = re.sub(r"^ID=\S+", f"ID={peer_id}", adapt(client_block), count=1, flags=re.MULTILINE)
         assert f"ID={peer_id}" in client
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", client], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
