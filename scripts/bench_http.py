@@ -42,7 +42,7 @@ from cid import make_cid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dhtstore import multihash  # noqa: E402
+from dhtstore import multihash
 
 
 def cid_of(tag: str, i: int) -> str:

@@ -30,7 +30,7 @@ CLIENT_SCRIPT = JS_DIR / "routing-client.mjs"
 
 def sha256_cid(text: str) -> str:
     mh = multihash.Multihash(multihash.SHA2_256, hashlib.sha256(text.encode()).digest()).to_bytes()
-    return make_cid(1, "raw", mh).encode("base32").decode()
+    return str(make_cid(1, "raw", mh).encode("base32").decode())
 
 
 @dataclass
