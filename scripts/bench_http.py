@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cid import make_cid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,7 +46,7 @@ from dhtstore import multihash
 
 def cid_of(tag: str, i: int) -> str:
     mh = multihash.Multihash(multihash.SHA2_256, hashlib.sha256(f"{tag} {i}".encode()).digest()).to_bytes()
-    return str(make_cid(1, "raw", mh).encode("base32").decode())
+    return multihash.cid_string(mh)
 
 
 def pin(cpu: int) -> None:
@@ -124,7 +123,7 @@ async def load(url: str, cids: list[str], expect: str, concurrency: int) -> tupl
     return len(cids) / elapsed, latencies, wrong
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 

@@ -60,11 +60,12 @@ async def serve(api: RoutingApi) -> AsyncIterator[tuple[str, aiohttp.ClientSessi
         yield f"http://{host}:{port}", http
 
 
-@pytest.fixture
-async def net(loopback_options: Callable[..., Any], sqlite_store_url: str) -> AsyncIterator[Net]:
+@pytest.fixture(params=[False])
+async def net(request: pytest.FixtureRequest, loopback_options: Callable[..., Any], sqlite_store_url: str) -> AsyncIterator[Net]:
+    """Node b serves the API; its reprovider runs only where a test asks (indirect param)."""
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(Node.start(loopback_options(None)))
-        b = await stack.enter_async_context(Node.start(loopback_options(sqlite_store_url, [a.addresses()[0]], reprovide=True)))
+        b = await stack.enter_async_context(Node.start(loopback_options(sqlite_store_url, [a.addresses()[0]], reprovide=request.param)))
         with anyio.fail_after(10):
             await b.upkeep.bootstrapped.wait()
             while a.peer_id not in b.table:
@@ -96,6 +97,7 @@ async def test_providers_from_the_store_as_json(net: Net) -> None:
     assert net.api.requests()[("providers", "ok_store")] == 1
 
 
+@pytest.mark.parametrize("net", [True], indirect=True)
 async def test_providers_of_our_own_provide_list(net: Net) -> None:
     await net.b.start_provide([CID])
     response, body = await net.get(f"/routing/v1/providers/{CID}")

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import multihash
+from .. import amino, multihash
 from ..errors import NetworkError, StoreError
 from ..network import multiaddrs
 from ..peerid import PeerId, PeerIdError
@@ -55,6 +55,7 @@ MAX_AGE_RESULTS = 300  # boxo: cache results 5 minutes
 MAX_AGE_NO_RESULTS = 15  # and no results 15 s
 MAX_STALE = 48 * 3600  # the Amino DHT's provider-record lifetime
 IPNS_DEFAULT_MAX_AGE = 60  # the spec: max-age=60 without a TTL, and on a 404
+SHUTDOWN_TIMEOUT = 5.0
 MAX_FILTER_NAME = 63  # the spec: transfer protocol names are at most 63 characters
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -109,7 +110,8 @@ class RoutingApi:
         except OSError:
             sock.close()
             raise
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # A stop waits at most SHUTDOWN_TIMEOUT for requests in progress (aiohttp's default: 60 s).
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         try:
             await web.SockSite(runner, sock).start()
@@ -135,7 +137,8 @@ class RoutingApi:
             response = web.Response(status=refusal.status, text=f"{refusal}\n", headers=refusal.headers)
         except web.HTTPRequestEntityTooLarge:
             outcome = "too_large"
-            response = web.Response(status=413, text=f"request body over {self.limits.max_body} bytes")
+            response = web.Response(status=413, text=f"request body over {self.limits.max_body} bytes\n")
+            response.force_close()  # the rest of the body stays unread: end the connection
         except web.HTTPNotFound:  # no route: the spec wants 400 for an unknown path
             outcome = "unknown_path"
             response = web.Response(status=400, text=f"unknown path {request.path[:200]}")
@@ -157,23 +160,26 @@ class RoutingApi:
             raise _Refusal(400, f"unable to parse CID: {exc}", "invalid") from None
         media = _response_type(request)
         addr_filter, protocol_filter = _filters(request)
-        limit = self.limits.json_limit if media == JSON else 0
-        peers, source = await self._providers_of(key, limit or self.limits.json_limit * 10)
+        streaming = media == NDJSON
+        # From the store: what JSON may hold (NDJSON: ten times that). From the network:
+        # boxo's record limit for JSON (20, one bucket), 100 for a stream.
+        stored = self.limits.json_limit * (10 if streaming else 1)
+        peers, source = await self._providers_of(key, stored, 100 if streaming else amino.BUCKET_SIZE)
         records = _filtered((_peer_record(p) for p in peers), addr_filter, protocol_filter)
-        return await _answer(request, media, "Providers", records, limit, source)
+        return await _answer(request, media, "Providers", records, 0 if streaming else self.limits.json_limit, source)
 
-    async def _providers_of(self, key: bytes, limit: int) -> tuple[list[PeerInfo], str]:
+    async def _providers_of(self, key: bytes, stored: int, lookup_count: int) -> tuple[list[PeerInfo], str]:
         found: list[PeerInfo] = []
         try:
             if await self.local.own_provides(key):
                 found.append(self.local.self_info())
-            found.extend(r.provider for r in await self.local.providers.get_providers(key, limit))
+            found.extend(r.provider for r in await self.local.providers.get_providers(key, stored))
         except StoreError as exc:  # the network still answers
             log.debug("provider store unavailable for an HTTP lookup: %s", exc)
         if found:
             return _unique(found), "store"
         async with self._lookup():
-            peers = await self._bounded(self.network.find_providers(key, limit), [])
+            peers = await self._bounded(self.network.find_providers(key, lookup_count), [])
         return _unique(peers), "network"
 
     # -- GET /routing/v1/peers/{peer-id} -----------------------------------------------

@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import pytest
-from cid import make_cid
 from jspeer import JS_DIR, JsPeer, start_js_peers
 
 from dhtstore import multihash
@@ -30,7 +29,7 @@ CLIENT_SCRIPT = JS_DIR / "routing-client.mjs"
 
 def sha256_cid(text: str) -> str:
     mh = multihash.Multihash(multihash.SHA2_256, hashlib.sha256(text.encode()).digest()).to_bytes()
-    return str(make_cid(1, "raw", mh).encode("base32").decode())
+    return multihash.cid_string(mh)
 
 
 @dataclass
