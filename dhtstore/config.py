@@ -73,7 +73,7 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) → (host, port); ConfigError naming ``what``."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{what} = {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 
 

@@ -113,3 +113,15 @@ def test_db_stats_and_current_json(tmp_path: Path) -> None:
     figures = json.loads(stats.output)
     assert figures["rows"]["provider_records"] == 0 and "peers" in figures["rows"]
     assert figures["provider_records_expiring_within_hour"] == 0 and figures["size_bytes"] > 0
+
+
+def test_http_address_from_the_flag_or_the_config_is_checked(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = tmp_path / "node"
+    assert runner.invoke(main, ["init", "--data-dir", str(data)]).exit_code == 0
+    result = runner.invoke(main, ["run", "--data-dir", str(data), "--http", "8080"])
+    assert result.exit_code != 0 and "--http '8080': expected HOST:PORT" in result.output
+    config = data / "config.toml"
+    config.write_text(config.read_text().replace('http = ""', 'http = "localhost"'))
+    result = runner.invoke(main, ["run", "--data-dir", str(data)])
+    assert result.exit_code != 0 and "http 'localhost': expected HOST:PORT" in result.output
