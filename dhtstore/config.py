@@ -54,6 +54,7 @@ class Config:
     protocol: str = PROTOCOL_ID
     bootstrap: tuple[str, ...] = AMINO_BOOTSTRAP_PEERS
     store: str = ""  # a database URL; empty means dhtstore.db in the data directory
+    http: str = ""  # HOST:PORT of the Delegated Routing V1 HTTP API; empty: not served
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # sections other modules own
 
     def __post_init__(self) -> None:
@@ -64,6 +65,16 @@ class Config:
         for name, value in (("listen", self.listen), ("bootstrap", self.bootstrap)):
             if not all(isinstance(a, str) and a.startswith("/") for a in value):
                 raise ConfigError(f"{name} must be a list of multiaddr strings (each starting with '/')")
+        if self.http:
+            parse_host_port(self.http, "http")
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) → (host, port); ConfigError naming ``what``."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
 
 
 def _toml_str(value: str) -> str:
@@ -95,6 +106,10 @@ bootstrap = {_toml_list(config.bootstrap)}
 # "postgresql+asyncpg://user@host/dbname". Empty: dhtstore.db in this directory.
 # --store / DHTSTORE_STORE override it.
 store = {_toml_str(config.store)}
+
+# Serve the Delegated Routing V1 HTTP API (/routing/v1/...) on HOST:PORT, e.g.
+# "127.0.0.1:8080". Empty: not served. --http overrides it.
+http = {_toml_str(config.http)}
 """
 
 
@@ -106,7 +121,7 @@ def load(path: Path) -> Config:
         raise ConfigError(f"no config file at {path}: run `dhtstore init`") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    known = {"listen", "mode", "protocol", "bootstrap", "store"}
+    known = {"listen", "mode", "protocol", "bootstrap", "store", "http"}
     try:
         return Config(
             listen=tuple(data.get("listen", DEFAULT_LISTEN)),
@@ -114,6 +129,7 @@ def load(path: Path) -> Config:
             protocol=data.get("protocol", PROTOCOL_ID),
             bootstrap=tuple(data.get("bootstrap", AMINO_BOOTSTRAP_PEERS)),
             store=str(data.get("store", "")),
+            http=str(data.get("http", "")),
             extra={k: v for k, v in data.items() if k not in known},
         )
     except ConfigError as exc:

@@ -38,6 +38,9 @@ from .crypto.keys import PrivateKey
 from .data.schema import open_store
 from .data.stats import store_stats
 from .errors import StoreError
+from .httpapi.api import LocalRouting
+from .httpapi.metrics import HttpCollector
+from .httpapi.server import RoutingApi
 from .kadkey import Key
 from .metrics import Metrics, NodeStats
 from .network import api as network
@@ -130,6 +133,7 @@ class Node:
         self.kadserver: KadServer
         self.reprovider: Reprovider | None = None
         self._own_list: ProvideList | None = None  # the reprovider's, which our GET_PROVIDERS answers for
+        self._routing_api: RoutingApi | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class Node:
                 node.values,
                 node.validator,
                 address_book=host.peer_addrs,
-                own_provides=node._provides,
+                own_provides=node.provides,
             )
             node.kadserver = KadServer(host, node.handler, [options.protocol])
             if node.serves_dht:
@@ -227,8 +231,9 @@ class Node:
 
         tg.start_soon(run_after_bootstrap)
 
-    async def _provides(self, multihash: bytes) -> bool:
-        """Whether we answer GET_PROVIDERS for ourselves: for the list we reprovide."""
+    async def provides(self, multihash: bytes) -> bool:
+        """Whether we provide ``multihash`` ourselves (it is in the list we reprovide), so
+        GET_PROVIDERS and the HTTP API answer with us."""
         if self._own_list is None:
             return False
         try:
@@ -338,6 +343,23 @@ class Node:
         if self.reprovider is None:
             raise RuntimeError("this node has no provide list: start it with a store and reprovide=True")
         return self.reprovider
+
+    def routing_api(self) -> RoutingApi:
+        """The Delegated Routing V1 HTTP API over this node (its stores, provide list,
+        address book and lookups), its counters in the node's metrics; ``.serve(host,
+        port)`` listens until the block ends. One per node."""
+        if self._routing_api is None:
+            local = LocalRouting(
+                providers=self.providers,
+                values=self.values,
+                validator=self.validator,
+                own_provides=self.provides,
+                self_info=self._self_info,
+                peer_addrs=self.host.peer_addrs,
+            )
+            self._routing_api = RoutingApi(self, local)
+            self.metrics.registry.register(HttpCollector(self._routing_api, str(self.peer_id), self.options.identity_name))
+        return self._routing_api
 
     def addresses(self) -> list[str]:
         """Our listen addresses with ``/p2p/<peer id>``: what others bootstrap from."""

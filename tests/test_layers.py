@@ -35,6 +35,7 @@ LAYER = {
     "rtrefresh": 50,
     "peerbook": 50,
     "metrics": 60,
+    "httpapi": 60,
     "config": 60,
     "node": 70,
     "sim": 80,
@@ -43,12 +44,15 @@ LAYER = {
     "__init__": 100,
 }
 # Units whose implementation files only the composition roots may import.
-MODULES = {"network", "records", "providerstore", "routingtable", "routing", "server", "provider", "rtrefresh", "dht", "ipfs"}
+MODULES = {
+    "network", "records", "providerstore", "routingtable", "routing", "server", "provider", "rtrefresh", "dht", "ipfs", "httpapi",
+}
 COMPOSITION_ROOTS = {"node", "sim"}
 # Helper modules other modules may use besides ``api`` (value types and pure functions).
 PUBLIC = {
     "network": {"multiaddrs", "dnsaddr"},
     "provider": {"cids"},
+    "records": {"ipns"},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import click
@@ -84,12 +85,16 @@ def downgrade(where: Location, revision: str) -> None:
 
 @db.command()
 @location_options
-def current(where: Location) -> None:
-    """Show the store's schema revision."""
-    run(_current, where)
+@click.option("--json", "as_json", is_flag=True, help='Print {"store", "revision", "head", "at_head"} as JSON.')
+def current(where: Location, as_json: bool) -> None:
+    """Show the store's schema revision.
+
+    --json fields: store (the URL, password hidden), revision (null when not
+    initialised), head (the code's newest revision), at_head (true or false)."""
+    run(_current, where, as_json)
 
 
-async def _current(where: Location) -> None:
+async def _current(where: Location, as_json: bool = False) -> None:
     url = where.store_url()
     _check_exists(url, create=False)
     engine = make_engine(url)
@@ -101,6 +106,9 @@ async def _current(where: Location) -> None:
     finally:
         await engine.dispose()
     head = head_revision()
+    if as_json:
+        click.echo(json.dumps({"store": redact(url), "revision": found, "head": head, "at_head": found == head}))
+        return
     state = "not initialised" if found is None else f"revision {found}" + (" (head)" if found == head else f" (code's head: {head})")
     click.echo(f"{redact(url)}: {state}")
 
@@ -119,12 +127,17 @@ def history() -> None:
 
 @db.command()
 @location_options
-def stats(where: Location) -> None:
-    """Rows per table, provider records expiring within the hour, and store size."""
-    run(_stats, where)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def stats(where: Location, as_json: bool) -> None:
+    """Rows per table, provider records expiring within the hour, and store size.
+
+    --json fields: store (the URL, password hidden), rows (table name -> row count,
+    every table), provider_records_expiring_within_hour, size_bytes (null when the
+    database cannot tell)."""
+    run(_stats, where, as_json)
 
 
-async def _stats(where: Location) -> None:
+async def _stats(where: Location, as_json: bool) -> None:
     url = where.store_url()
     engine = await open_store(url)
     try:
@@ -133,6 +146,10 @@ async def _stats(where: Location) -> None:
         raise StoreError(describe_open_error(url, exc)) from None
     finally:
         await engine.dispose()
+    if as_json:
+        fields = {"rows": s.rows, "provider_records_expiring_within_hour": s.provider_records_expiring_within_hour, "size_bytes": s.size_bytes}
+        click.echo(json.dumps({"store": redact(url), **fields}))
+        return
     click.echo(f"store: {redact(url)}")
     width = max(map(len, s.rows))
     for table, count in s.rows.items():

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -17,7 +18,7 @@ import anyio
 import click
 
 from .. import amino, multihash
-from ..config import Config, ConfigError, read_identity
+from ..config import Config, ConfigError, parse_host_port, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
 from ..node import Mode, Node, NodeOptions
@@ -103,6 +104,7 @@ def _format_status(status: dict[str, Any]) -> str:
 @click.option("--lan", is_flag=True, help="Speak the LAN DHT protocol /ipfs/lan/kad/1.0.0 (as Kubo does on a LAN).")
 @click.option("--allow-private-addrs/--public-addrs-only", "allow_private", default=None, help="Admit peers with only private or loopback addresses (default: yes on a LAN or with a private bootstrap peer).")
 @click.option("--metrics", "metrics_addr", metavar="HOST:PORT", help="Serve Prometheus metrics here.")
+@click.option("--http", "http_addr", metavar="HOST:PORT", help="Serve the Delegated Routing V1 HTTP API (/routing/v1) here. [config: http]")
 @click.option("--status-interval", type=float, default=60.0, show_default=True, help="Seconds between status lines.")
 @click.option("--no-reprovide", is_flag=True, help="Serve the DHT but do not provide the provide list.")
 @click.option(
@@ -122,6 +124,7 @@ def run_command(
     lan: bool,
     allow_private: bool | None,
     metrics_addr: str | None,
+    http_addr: str | None,
     status_interval: float,
     no_reprovide: bool,
     claim_lease: float,
@@ -138,25 +141,29 @@ def run_command(
         opts = dataclasses.replace(opts, claim_lease=claim_lease)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    metrics_endpoint = _parse_host_port(metrics_addr) if metrics_addr else None
-    run(_run_node, opts, metrics_endpoint, status_interval)
+    try:
+        metrics_endpoint = parse_host_port(metrics_addr, "--metrics") if metrics_addr else None
+        http_endpoint = parse_host_port(http_addr or config.http, "--http") if http_addr or config.http else None
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    run(_run_node, opts, metrics_endpoint, http_endpoint, status_interval)
 
 
-def _parse_host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise fail(f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
-    return host.strip("[]"), int(port)
 
 
-async def _run_node(opts: NodeOptions, metrics_endpoint: tuple[str, int] | None, status_interval: float) -> None:
-    async with Node.start(opts) as node:
+async def _run_node(
+    opts: NodeOptions, metrics_endpoint: tuple[str, int] | None, http_endpoint: tuple[str, int] | None, status_interval: float
+) -> None:
+    async with Node.start(opts) as node, AsyncExitStack() as stack:
         for addr in node.addresses():
             log.info("listening on %s", addr)
         log.info("identity %s, peer id %s, mode %s, protocol %s, store %s", opts.identity_name, node.peer_id, node.status()["mode"], opts.protocol, "yes" if opts.store_url else "memory")
         if metrics_endpoint:
             node.metrics.serve(*metrics_endpoint)
             log.info("metrics on http://%s:%d/metrics", *metrics_endpoint)
+        if http_endpoint:
+            bound = await stack.enter_async_context(node.routing_api().serve(*http_endpoint))
+            log.info("delegated routing HTTP API on http://%s:%d/routing/v1", *bound)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
             async with anyio.create_task_group() as tg:
 
