@@ -28,7 +28,7 @@ MAX_PROVIDER_KEY_BYTES = 80  # a provider record's key: a multihash of at most t
 READ_MESSAGE_TIMEOUT = 10.0  # seconds, a response to a request
 STREAM_IDLE_TIMEOUT = 60.0  # an idle inbound kad stream is reset
 PUT_OPERATION_TIMEOUT = 30.0  # per-peer PUT_VALUE / ADD_PROVIDER of one lookup's fan-out (the router)
-# Per ADD_PROVIDER (and the PING confirming them) of the sweeping provider: Kubo's default
+# Per ADD_PROVIDER (and the FIND_NODE confirming them) of the sweeping provider: Kubo's default
 # Provide.DHT.SendProviderRecordTimeout (10 s), which it hands to go-libp2p-kad-dht's
 # SweepingProvider (provider.WithSendProviderRecordTimeout). Shorter than the router's:
 # the sweep sends a peer thousands of records one after the other and gives the peer up

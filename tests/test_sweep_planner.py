@@ -154,7 +154,7 @@ def test_a_server_is_given_up_after_more_than_two_failures_in_a_row() -> None:
     assert s.sent == 6 and s.some_delivered
 
 
-def test_a_ping_confirms_every_confirm_every_records_and_the_last_ones() -> None:
+def test_a_request_confirms_every_confirm_every_records_and_the_last_ones() -> None:
     s = PeerSending(SweepConfig(confirm_every=3))
     s.delivered()
     s.delivered()
