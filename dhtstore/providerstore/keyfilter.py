@@ -47,7 +47,7 @@ _COUNT_KEYS = select(func.count(distinct(ProviderRecordRow.key_mh)))
 _KEYS_AFTER = (
     select(ProviderRecordRow.key_mh).distinct()
     .where(ProviderRecordRow.key_mh > bindparam("after"))
-    .order_by(ProviderRecordRow.key_mh).limit(SCAN_BATCH)
+    .order_by(ProviderRecordRow.key_mh).limit(bindparam("n"))
 )
 
 
@@ -96,10 +96,9 @@ class KeyFilter:
     """The provider store's negative filter (see the module docstring). ``run`` builds
     it, and rebuilds it when it is full, until cancelled."""
 
-    def __init__(self, engine: AsyncEngine, counters: dict[str, int], *, min_capacity: int = MIN_CAPACITY):
+    def __init__(self, engine: AsyncEngine, counters: dict[str, int]):
         self._engine = engine
         self._counters = counters  # "key_filter_builds"
-        self._min_capacity = min_capacity
         self._current: BloomFilter | None = None  # answers; None: not built yet
         self._building: BloomFilter | None = None  # receives the writer's keys during a build
         self._full = anyio.Event()
@@ -142,12 +141,12 @@ class KeyFilter:
         with anyio.CancelScope(shield=True):
             async with self._engine.connect() as conn:
                 count = (await conn.execute(_COUNT_KEYS)).scalar_one()
-        new = self._building = BloomFilter(max(self._min_capacity, HEADROOM * count))
+        new = self._building = BloomFilter(max(MIN_CAPACITY, HEADROOM * count))
         after = b""
         while True:
             with anyio.CancelScope(shield=True):
                 async with self._engine.connect() as conn:
-                    keys = [bytes(k) for k in (await conn.execute(_KEYS_AFTER, {"after": after})).scalars()]
+                    keys = [bytes(k) for k in (await conn.execute(_KEYS_AFTER, {"after": after, "n": SCAN_BATCH})).scalars()]
             for key in keys:
                 new.add(key)
             if len(keys) < SCAN_BATCH:
