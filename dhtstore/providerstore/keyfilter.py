@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 FP_RATE = 0.001
 MIN_CAPACITY = 65_536  # keys a filter is sized for at least
 HEADROOM = 2  # a build is sized for this many times the keys it found
-SCAN_BATCH = 10_000  # keys per page of the build's scan
+SCAN_BATCH = 2_000  # keys per page of the build's scan: about 11 ms of the event loop's CPU
 RETRY_DELAY = 5.0  # seconds before a failed build is retried (meanwhile: every key "maybe")
 
 _COUNT_KEYS = select(func.count(distinct(ProviderRecordRow.key_mh)))
