@@ -40,13 +40,14 @@ async def store_misses(url: str, records: int, lookups: int) -> dict[str, float]
     engine = make_engine(url)
     peers = [PrivateKey.generate().peer_id() for _ in range(100)]
     try:
-        async with SqlProviderStore(engine) as store:
-            async with anyio.create_task_group() as tg:
-                for w in range(64):
-                    async def writer(w: int = w) -> None:
-                        for j in range(w, records, 64):
-                            await store.add_provider(key(j), peers[j % 100])
-                    tg.start_soon(writer)
+        async with SqlProviderStore(engine) as store, anyio.create_task_group() as tg:
+
+            async def writer(w: int) -> None:
+                for j in range(w, records, 64):
+                    await store.add_provider(key(j), peers[j % 100])
+
+            for w in range(64):
+                tg.start_soon(writer, w)
         async with SqlProviderStore(engine) as store:  # a fresh start: the filter (if any) is built from the store
             while store.counters.get("key_filter_builds", 1) < 1:
                 await anyio.sleep(0.01)

@@ -115,7 +115,8 @@ async def test_a_false_positive_is_answered_by_the_store(sqlite_store_url: str) 
         async with SqlProviderStore(engine) as store:
             await built(store)
             await store.add_provider(mh(1), PEERS[0])
-            current = store._key_filter._current  # type: ignore[union-attr]
+            assert store._key_filter is not None
+            current = store._key_filter._current
             assert current is not None
             absent = mh(2)
             current.add(absent)  # now a false positive for sure
