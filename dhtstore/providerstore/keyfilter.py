@@ -129,8 +129,10 @@ class KeyFilter:
                 log.warning("provider store: key filter not built: %s", first_line(exc))
                 await anyio.sleep(RETRY_DELAY)
                 continue
-            await self._full.wait()
-            self._full = anyio.Event()
+            assert self._current is not None
+            if self._current.added <= self._current.capacity:  # else it filled during its build
+                self._full = anyio.Event()  # the old filter's overflow is not this one's
+                await self._full.wait()
 
     async def _build(self) -> None:
         # Page by page, each a short statement of its own: no read transaction held for
