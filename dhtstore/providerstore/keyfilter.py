@@ -7,12 +7,12 @@ for a store of 1M keys and 36 MB for 10M. ``may_contain`` False means no record 
 key exists; True means "ask SQL" (a false positive costs that one query, as does any
 expired record not yet swept).
 
-Exact only where every write goes through this process: a SQLite store (one writer
-process, ``SqlProviderStore.shared`` False; with other writers it is not used). The
-writer ``add``s a batch's keys before its transaction starts, so a key is in the filter
-before any reader could see its record, also when the transaction fails after the
-commit reached the database. Until
-the first build from the store has finished, every key is "maybe".
+Exact only where every write goes through this process: a store with one writer
+process (SQLite; ``SqlProviderStore.shared`` False), the assumption its caches make too.
+A shared store keeps no filter. The writer ``add``s a batch's keys before its
+transaction starts, so a key is in the filter before any reader could see its record,
+also when the transaction fails after the commit reached the database. Until the first
+build from the store has finished, every key is "maybe".
 
 Keys are never removed; when more distinct keys were added than the filter was sized
 for, it is rebuilt from the store (expired records swept meanwhile drop out). A build
