@@ -26,6 +26,7 @@ from ..data.failures import first_line
 from ..errors import StoreUnavailable
 from .caches import ProviderCaches
 from .health import NOT_TRANSIENT, StoreHealth
+from .keyfilter import KeyFilter
 from .pending import PendingRecord
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class GroupCommit:
         *,
         max_batch: int,
         retry_delays: tuple[float, ...],
+        key_filter: KeyFilter | None = None,
     ):
         self._path = path
         self._caches = caches
@@ -66,6 +68,7 @@ class GroupCommit:
         self._counters = counters
         self._max_batch = max_batch
         self._retry_delays = retry_delays
+        self._key_filter = key_filter
         self._pending: dict[tuple[bytes, bytes], PendingRecord] = {}
         self._wake = anyio.Event()
         self.closing = False  # no more records are taken
@@ -123,6 +126,9 @@ class GroupCommit:
     async def _commit(self, batch: list[PendingRecord]) -> None:
         # One order for all writers (us and other processes) so PostgreSQL cannot deadlock.
         batch.sort(key=lambda p: (p.key, p.peer))
+        keys = [p.key for p in batch]
+        if self._key_filter is not None:  # before any reader can see the records (``keyfilter``)
+            self._key_filter.add(keys)
         with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
             delays = iter((*self._retry_delays, None))
             while True:
@@ -148,5 +154,7 @@ class GroupCommit:
                     self._counters["transactions"] += 1
                     self._caches.committed(batch)
                     break
+        if self._key_filter is not None:  # into a filter whose build began meanwhile
+            self._key_filter.add(keys)
         for p in batch:
             p.done.set()

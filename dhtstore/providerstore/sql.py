@@ -9,13 +9,17 @@ It is composed of:
 - ``caches``: provider sets per key and addresses per provider, holding only
   committed data;
 - ``expiry``: a background sweep of expired records (reads skip them already);
-- ``health``: ``available``, False from a failed operation until the store answers.
+- ``health``: ``available``, False from a failed operation until the store answers;
+- ``keyfilter``: a Bloom filter of the stored keys, so a lookup of a key with no record
+  (most GET_PROVIDERS) is answered without a query; on a store with a single writer
+  process only (not ``shared``), where the writer keeps it exact.
 
 Shared stores. Several processes (``dhtstore run --identity …``) may share one
 PostgreSQL store: then a cached provider set or address list is used for at most
 ``shared_cache_ttl`` seconds, so a record another process received is served here
 within that time (a TTL rather than LISTEN/NOTIFY: nothing to lose across reconnects,
-no per-commit notification traffic), and the sweep runs in one process at a time. A
+no per-commit notification traffic), every miss is a query (the key filter would not
+see other processes' writes), and the sweep runs in one process at a time. A
 SQLite store has a single writer process, and keeps its caches until they are evicted.
 
 Outages. A failed batch is retried before its callers fail (``groupcommit``); while
@@ -54,6 +58,7 @@ from .caches import ProviderCaches, Providers
 from .expiry import ExpirySweep
 from .groupcommit import RETRY_DELAYS, GroupCommit, WritePath
 from .health import StoreHealth
+from .keyfilter import KeyFilter
 from .peerrows import PeerRows
 from .postgreswrite import PostgresWritePath
 from .sqlitewrite import SqliteWritePath
@@ -82,7 +87,8 @@ class SqlProviderStore:
     entering starts the writer, the sweep and the health probe in the store's own task
     group; leaving commits what is queued, then stops them. The engine stays the caller's.
 
-    ``shared``: other processes may write the store (default: True on PostgreSQL).
+    ``shared``: other processes may write the store (default: True on PostgreSQL); then
+    no key filter is kept, and a miss is always a query.
     ``retry_delays``: seconds before each retry of a failed batch (default: RETRY_DELAYS on
     PostgreSQL; none on SQLite, a local file whose errors are not lost connections and
     whose busy timeout already waits for other writers).
@@ -109,6 +115,7 @@ class SqlProviderStore:
         self.counters = {
             "records_written": 0, "transactions": 0, "write_errors": 0, "rejected": 0, "swept": 0,
             "write_retries": 0, "read_errors": 0, "store_down": 0, "sweeps_skipped": 0, "stale_reads": 0,
+            "key_filter_builds": 0, "filtered_misses": 0,
         }
         self._health = StoreHealth(engine, self.counters)
         self._caches = ProviderCaches(cache_size, addr_cache_size, shared_cache_ttl if self.shared else None)
@@ -116,8 +123,10 @@ class SqlProviderStore:
         path: WritePath = PostgresWritePath(engine, peer_rows) if postgresql else SqliteWritePath(engine, peer_rows)
         if retry_delays is None:
             retry_delays = RETRY_DELAYS if postgresql else ()
+        self._key_filter = None if self.shared else KeyFilter(engine, self.counters)
         self._writes = GroupCommit(
-            path, self._caches, self._health, self.counters, max_batch=max_batch, retry_delays=retry_delays
+            path, self._caches, self._health, self.counters,
+            max_batch=max_batch, retry_delays=retry_delays, key_filter=self._key_filter,
         )
         self._expiry = ExpirySweep(
             engine, clock, self._caches, self._health, self.counters,
@@ -141,6 +150,8 @@ class SqlProviderStore:
         self._task_group.start_soon(self._writes.run)
         self._task_group.start_soon(self._expiry.run)
         self._task_group.start_soon(self._health.run)
+        if self._key_filter is not None:
+            self._task_group.start_soon(self._key_filter.run)
         return self
 
     async def __aexit__(
@@ -180,6 +191,9 @@ class SqlProviderStore:
 
     async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
         key = check_key(key)
+        if self._key_filter is not None and not self._key_filter.may_contain(key):
+            self.counters["filtered_misses"] += 1
+            return []
         now = int(self._clock())
         providers = await self._provider_set(key)
         live = [(peer, r, e) for peer, (r, e) in providers.items() if e > now]
