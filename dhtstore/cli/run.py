@@ -154,17 +154,19 @@ def run_command(
 async def _run_node(
     opts: NodeOptions, metrics_endpoint: tuple[str, int] | None, http_endpoint: tuple[str, int] | None, status_interval: float
 ) -> None:
-    async with Node.start(opts) as node, AsyncExitStack() as stack:
-        for addr in node.addresses():
-            log.info("listening on %s", addr)
-        log.info("identity %s, peer id %s, mode %s, protocol %s, store %s", opts.identity_name, node.peer_id, node.status()["mode"], opts.protocol, "yes" if opts.store_url else "memory")
-        if metrics_endpoint:
-            node.metrics.serve(*metrics_endpoint)
-            log.info("metrics on http://%s:%d/metrics", *metrics_endpoint)
-        if http_endpoint:
-            bound = await stack.enter_async_context(node.routing_api().serve(*http_endpoint))
-            log.info("delegated routing HTTP API on http://%s:%d/routing/v1", *bound)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+    # Signals are taken from before the node starts: a SIGTERM during start-up then stops
+    # it cleanly once started, instead of killing the process half-way.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+        async with Node.start(opts) as node, AsyncExitStack() as stack:
+            for addr in node.addresses():
+                log.info("listening on %s", addr)
+            log.info("identity %s, peer id %s, mode %s, protocol %s, store %s", opts.identity_name, node.peer_id, node.status()["mode"], opts.protocol, "yes" if opts.store_url else "memory")
+            if metrics_endpoint:
+                node.metrics.serve(*metrics_endpoint)
+                log.info("metrics on http://%s:%d/metrics", *metrics_endpoint)
+            if http_endpoint:
+                bound = await stack.enter_async_context(node.routing_api().serve(*http_endpoint))
+                log.info("delegated routing HTTP API on http://%s:%d/routing/v1", *bound)
             async with anyio.create_task_group() as tg:
 
                 async def status_lines() -> None:

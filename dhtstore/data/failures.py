@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
+import anyio
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from ..errors import StoreUnavailable
@@ -21,6 +22,8 @@ from .engine import OPEN_ERRORS
 # What a database that does not answer, or refuses, raises through SQLAlchemy's async
 # drivers; asyncpg may raise its own errors while a connection is set up.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*OPEN_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+STORE_CALL_BOUND = 30.0  # seconds a started store call may run on after its caller was cancelled
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -45,12 +48,18 @@ def unavailable(what: str, on_failure: Callable[[BaseException], None] | None = 
 
 
 def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """A store method that raises ``StoreUnavailable``, never a driver's error."""
+    """A store method that raises ``StoreUnavailable``, never a driver's error, and that
+    once started runs to its end even when its caller is cancelled (for at most
+    STORE_CALL_BOUND): a statement cut half-way leaves SQLAlchemy an aiosqlite
+    connection to close whose close may never return, and the process then hangs at
+    exit on that connection's thread. Cancellation takes effect when the call returns."""
     what = f"{fn.__qualname__} failed, the store did not answer"
 
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
-        with unavailable(what):
-            return await fn(*args, **kwargs)
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + STORE_CALL_BOUND):
+            with unavailable(what):
+                return await fn(*args, **kwargs)
+        raise StoreUnavailable(f"{what} within {STORE_CALL_BOUND:.0f} s")
 
     return call
