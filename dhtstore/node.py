@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import amino, dht, ipfs
 from .crypto.keys import PrivateKey
 from .data.schema import open_store
+from .data.sqlitereader import SqliteReader
 from .data.stats import store_stats
 from .errors import StoreError
 from .httpapi.api import LocalRouting
@@ -128,6 +129,7 @@ class Node:
         host.on_identify(self.upkeep.on_identify)
         # Set in start(): they need the store's lifecycle.
         self.providers: ProviderStore
+        self._reader: SqliteReader | None = None
         self.values: ValueStore
         self.handler: KademliaHandler
         self.kadserver: KadServer
@@ -148,6 +150,7 @@ class Node:
             host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits))
             node = cls(options, host, engine)
             if engine is not None:
+                node._reader = await stack.enter_async_context(SqliteReader.open(engine))
                 node.providers = await stack.enter_async_context(SqlProviderStore(engine))
                 node.values = SqlValueStore(engine, node.validator)
             else:
@@ -213,7 +216,7 @@ class Node:
         if not self.options.reprovide:
             return
         assert self.engine is not None
-        self._own_list = ProvideListStore(self.engine)
+        self._own_list = ProvideListStore(self.engine, self._reader)
         self.reprovider = Reprovider(
             self._own_list,
             SqlClaimStore(self.engine),

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Microbenchmark: the CPU of one ``SqlProviderStore.get_providers`` on a key with no
-record (a GET_PROVIDERS miss), one caller at a time and 32 concurrent, beside the same
-indexed lookup with plain ``sqlite3`` in the same run (the ceiling), on a SQLite store
-holding ``--records`` records. CPU is the process's (all threads: aiosqlite's too).
+"""Microbenchmark: the CPU of the two store reads of a GET_PROVIDERS miss, one caller at
+a time and 32 concurrent, beside the same indexed lookup with plain ``sqlite3`` in the
+same run (the ceiling), on a SQLite store holding ``--records`` records and as many
+provide-list entries: ``SqlProviderStore.get_providers`` on a key with no record, and
+the node's own-list check ``ProvideListStore.contains`` through SQLAlchemy and through
+``data.sqlitereader``. CPU is the process's (all threads: aiosqlite's and the reader's).
 
     python scripts/bench_miss.py                     # 20k records, 5,000 misses per mode
     PYTHONPATH=/tmp/base python scripts/bench_miss.py  # the same against another checkout
@@ -18,6 +20,7 @@ import hashlib
 import sqlite3
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -27,6 +30,7 @@ from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import default_store_url, make_engine
 from dhtstore.data.schema import create_or_upgrade
 from dhtstore.multihash import SHA2_256, Multihash
+from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.providerstore.sql import SqlProviderStore
 
 CONCURRENCY = 32
@@ -51,37 +55,60 @@ async def store_misses(url: str, records: int, lookups: int) -> dict[str, float]
         async with SqlProviderStore(engine) as store:  # a fresh start: the filter (if any) is built from the store
             while store.counters.get("key_filter_builds", 1) < 1:
                 await anyio.sleep(0.01)
-            misses = [key(records + i) for i in range(lookups)]
-            t = time.process_time()
-            for k in misses:
-                assert await store.get_providers(k) == []
-            one = (time.process_time() - t) / lookups
-
-            async def caller(c: int) -> None:
-                for k in misses[c::CONCURRENCY]:
-                    await store.get_providers(k)
-
-            t = time.process_time()
-            async with anyio.create_task_group() as tg:
-                for c in range(CONCURRENCY):
-                    tg.start_soon(caller, c)
-            many = (time.process_time() - t) / lookups
+            return await cpu_per_call(store.get_providers, [key(records + i) for i in range(lookups)])
     finally:
         await engine.dispose()
+
+
+async def cpu_per_call(lookup: Callable[[bytes], Awaitable[object]], misses: list[bytes]) -> dict[str, float]:
+    """CPU µs per ``lookup`` of a missing key: one caller, then CONCURRENCY in flight."""
+    t = time.process_time()
+    for k in misses:
+        assert not await lookup(k)
+    one = (time.process_time() - t) / len(misses)
+
+    async def caller(c: int) -> None:
+        for k in misses[c::CONCURRENCY]:
+            assert not await lookup(k)
+
+    t = time.process_time()
+    async with anyio.create_task_group() as tg:
+        for c in range(CONCURRENCY):
+            tg.start_soon(caller, c)
+    many = (time.process_time() - t) / len(misses)
     return {"one_us": one * 1e6, "concurrent_us": many * 1e6}
 
 
-def raw_sqlite3_miss(url: str, records: int, lookups: int) -> float:
+async def own_list_misses(url: str, records: int, lookups: int) -> dict[str, dict[str, float]]:
+    engine = make_engine(url)
+    try:
+        await ProvideListStore(engine).add([(f"cid{i}", key(i)) for i in range(records)], int(time.time()))
+        misses = [key(records + i) for i in range(lookups)]
+        result = {"sqlalchemy": await cpu_per_call(ProvideListStore(engine).contains, misses)}
+        try:
+            from dhtstore.data.sqlitereader import SqliteReader
+        except ImportError:  # a checkout from before the reader
+            return result
+        async with SqliteReader.open(engine) as reader:
+            result["reader"] = await cpu_per_call(ProvideListStore(engine, reader).contains, misses)
+        return result
+    finally:
+        await engine.dispose()
+
+
+def raw_sqlite3_miss(url: str, stmt: str, params: Callable[[bytes], tuple[object, ...]], misses: list[bytes]) -> float:
     conn = sqlite3.connect(make_url(url).database or "")
-    stmt = "SELECT peer_id, received_at, expires_at FROM provider_records WHERE key_mh = ? AND expires_at > ?"
-    misses = [key(records + i) for i in range(lookups)]
-    now = int(time.time())
     t = time.process_time()
     for k in misses:
-        assert conn.execute(stmt, (k, now)).fetchall() == []
-    cpu = (time.process_time() - t) / lookups
+        assert conn.execute(stmt, params(k)).fetchall() == []
+    cpu = (time.process_time() - t) / len(misses)
     conn.close()
     return cpu * 1e6
+
+
+def show(figures: dict[str, float], raw: float) -> None:
+    print(f"    one caller: {figures['one_us']:.1f} us ({figures['one_us'] / raw:.1f}x raw sqlite3)")
+    print(f"    {CONCURRENCY} concurrent: {figures['concurrent_us']:.1f} us ({figures['concurrent_us'] / raw:.1f}x raw sqlite3)")
 
 
 def main() -> None:
@@ -93,11 +120,24 @@ def main() -> None:
         url = default_store_url(Path(d))
         asyncio.run(create_or_upgrade(url))
         r = asyncio.run(store_misses(url, args.records, args.lookups))
-        raw = raw_sqlite3_miss(url, args.records, args.lookups)
+        own = asyncio.run(own_list_misses(url, args.records, args.lookups))
+        misses = [key(args.records + i) for i in range(args.lookups)]
+        now = int(time.time())
+        raw = raw_sqlite3_miss(
+            url,
+            "SELECT peer_id, received_at, expires_at FROM provider_records WHERE key_mh = ? AND expires_at > ?",
+            lambda k: (k, now),
+            misses,
+        )
+        raw_own = raw_sqlite3_miss(url, "SELECT 1 FROM provided_keys WHERE multihash = ? LIMIT 1", lambda k: (k,), misses)
     print(f"records {args.records:,}, misses {args.lookups:,} per mode; CPU per get_providers miss:")
-    print(f"  one caller: {r['one_us']:.1f} us ({r['one_us'] / raw:.1f}x raw sqlite3)")
-    print(f"  {CONCURRENCY} concurrent: {r['concurrent_us']:.1f} us ({r['concurrent_us'] / raw:.1f}x raw sqlite3)")
+    show(r, raw)
     print(f"  raw sqlite3 (same lookup, same run): {raw:.1f} us")
+    print(f"provide list of {args.records:,} entries; CPU per contains() miss:")
+    for path, figures in own.items():
+        print(f"  through {path}:")
+        show(figures, raw_own)
+    print(f"  raw sqlite3 (same lookup, same run): {raw_own:.1f} us")
     try:
         from dhtstore.providerstore.keyfilter import HEADROOM, BloomFilter
     except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from dhtstore import multihash
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import default_store_url
 from dhtstore.data.models import PeerRow, RoutingSnapshotPeerRow
+from dhtstore.data.schema import open_store
 from dhtstore.network import multiaddrs
 from dhtstore.node import Node
+from dhtstore.provider.providelist import ProvideListStore
 from dhtstore.records import pk
 from dhtstore.routing.api import NotFound
 
@@ -127,3 +130,21 @@ async def test_the_provide_list_is_provided_and_found(make_store, loopback_optio
             assert [p.peer_id for p in await b.find_providers(cid)] == [c.peer_id]
         assert await c.stop_provide([CID]) == 1
         assert [e.cid async for e in c.provide_list()] == [cids[1]]
+
+
+async def test_a_node_answers_for_keys_another_process_lists(make_store, loopback_options):
+    """The own-provide-list check (``data.sqlitereader`` on SQLite) sees what ``dhtstore
+    provide add`` commits beside the running node, before any reprovide has run."""
+    url = make_store()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Node.start(loopback_options(url, reprovide=True)))
+        client = await stack.enter_async_context(Node.start(loopback_options(None, [a.addresses()[0]], mode="client")))
+        mh = multihash.from_cid(CID)
+        assert not await a.provides(mh)
+        engine = await open_store(url)
+        try:
+            await ProvideListStore(engine).add([(CID, mh)], int(time.time()))
+        finally:
+            await engine.dispose()
+        assert await a.provides(mh)
+        assert [p.peer_id for p in await client.find_providers(CID)] == [a.peer_id]

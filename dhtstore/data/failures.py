@@ -9,6 +9,7 @@ SQLAlchemy's own exception.
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -20,8 +21,11 @@ from ..errors import StoreUnavailable
 from .engine import OPEN_ERRORS
 
 # What a database that does not answer, or refuses, raises through SQLAlchemy's async
-# drivers; asyncpg may raise its own errors while a connection is set up.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (*OPEN_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+# drivers; asyncpg may raise its own errors while a connection is set up, and the
+# plain sqlite3 reader (``data.sqlitereader``) sqlite3's.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    *OPEN_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error,
+)
 
 STORE_CALL_BOUND = 30.0  # seconds a started store call may run on after its caller was cancelled
 

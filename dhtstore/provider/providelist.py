@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..data.dialects import dialect_insert
 from ..data.failures import store_call, unavailable
 from ..data.locks import take_turn
+from ..data.sqlitereader import SqliteReader
 from ..data.models import (
     ProvidedKeyRow,
     ProviderStateRow,
@@ -68,11 +69,16 @@ def _unclaimed(owner: str, now: int) -> ColumnElement[bool]:
     )
 
 
-class ProvideListStore:
-    """``provider.api.ProvideList`` in SQL."""
+_CONTAINS_SQL = f"SELECT 1 FROM {ProvidedKeyRow.__tablename__} WHERE multihash = ? LIMIT 1"
 
-    def __init__(self, engine: AsyncEngine):
+
+class ProvideListStore:
+    """``provider.api.ProvideList`` in SQL. ``reader``, for a SQLite file, answers
+    ``contains`` (a query per GET_PROVIDERS) without SQLAlchemy's asyncio layer."""
+
+    def __init__(self, engine: AsyncEngine, reader: SqliteReader | None = None):
         self.engine = engine
+        self._reader = reader
         self._insert = dialect_insert(engine)
 
     # --- the list ---------------------------------------------------------------
@@ -80,6 +86,8 @@ class ProvideListStore:
     @store_call
     async def contains(self, multihash: bytes) -> bool:
         """True when ``multihash`` is in the provide list (one unique-index lookup)."""
+        if self._reader is not None:
+            return await self._reader.first_row(_CONTAINS_SQL, (multihash,)) is not None
         async with self.engine.connect() as conn:
             found = await conn.execute(select(ProvidedKeyRow.id).where(ProvidedKeyRow.multihash == multihash).limit(1))
             return found.first() is not None
