@@ -151,7 +151,7 @@ class Node:
             node = cls(options, host, engine)
             if engine is not None:
                 node._reader = await stack.enter_async_context(SqliteReader.open(engine))
-                node.providers = await stack.enter_async_context(SqlProviderStore(engine))
+                node.providers = await stack.enter_async_context(SqlProviderStore(engine, reader=node._reader))
                 node.values = SqlValueStore(engine, node.validator)
             else:
                 node.providers = MemoryProviderStore()

@@ -2,32 +2,40 @@
 """Kademlia server benchmark on loopback (issue 5): our node against js-libp2p's
 kad-dht, under the same load generator, in one run.
 
-    python scripts/bench_server.py                          # 1M records, 10 s per server
-    python scripts/bench_server.py --records 100000 --duration 5
+    python scripts/bench_server.py                          # 1M records, 10 s per run
+    python scripts/bench_server.py --records 100000 --duration 5 --types miss,hit --connections 8
+    python scripts/bench_server.py --loops asyncio,uvloop --store postgresql
     python scripts/bench_server.py --profile /tmp/ours.prof  # cProfile of our node
 
 What runs, each in its own process:
 - our server: a real ``dhtstore`` ``Node`` (server mode, production defaults,
-  including the per-peer rate limiter) on a SQLite store pre-filled with
+  reprovider on with an empty list) on a SQLite or PostgreSQL store pre-filled with
   ``--records`` provider records (1,000 providers with addresses), written with
   direct SQL inserts through the data tier's models in one transaction;
 - the js server: js-libp2p 3.2 with kad-dht 16.2 in Node.js (tests/interop/js), its
-  provider store in memory and empty (it cannot be pre-filled from here);
-- the load generator: ``--connections`` (32) client hosts of ours, each with one
-  connection and one kad stream reused for every request (as go's message sender
-  does), each sending in turn FIND_NODE (a random peer-id key), GET_PROVIDERS (a
-  random key of the pre-filled ones) and ADD_PROVIDER (a new key, the client as
-  provider). ADD_PROVIDER gets no reply, so it is followed on the same stream by a
-  PING: both servers handle one stream's requests in order, so the PING's reply
-  marks the ADD_PROVIDER as processed (ours: committed to SQLite);
+  provider store in memory;
+- the load generator: client hosts of ours (``--connections``, 8 and 32 by
+  default), each with one connection and one kad stream reused for every request
+  (as go's message sender does), in closed loop, one request type per run
+  (``--types``): FIND_NODE (a random key), GET_PROVIDERS miss (a random key),
+  GET_PROVIDERS hit (a stored key: one of the ``--records`` pre-filled ones for us;
+  for js, one of ``--js-records`` keys the load generator announced to it first, as
+  its store cannot be pre-filled), ADD_PROVIDER (ten new keys, then a PING: both
+  servers handle one stream's requests in order, so the PING's reply marks the ten
+  as processed, ours committed to the store). Our server's per-peer rate limit is
+  raised for the run (``--rate-limit``) so that CPU is the limit;
 - the routing-table peers: ``--table-peers`` (20) small DHT servers of ours that
   connect to the server under test before the load starts, so FIND_NODE and
   GET_PROVIDERS answer with closer peers as on a real network.
 
-Printed: requests/s and p50/p99 latency per type for each server, the ratio
-ours/js, peak RSS (VmHWM) of each server process, the load generator's CPU use (if
-near 100 %, the client is the bottleneck, not the server) and our server's
-counters (rate-limited requests, errors). Figures are printed, not asserted;
+Printed per type and connection count: requests per server CPU-second (the
+server's CPU time from /proc over the run) for each server and the ratio ours/js,
+requests/s and p50/p99 latency; peak RSS (VmHWM), the load generator's CPU use (if
+near 100 %, the client is the bottleneck, not the server) and our server's counters.
+A run that did not measure what it claims (a hit answered without providers, a miss
+with them, FIND_NODE without closer peers) stops the benchmark. ``--loops
+asyncio,uvloop`` runs our server once per event loop; ``--store postgresql`` puts
+its store in a scratch database on ``--pg-url``. Figures are printed, not asserted;
 BENCHMARKS.md records them. Needs Node.js and ``npm ci`` in tests/interop/js
 (done on demand).
 """
@@ -74,7 +82,6 @@ from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 PROVIDERS = 1000  # distinct provider peers in the pre-filled store
 ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001
 FILL_BATCH = 50_000
-TYPES = ("FIND_NODE", "GET_PROVIDERS", "ADD_PROVIDER")
 MAX_CYCLES = 10_000_000  # bounds each connection's loop besides the duration
 WAIT = 60.0  # seconds: bound on every start-up step
 
@@ -154,7 +161,7 @@ async def fill_store(url: str, records: int) -> float:
 # -- our server (a subprocess) ---------------------------------------------------------
 
 
-async def serve(store_url: str, profile: str | None) -> None:
+async def serve(store_url: str, profile: str | None, rate_limit: float) -> None:
     options = NodeOptions(
         identity=PrivateKey.generate(),
         store_url=store_url,
@@ -162,7 +169,7 @@ async def serve(store_url: str, profile: str | None) -> None:
         mode="server",
         allow_private_addrs=True,  # every peer here is on loopback
         ip_diversity=False,
-        reprovide=False,
+        reprovide=True,  # as in production: every GET_PROVIDERS asks the (empty) provide list too
     )
     profiler = None
     if profile:
@@ -172,6 +179,7 @@ async def serve(store_url: str, profile: str | None) -> None:
         # the time we were preempted to whatever function happened to be running.
         profiler = cProfile.Profile(time.thread_time)
     async with Node.start(options) as node:
+        node.kadserver.limiter.rate, node.kadserver.limiter.burst = rate_limit, 2 * rate_limit
         print(json.dumps({"addr": str(multiaddrs.with_peer_id(node.host.listen_addrs[0], node.peer_id))}), flush=True)
         if profiler:
             profiler.enable()
@@ -219,17 +227,31 @@ async def table_peers(count: int) -> AsyncIterator[list[Host]]:
 
 # -- the load generator (a subprocess) ---------------------------------------------------
 
+# The request types, each measured on its own (``--types``), and "mix": the three in turn.
+MODES = ("find_node", "miss", "hit", "add_provider", "mix")
+LABELS = {
+    "find_node": "FIND_NODE",
+    "miss": "GET_PROVIDERS miss",
+    "hit": "GET_PROVIDERS hit",
+    "add_provider": "ADD_PROVIDER",
+    "mix": "mix (FIND_NODE, GET_PROVIDERS hit, ADD_PROVIDER + PING)",
+}
+ADDS_PER_PING = 10
+RUNS = 0  # load runs started in this process  # ADD_PROVIDERs sent before each PING, as a go client's sweep does
+
 
 class Connection:
     """One client host, its connection and its one kad stream, and its samples."""
 
-    def __init__(self, host: Host, rng: random.Random):
+    def __init__(self, host: Host, rng: random.Random, hit_keys: int):
         self.host = host
         self.rng = rng
+        self.hit_keys = hit_keys  # GET_PROVIDERS hits ask for provider_key(0 … hit_keys-1)
         self.stream: Any = None
         self.decoder = FrameDecoder()
-        self.latencies: dict[str, list[float]] = {t: [] for t in TYPES}
-        self.providers_found = 0
+        self.latencies: list[float] = []  # one per exchange
+        self.requests = 0  # kad requests answered or processed (PINGs after ADD_PROVIDERs not counted)
+        self.answered_with_providers = 0
         self.closer_peers = 0
         self.me = PeerInfo(host.peer_id, (ADDR,))
 
@@ -245,45 +267,64 @@ class Connection:
             raise RuntimeError(f"got a {reply.type.name} reply, expected {expect.name}")
         return reply
 
-    async def cycle(self, records: int) -> None:
+    def _add_providers(self, keys: list[bytes]) -> bytes:
+        adds = b"".join(encode_frame(Message(MessageType.ADD_PROVIDER, key=k, provider_peers=(self.me,))) for k in keys)
+        return adds + encode_frame(Message(MessageType.PING))
+
+    async def announce(self, keys: list[bytes]) -> None:
+        """Store ``keys`` with us as provider (js's store cannot be pre-filled otherwise)."""
+        for i in range(0, len(keys), ADDS_PER_PING):
+            await self.exchange(self._add_providers(keys[i : i + ADDS_PER_PING]), MessageType.PING)
+
+    async def request(self, mode: str) -> None:
+        if mode == "mix":
+            for part in ("find_node", "hit", "add_provider"):
+                await self.request(part)
+            return
         rng = self.rng
-        find_node = Message(MessageType.FIND_NODE, key=b"\x12\x20" + rng.randbytes(32))
-        t0 = time.perf_counter()
-        reply = await self.exchange(encode_frame(find_node), MessageType.FIND_NODE)
-        t1 = time.perf_counter()
-        self.closer_peers += len(reply.closer_peers)
-        get = Message(MessageType.GET_PROVIDERS, key=provider_key(rng.randrange(records)))
-        reply = await self.exchange(encode_frame(get), MessageType.GET_PROVIDERS)
-        t2 = time.perf_counter()
-        self.providers_found += bool(reply.provider_peers)
-        add = Message(MessageType.ADD_PROVIDER, key=Multihash(SHA2_256, rng.randbytes(32)).to_bytes(), provider_peers=(self.me,))
-        await self.exchange(encode_frame(add) + encode_frame(Message(MessageType.PING)), MessageType.PING)
-        t3 = time.perf_counter()
-        self.latencies["FIND_NODE"].append(t1 - t0)
-        self.latencies["GET_PROVIDERS"].append(t2 - t1)
-        self.latencies["ADD_PROVIDER"].append(t3 - t2)
+        started = time.perf_counter()
+        if mode == "find_node":
+            reply = await self.exchange(encode_frame(Message(MessageType.FIND_NODE, key=b"\x12\x20" + rng.randbytes(32))), MessageType.FIND_NODE)
+            self.closer_peers += len(reply.closer_peers)
+            self.requests += 1
+        elif mode in ("hit", "miss"):
+            key = provider_key(rng.randrange(self.hit_keys)) if mode == "hit" else Multihash(SHA2_256, rng.randbytes(32)).to_bytes()
+            reply = await self.exchange(encode_frame(Message(MessageType.GET_PROVIDERS, key=key)), MessageType.GET_PROVIDERS)
+            self.answered_with_providers += bool(reply.provider_peers)
+            self.closer_peers += len(reply.closer_peers)
+            self.requests += 1
+        else:
+            keys = [Multihash(SHA2_256, rng.randbytes(32)).to_bytes() for _ in range(ADDS_PER_PING)]
+            await self.exchange(self._add_providers(keys), MessageType.PING)
+            self.requests += ADDS_PER_PING
+        self.latencies.append(time.perf_counter() - started)
 
 
-async def load(target_addr: str, connections: int, duration: float, records: int, seed: int) -> None:
+async def load(target_addr: str, args: argparse.Namespace) -> None:
     target = peer_info(target_addr)
-    rng = random.Random(seed)
+    rng = random.Random(args.seed)
     async with AsyncExitStack() as stack:
         conns = []
-        for _ in range(connections):
+        for _ in range(args.connections):
             host = await stack.enter_async_context(Host(PrivateKey.generate()))
-            conns.append(Connection(host, random.Random(rng.getrandbits(64))))
+            conns.append(Connection(host, random.Random(rng.getrandbits(64)), args.hit_keys))
         for c in conns:  # one after another: js refuses a burst of simultaneous handshakes
             await c.open(target)
+        if args.announce:
+            keys = [provider_key(i) for i in range(args.announce)]
+            async with anyio.create_task_group() as tg:
+                for i, c in enumerate(conns):
+                    tg.start_soon(c.announce, keys[i :: len(conns)])
         print(json.dumps({"ready": True}), flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)  # the parent says "go"
         cpu0, started = time.process_time(), time.perf_counter()
-        deadline = started + duration
+        deadline = started + args.duration
 
         async def run(c: Connection) -> None:
             for _ in range(MAX_CYCLES):
                 if time.perf_counter() >= deadline:
                     return
-                await c.cycle(records)
+                await c.request(args.mode)
 
         async with anyio.create_task_group() as tg:
             for c in conns:
@@ -293,8 +334,9 @@ async def load(target_addr: str, connections: int, duration: float, records: int
     print(json.dumps({
         "elapsed": elapsed,
         "cpu": cpu,
-        "latencies": {t: [x for c in conns for x in c.latencies[t]] for t in TYPES},
-        "get_providers_hits": sum(c.providers_found for c in conns),
+        "latencies": [x for c in conns for x in c.latencies],
+        "requests": sum(c.requests for c in conns),
+        "answered_with_providers": sum(c.answered_with_providers for c in conns),
         "closer_peers": sum(c.closer_peers for c in conns),
     }), flush=True)
 
@@ -316,43 +358,58 @@ async def stop(process: Process) -> None:
         await process.wait()
 
 
-async def measure(target_addr: str, server_pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Run the load workers against one server; merged figures."""
+async def measure(target_addr: str, server_pid: int, mode: str, connections: int, hit_keys: int, announce: int,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Run the load workers of one mode against one server; merged figures."""
     procs = max(1, args.load_procs)
+    global RUNS
+    RUNS += 1  # each run its own random keys: a miss must not ask for a key an earlier run added
     workers = [
-        await start_python("--load", target_addr, "--connections", str(len(range(i, args.connections, procs))),
-                           "--duration", str(args.duration), "--records", str(args.records), "--seed", str(i))
+        await start_python("--load", target_addr, "--mode", mode, "--connections", str(len(range(i, connections, procs))),
+                           "--duration", str(args.duration), "--hit-keys", str(hit_keys), "--seed", str(RUNS * 1000 + i),
+                           "--announce", str(announce if i == 0 else 0))
         for i in range(procs)
     ]
     try:
         for w in workers:
-            await read_json_line(w)  # ready: connected, stream open
+            await read_json_line(w)  # ready: connected, stream open (and js's keys announced)
         cpu_before, started = cpu_seconds(server_pid), time.perf_counter()
         for w in workers:
             assert w.stdin is not None
             await w.stdin.send(b"go\n")
         results = [await read_json_line(w) for w in workers]
-        server_cpu_share = (cpu_seconds(server_pid) - cpu_before) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        server_cpu = cpu_seconds(server_pid) - cpu_before
     finally:
         for w in workers:
             await stop(w)
-    merged: dict[str, Any] = {
-        "cpu_share": sum(r["cpu"] / r["elapsed"] for r in results),
-        "server_cpu_share": server_cpu_share,
+    samples = sorted(x for r in results for x in r["latencies"])
+    requests = sum(r["requests"] for r in results)
+    asked = len(samples) or 1
+    figures = {
+        "rps": requests / elapsed,
+        "per_cpu_second": requests / server_cpu if server_cpu else float("nan"),
+        "server_cpu_share": server_cpu / elapsed,
+        "load_cpu_share": sum(r["cpu"] / r["elapsed"] for r in results),
+        "p50_ms": percentile(samples, 50) * 1000,
+        "p99_ms": percentile(samples, 99) * 1000,
+        "answered_with_providers": sum(r["answered_with_providers"] for r in results) / asked,
+        "closer_peers": sum(r["closer_peers"] for r in results) / asked,
     }
-    for t in TYPES:
-        samples = sorted(x for r in results for x in r["latencies"][t])
-        merged[t] = {
-            "rps": sum(len(r["latencies"][t]) / r["elapsed"] for r in results),
-            "p50_ms": percentile(samples, 50) * 1000,
-            "p99_ms": percentile(samples, 99) * 1000,
-            "n": len(samples),
-        }
-    cycles = merged["GET_PROVIDERS"]["n"] or 1
-    merged["requests"] = 4 * sum(merged[t]["rps"] for t in TYPES) / 3  # three types and a PING per cycle
-    merged["get_providers_hit_rate"] = sum(r["get_providers_hits"] for r in results) / cycles
-    merged["closer_peers_per_find_node"] = sum(r["closer_peers"] for r in results) / cycles
-    return merged
+    check(mode, figures)
+    return figures
+
+
+def check(mode: str, f: dict[str, Any]) -> None:
+    """Fail loudly when a run did not measure what it claims to."""
+    if mode == "hit" and f["answered_with_providers"] < 0.99:
+        raise SystemExit(f"GET_PROVIDERS hits answered with providers only {f['answered_with_providers']:.0%} of the time")
+    if mode == "miss" and f["answered_with_providers"] > 0:
+        raise SystemExit("a GET_PROVIDERS miss was answered with providers")
+    if mode in ("find_node", "miss", "hit") and f["closer_peers"] < 1:
+        raise SystemExit(f"{LABELS[mode]} answered with {f['closer_peers']:.1f} closer peers: the routing table is empty")
+    if f["rps"] <= 0:
+        raise SystemExit(f"{LABELS[mode]}: no request was answered")
 
 
 async def connect_table_peers(peers: list[Host], target_addr: str) -> None:
@@ -360,37 +417,69 @@ async def connect_table_peers(peers: list[Host], target_addr: str) -> None:
         await host.connect(target_addr)
 
 
+@asynccontextmanager
+async def store(backend: str, pg_url: str) -> AsyncIterator[str]:
+    """A fresh store URL: a SQLite file in a temporary directory, or a scratch PostgreSQL database."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
+            yield default_store_url(Path(tmp))
+        return
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(pg_url)
+    name = f"bench_server_{os.getpid()}"
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.close()
+
+
 async def run(args: argparse.Namespace) -> str:
     from jspeer import ensure_node_modules, start_js_peer
 
     ensure_node_modules()
     node_bin = os.environ.get("NODE", "node")
-    with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
-        store_url = default_store_url(Path(tmp))
-        fill_seconds = await fill_store(store_url, args.records)
-        print(f"filled {args.records:,} provider records in {fill_seconds:.1f} s", file=sys.stderr)
-        result: dict[str, Any] = {"fill_seconds": fill_seconds, "load_average": os.getloadavg()[0]}
-        async with table_peers(args.table_peers) as peers:
-            server = await start_python("--serve", store_url, *(["--profile", args.profile] if args.profile else []))
+    modes = args.types.split(",")
+    connection_counts = [int(n) for n in args.connections.split(",")]
+    result: dict[str, Any] = {"load_average": os.getloadavg()[0], "ours": {}, "js": {}}
+    async with store(args.store, args.pg_url) as store_url, table_peers(args.table_peers) as peers:
+        result["fill_seconds"] = await fill_store(store_url, args.records)
+        print(f"filled {args.records:,} provider records in {result['fill_seconds']:.1f} s", file=sys.stderr)
+        for loop in args.loops.split(","):
+            server = await start_python("--serve", store_url, "--loop", loop, "--rate-limit", str(args.rate_limit),
+                                        *(["--profile", args.profile] if args.profile else []))
             try:
                 ours_addr = (await read_json_line(server))["addr"]
                 await connect_table_peers(peers, ours_addr)
                 await anyio.sleep(2)  # identify and admission into the routing table
-                result["ours"] = await measure(ours_addr, server.pid, args)
-                result["ours_rss_mb"] = peak_rss_mb(server.pid)
+                for mode in modes:
+                    for n in connection_counts:
+                        result["ours"][f"{loop} {mode} {n}"] = await measure(ours_addr, server.pid, mode, n, args.records, 0, args)
+                        print(f"ours ({loop}) {mode} {n} done", file=sys.stderr)
+                result[f"ours_rss_mb {loop}"] = peak_rss_mb(server.pid)
                 assert server.stdin is not None
                 await server.stdin.send(b"report\n")
-                result["ours_server"] = await read_json_line(server)
+                result[f"ours_server {loop}"] = await read_json_line(server)
             finally:
                 await stop(server)
-            print("ours done", file=sys.stderr)
-            manager = {"inboundConnectionThreshold": 10_000, "maxIncomingPendingConnections": 100, "maxConnections": 1000}
-            async with start_js_peer(node_bin, connection_manager=manager) as js:
-                await connect_table_peers(peers, js.addr)
-                await anyio.sleep(2)
-                result["js_routing_table"] = len(await js.routing_table())
-                result["js"] = await measure(js.addr, js._process.pid, args)
-                result["js_rss_mb"] = peak_rss_mb(js._process.pid)
+        manager = {"inboundConnectionThreshold": 10_000, "maxIncomingPendingConnections": 100, "maxConnections": 1000}
+        async with start_js_peer(node_bin, connection_manager=manager) as js:
+            await connect_table_peers(peers, js.addr)
+            await anyio.sleep(2)
+            result["js_routing_table"] = len(await js.routing_table())
+            announced = 0
+            for mode in modes:
+                for n in connection_counts:
+                    announce = args.js_records - announced if mode in ("hit", "mix") else 0
+                    result["js"][f"{mode} {n}"] = await measure(js.addr, js._process.pid, mode, n, args.js_records, announce, args)
+                    announced += announce
+                    print(f"js {mode} {n} done", file=sys.stderr)
+            result["js_rss_mb"] = peak_rss_mb(js._process.pid)
     if args.json:
         return json.dumps(result, indent=2)
     return report(result, args)
@@ -398,34 +487,41 @@ async def run(args: argparse.Namespace) -> str:
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     version = subprocess.run([os.environ.get("NODE", "node"), "--version"], capture_output=True, text=True).stdout.strip()
-    ours, js = r["ours"], r["js"]
+    loops = args.loops.split(",")
+    head = " | ".join(f"dhtstore ({loop}) per CPU-s | ours / js" for loop in loops)
     lines = [
-        "| request | dhtstore req/s | js-libp2p req/s | ours / js | dhtstore p50 / p99 ms | js-libp2p p50 / p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| request | conns | {head} | js-libp2p per CPU-s | dhtstore req/s, p50 / p99 ms | js req/s, p50 / p99 ms |",
+        "|---|---:|" + "---:|---:|" * len(loops) + "---:|---:|---:|",
     ]
-    for t in TYPES:
-        o, j = ours[t], js[t]
+    for mode in args.types.split(","):
+        for n in args.connections.split(","):
+            j = r["js"][f"{mode} {n}"]
+            cells = []
+            for loop in loops:
+                o = r["ours"][f"{loop} {mode} {n}"]
+                cells.append(f"{o['per_cpu_second']:,.0f} | {o['per_cpu_second'] / j['per_cpu_second']:.2f}×")
+            first = r["ours"][f"{loops[0]} {mode} {n}"]
+            lines.append(
+                f"| {LABELS[mode]} | {n} | {' | '.join(cells)} | {j['per_cpu_second']:,.0f} | "
+                f"{first['rps']:,.0f}, {first['p50_ms']:.1f} / {first['p99_ms']:.1f} | "
+                f"{j['rps']:,.0f}, {j['p50_ms']:.1f} / {j['p99_ms']:.1f} |"
+            )
+    lines.append("")
+    for loop in loops:
+        server = r[f"ours_server {loop}"]
         lines.append(
-            f"| {t} | {o['rps']:,.0f} | {j['rps']:,.0f} | {o['rps'] / j['rps']:.2f}× | "
-            f"{o['p50_ms']:.1f} / {o['p99_ms']:.1f} | {j['p50_ms']:.1f} / {j['p99_ms']:.1f} |"
+            f"- dhtstore ({loop}): peak RSS {r[f'ours_rss_mb {loop}']:.0f} MB, routing table {server['routing_table']}, "
+            f"rate-limited {server['throttled']}, invalid {server['kadserver'].get('invalid_requests', 0)}, "
+            f"provider-store transactions {server['provider_store'].get('transactions', 0)} for "
+            f"{server['provider_store'].get('records_written', 0)} records"
         )
-    server = r["ours_server"]
+    busiest = max(x["load_cpu_share"] for side in ("ours", "js") for x in r[side].values())
     lines += [
-        "",
-        f"- peak RSS: dhtstore {r['ours_rss_mb']:.0f} MB, js-libp2p {r['js_rss_mb']:.0f} MB",
-        f"- server CPU during the load (share of one core): dhtstore {ours['server_cpu_share']:.0%}, "
-        f"js-libp2p {js['server_cpu_share']:.0%}; load generator: {ours['cpu_share']:.0%} and {js['cpu_share']:.0%}",
-        f"- requests per server CPU-second: dhtstore {ours['requests'] / ours['server_cpu_share']:,.0f}, "
-        f"js-libp2p {js['requests'] / js['server_cpu_share']:,.0f} (all four types, PING included)",
-        f"- GET_PROVIDERS answered with providers: dhtstore {ours['get_providers_hit_rate']:.0%} "
-        f"(pre-filled store), js-libp2p {js['get_providers_hit_rate']:.0%} (empty store)",
-        f"- closer peers per FIND_NODE: dhtstore {ours['closer_peers_per_find_node']:.1f} (table {server['routing_table']}), "
-        f"js-libp2p {js['closer_peers_per_find_node']:.1f} (table {r['js_routing_table']})",
-        f"- dhtstore counters: rate-limited {server['throttled']}, invalid {server['kadserver'].get('invalid_requests', 0)}, "
-        f"provider-store transactions {server['provider_store'].get('transactions', 0)} for "
-        f"{server['provider_store'].get('records_written', 0)} records",
-        f"- {args.records:,} provider records pre-filled in {r['fill_seconds']:.1f} s; {args.connections} connections, "
-        f"{args.load_procs} load process(es), {args.duration:g} s per server, {args.table_peers} routing-table peers",
+        f"- js-libp2p: peak RSS {r['js_rss_mb']:.0f} MB, routing table {r['js_routing_table']}, "
+        f"{args.js_records:,} keys announced to it for its hits (its store cannot be pre-filled)",
+        f"- the load generator's busiest run used {busiest:.0%} of a core ({args.load_procs} process(es))",
+        f"- {args.store}: {args.records:,} provider records pre-filled in {r['fill_seconds']:.1f} s; "
+        f"{args.duration:g} s per run; our per-peer rate limit {args.rate_limit:g}/s; {args.table_peers} routing-table peers",
         f"- loopback, {os.cpu_count()} cores (load average {r['load_average']:.1f} when the run started: other "
         f"processes' share of the cores), Python {platform.python_version()}, Node {version}",
     ]
@@ -435,20 +531,34 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=1_000_000, help="provider records pre-filled (default 1M)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per server (default 10)")
-    parser.add_argument("--connections", type=int, default=32, help="client connections (default 32)")
+    parser.add_argument("--js-records", type=int, default=20_000, help="keys announced to js for its hits (default 20k)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run (default 10)")
+    parser.add_argument("--types", default="find_node,miss,hit,add_provider",
+                        help=f"request types, each measured on its own, of {','.join(MODES)}")
+    parser.add_argument("--connections", default="8,32", help="client connection counts, one run each (default 8,32)")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--pg-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+                        help="a PostgreSQL server to create the scratch database on")
+    parser.add_argument("--loops", default="asyncio", help="event loops of our server, one run each: asyncio,uvloop")
+    parser.add_argument("--rate-limit", type=float, default=1e6,
+                        help="our per-peer request rate limit for the run (default: high, so CPU is the limit)")
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes sharing the connections")
     parser.add_argument("--table-peers", type=int, default=20, help="DHT servers in each server's routing table")
     parser.add_argument("--profile", metavar="FILE", help="cProfile our server during the load, into FILE")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.add_argument("--serve", metavar="STORE_URL", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     parser.add_argument("--load", metavar="ADDR", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--hit-keys", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--announce", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        anyio.run(serve, args.serve, args.profile)
+        anyio.run(serve, args.serve, args.profile, args.rate_limit, backend_options={"use_uvloop": args.loop == "uvloop"})
     elif args.load:
-        anyio.run(load, args.load, args.connections, args.duration, args.records, args.seed)
+        args.connections = int(args.connections)
+        anyio.run(load, args.load, args)
     else:
         print(anyio.run(run, args))
 

@@ -11,6 +11,7 @@ import pytest
 
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
+from dhtstore.data.sqlitereader import SqliteReader
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.api import ProviderStore
@@ -51,16 +52,20 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-reader", "postgresql"])
 async def store(request: pytest.FixtureRequest, clock: Clock, anyio_backend: str) -> AsyncIterator[ProviderStore]:
+    """Each implementation; "sqlite-reader" reads through ``data.sqlitereader``, as a node does."""
     if request.param == "memory":
         yield MemoryProviderStore(clock=clock)
         return
-    url = request.getfixturevalue("sqlite_store_url" if request.param == "sqlite" else "pg_store_url")
+    url = request.getfixturevalue("pg_store_url" if request.param == "postgresql" else "sqlite_store_url")
     engine = make_engine(url)
     try:
-        async with SqlProviderStore(engine, clock=clock) as s:
-            yield s
+        async with SqliteReader.open(engine) as reader:
+            assert (reader is not None) == (request.param != "postgresql")
+            used = reader if request.param == "sqlite-reader" else None
+            async with SqlProviderStore(engine, clock=clock, reader=used) as s:
+                yield s
     finally:
         await engine.dispose()
 

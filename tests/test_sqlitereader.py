@@ -71,19 +71,19 @@ async def test_a_cancelled_lookup_leaves_the_others_answered(sqlite_store_url: s
             results: list[object] = []
 
             async def ask() -> None:
-                results.append(await reader.first_row(sql, ()))
+                results.append(await reader.fetch_all(sql, ()))
 
             async def give_up() -> None:
                 with anyio.CancelScope() as scope:
                     scope.cancel()
-                    await reader.first_row(sql, ())
+                    await reader.fetch_all(sql, ())
 
             with anyio.fail_after(10):  # a batch left undelivered would hang its callers
                 async with anyio.create_task_group() as tg:  # all four lookups in one batch
                     tg.start_soon(give_up)
                     for _ in range(3):
                         tg.start_soon(ask)
-            assert results == [(0,)] * 3
+            assert results == [[(0,)]] * 3
     finally:
         await engine.dispose()
 
@@ -94,7 +94,7 @@ async def test_the_reader_cannot_write(sqlite_store_url: str) -> None:
         async with SqliteReader.open(engine) as reader:
             assert reader is not None
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
-                await reader.first_row("DELETE FROM provided_keys", ())
+                await reader.fetch_all("DELETE FROM provided_keys", ())
     finally:
         await engine.dispose()
 

@@ -2,7 +2,8 @@
 
 A lookup through SQLAlchemy's asyncio layer costs about 600 µs of CPU (the greenlet hop,
 the pool checkout, aiosqlite's two thread hand-offs per statement) where the indexed
-lookup itself costs 3-6 µs. A GET_PROVIDERS pays one for the node's own provide list.
+lookup itself costs 3-6 µs. A GET_PROVIDERS pays one for the node's own provide list,
+and one for the provider records of every key the key filter and the cache cannot answer.
 ``SqliteReader`` keeps one plain ``sqlite3`` connection on a thread of its own (statements
 compiled once, in sqlite3's statement cache) and sends it the lookups that arrive in one
 event-loop tick as one batch: one hand-off each way per batch, not two per statement.
@@ -24,20 +25,42 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .engine import SQLITE_BUSY_TIMEOUT_MS, sqlite_path
 
 Row = tuple[Any, ...]
-_Lookup = tuple[str, tuple[Any, ...], "asyncio.Future[Row | None]"]
+Params = tuple[Any, ...] | dict[str, Any]
+_Lookup = tuple[str, Params, "asyncio.Future[list[Row]]"]
+
+
+@dataclass(frozen=True)
+class SqliteStatement:
+    """A SQLAlchemy statement compiled once to SQLite SQL with named parameters, so a
+    query is written once for both paths; ``bind`` adds the compiled-in values (a
+    ``limit(1)``'s) to the caller's."""
+
+    sql: str
+    defaults: dict[str, Any]
+
+    @classmethod
+    def compile(cls, statement: ClauseElement) -> SqliteStatement:
+        compiled = statement.compile(dialect=sqlite.dialect(paramstyle="named"))
+        return cls(str(compiled), {k: v for k, v in compiled.params.items() if v is not None})
+
+    def bind(self, **params: Any) -> dict[str, Any]:
+        return {**self.defaults, **params}
 
 
 class SqliteReader:
-    """``first_row(sql, params)`` on a thread of its own (see the module docstring)."""
+    """``fetch_all(sql, params)`` on a thread of its own (see the module docstring)."""
 
     def __init__(self, path: Path):
         self._path = path
@@ -65,10 +88,14 @@ class SqliteReader:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(reader._thread.join)
 
-    async def first_row(self, sql: str, params: tuple[Any, ...]) -> Row | None:
-        """The first row ``sql`` returns, or None; raises ``sqlite3.Error`` as sqlite3 does."""
+    async def fetch(self, statement: SqliteStatement, **params: Any) -> list[Row]:
+        """The rows ``statement`` returns; raises ``sqlite3.Error`` as sqlite3 does."""
+        return await self.fetch_all(statement.sql, statement.bind(**params))
+
+    async def fetch_all(self, sql: str, params: Params) -> list[Row]:
+        """The rows ``sql`` returns; raises ``sqlite3.Error`` as sqlite3 does."""
         assert self._loop is not None, "use SqliteReader.open"
-        future: asyncio.Future[Row | None] = self._loop.create_future()
+        future: asyncio.Future[list[Row]] = self._loop.create_future()
         self._pending.append((sql, params, future))
         if len(self._pending) == 1:
             self._loop.call_soon(self._flush)
@@ -89,14 +116,14 @@ class SqliteReader:
         except sqlite3.Error as exc:
             failure = exc
         while (batch := self._batches.get()) is not None:
-            results: list[Row | None | BaseException] = []
+            results: list[list[Row] | BaseException] = []
             for sql, params, _ in batch:
                 if conn is None:
                     assert failure is not None
                     results.append(failure)
                     continue
                 try:
-                    results.append(conn.execute(sql, params).fetchone())
+                    results.append(conn.execute(sql, params).fetchall())
                 except sqlite3.Error as exc:
                     results.append(exc)
             assert self._loop is not None
@@ -108,7 +135,7 @@ class SqliteReader:
             conn.close()
 
 
-def _deliver(batch: list[_Lookup], results: list[Row | None | BaseException]) -> None:
+def _deliver(batch: list[_Lookup], results: list[list[Row] | BaseException]) -> None:
     for (_, _, future), result in zip(batch, results):
         if future.done():  # its caller was cancelled
             continue

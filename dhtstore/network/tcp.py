@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -38,10 +39,10 @@ class _Protocol(asyncio.Protocol):
         self._on_connected = on_connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass (uvloop's is not).
+        self.transport = stream = cast(asyncio.Transport, transport)
         if self._on_connected is not None:
-            self._on_connected(TcpStream(transport, self))
+            self._on_connected(TcpStream(stream, self))
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)

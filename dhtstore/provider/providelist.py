@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.dialects import dialect_insert
 from ..data.failures import store_call, unavailable
 from ..data.locks import take_turn
-from ..data.sqlitereader import SqliteReader
+from ..data.sqlitereader import SqliteReader, SqliteStatement
 from ..data.models import (
     ProvidedKeyRow,
     ProviderStateRow,
@@ -69,7 +69,8 @@ def _unclaimed(owner: str, now: int) -> ColumnElement[bool]:
     )
 
 
-_CONTAINS_SQL = f"SELECT 1 FROM {ProvidedKeyRow.__tablename__} WHERE multihash = ? LIMIT 1"
+_CONTAINS = select(ProvidedKeyRow.id).where(ProvidedKeyRow.multihash == bindparam("mh")).limit(1)
+_CONTAINS_SQLITE = SqliteStatement.compile(_CONTAINS)
 
 
 class ProvideListStore:
@@ -87,10 +88,9 @@ class ProvideListStore:
     async def contains(self, multihash: bytes) -> bool:
         """True when ``multihash`` is in the provide list (one unique-index lookup)."""
         if self._reader is not None:
-            return await self._reader.first_row(_CONTAINS_SQL, (multihash,)) is not None
+            return bool(await self._reader.fetch(_CONTAINS_SQLITE, mh=multihash))
         async with self.engine.connect() as conn:
-            found = await conn.execute(select(ProvidedKeyRow.id).where(ProvidedKeyRow.multihash == multihash).limit(1))
-            return found.first() is not None
+            return (await conn.execute(_CONTAINS, {"mh": multihash})).first() is not None
 
     @store_call
     async def add(self, entries: Sequence[tuple[str, bytes]], now: int) -> AddResult:

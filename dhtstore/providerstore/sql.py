@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
@@ -47,9 +47,10 @@ from ..amino import PROVIDER_GC_INTERVAL
 from ..data.addrs import unpack_addrs
 from ..data.dialects import is_postgresql
 from ..data.engine import OPEN_ERRORS
-from ..data.failures import first_line, unavailable
+from ..data.failures import DATABASE_ERRORS, first_line, unavailable
 from ..data.models import PeerRow, ProviderRecordRow
 from ..data.schema import open_store
+from ..data.sqlitereader import SqliteReader, SqliteStatement
 from ..data.stats import EXPIRING_WINDOW
 from ..errors import StoreError, StoreUnavailable
 from ..peerid import PeerId
@@ -80,6 +81,7 @@ _PROVIDERS_OF_KEY = (
     .outerjoin(PeerRow, PeerRow.peer_id == ProviderRecordRow.peer_id)
     .where(ProviderRecordRow.key_mh == bindparam("key"), ProviderRecordRow.expires_at > bindparam("now"))
 )
+_PROVIDERS_OF_KEY_SQLITE = SqliteStatement.compile(_PROVIDERS_OF_KEY)
 
 
 class SqlProviderStore:
@@ -92,6 +94,8 @@ class SqlProviderStore:
     ``retry_delays``: seconds before each retry of a failed batch (default: RETRY_DELAYS on
     PostgreSQL; none on SQLite, a local file whose errors are not lost connections and
     whose busy timeout already waits for other writers).
+    ``reader``: on a SQLite file, reads a key's providers without SQLAlchemy's asyncio
+    layer (``data.sqlitereader``).
     """
 
     def __init__(
@@ -107,8 +111,10 @@ class SqlProviderStore:
         shared: bool | None = None,
         shared_cache_ttl: float = SHARED_CACHE_TTL,
         retry_delays: tuple[float, ...] | None = None,
+        reader: SqliteReader | None = None,
     ):
         self._engine = engine
+        self._reader = reader
         self._clock = clock
         postgresql = is_postgresql(engine)
         self.shared = postgresql if shared is None else shared
@@ -210,10 +216,15 @@ class SqlProviderStore:
             return providers
         stale = self._caches.any_set(key)
         mark = self._caches.mark()
+        now = int(self._clock())
+        rows: Sequence[tuple[Any, ...]]
         try:
-            async with self._engine.connect() as conn:
-                rows = (await conn.execute(_PROVIDERS_OF_KEY, {"key": key, "now": int(self._clock())})).all()
-        except OPEN_ERRORS as exc:
+            if self._reader is not None:
+                rows = await self._reader.fetch(_PROVIDERS_OF_KEY_SQLITE, key=key, now=now)
+            else:
+                async with self._engine.connect() as conn:
+                    rows = (await conn.execute(_PROVIDERS_OF_KEY, {"key": key, "now": now})).all()
+        except DATABASE_ERRORS as exc:
             self.counters["read_errors"] += 1
             self._health.failed(exc)
             if stale is not None:  # the best answer while the store is down
