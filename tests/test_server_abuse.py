@@ -93,6 +93,33 @@ async def stored_value(client: Host, node: Node, key: bytes) -> bytes | None:
 # -- ADD_PROVIDER -------------------------------------------------------------------
 
 
+async def test_a_run_of_add_providers_shares_commits_and_the_next_reply_acknowledges_them(node: Node, client: Host) -> None:
+    """A stream's ADD_PROVIDERs are handled together (``server.kadserver._PipelinedWrites``):
+    a run of them shares transactions, and the reply after them comes only once every
+    one of them is stored; an invalid one in a run resets the stream."""
+    me = PeerInfo(client.peer_id, (ADDR,))
+    keys = [multihash.Multihash(multihash.SHA2_256, bytes([i]) * 32).to_bytes() for i in range(50)]
+    transactions = node.providers.counters["transactions"]
+    stream = await client.new_stream(target(node), [PROTOCOL_ID])
+    frames = [encode_frame(Message(MessageType.ADD_PROVIDER, key=k, provider_peers=(me,))) for k in keys]
+    await stream.send(b"".join(frames) + encode_frame(Message(MessageType.PING)))
+    decoder = FrameDecoder()
+    with anyio.fail_after(WAIT):
+        while (reply := decoder.next_message()) is None:
+            decoder.receive_data(await stream.receive())
+    assert reply.type is MessageType.PING
+    stored = [k for k in keys if await node.providers.get_providers(k)]  # read right after the reply
+    assert len(stored) == len(keys), "the reply came before every ADD_PROVIDER before it was stored"
+    assert node.providers.counters["transactions"] - transactions < len(keys) // 2, "one transaction per record"
+
+    invalid = Message(MessageType.ADD_PROVIDER, key=b"not a multihash", provider_peers=(me,))
+    await stream.send(b"".join(frames[:25] + [encode_frame(invalid)] + frames[25:]))
+    with anyio.fail_after(WAIT), pytest.raises((anyio.BrokenResourceError, anyio.EndOfStream)):
+        for _ in range(100):
+            await stream.receive()
+    assert node.kadserver.stats["invalid_requests"] == 1
+
+
 async def test_add_provider_naming_another_peer_is_ignored_and_counted(node: Node, client: Host) -> None:
     key = multihash.from_cid(CID)
     someone_else = PeerInfo(PrivateKey.generate().peer_id(), (ADDR,))

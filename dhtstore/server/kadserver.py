@@ -4,7 +4,8 @@ Per stream (libp2p kad-dht spec, go ``dht_net.go``): several requests one after
 another; the stream is reset, with no answer, on a malformed frame or an
 ``InvalidRequest``; a stream idle for 60 s, or a request not answered within 30 s, is
 reset. A ``None`` reply (ADD_PROVIDER) sends nothing and the stream stays open for the
-next request.
+next request; a stream's ADD_PROVIDERs are handled together, and a reply after them is
+sent once they are all stored (``_PipelinedWrites``).
 
 A per-peer token bucket (``PeerRateLimiter``, 200 requests/s with bursts of 400 by
 default) slows a flooding peer: its requests wait for its own tokens while other
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+import anyio.abc
 
 from ..amino import PROTOCOL_ID, STREAM_IDLE_TIMEOUT
 from ..network.api import (
@@ -30,13 +32,14 @@ from ..network.api import (
     Stream,
     encode_frame,
 )
-from ..types import PeerInfo
+from ..types import Message, MessageType, PeerInfo
 from .api import InvalidRequest, RequestHandler
 
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_STREAM = 100_000  # a bound on one stream's loop; the peer can open another
 HANDLER_TIMEOUT = 30.0  # seconds to handle one request (rate-limit wait included)
+MAX_PIPELINED_WRITES = 64  # a stream's ADD_PROVIDERs handled at once (``_PipelinedWrites``)
 
 
 class KadServer:
@@ -84,6 +87,17 @@ class KadServer:
     async def _serve_requests(self, stream: Stream, deadline: anyio.CancelScope, waiting: list[bool]) -> str | None:
         """Serve requests until the client closes (None) or the stream must be reset
         (the name of the counter saying why)."""
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as reading:
+                writes = _PipelinedWrites(tg, on_failure=reading.cancel)
+                outcome = await self._serve_in_order(stream, deadline, waiting, writes)
+            if writes.failure is not None or await writes.drained() is not None:
+                return "invalid_requests"
+        return outcome
+
+    async def _serve_in_order(
+        self, stream: Stream, deadline: anyio.CancelScope, waiting: list[bool], writes: _PipelinedWrites
+    ) -> str | None:
         peer = stream.remote_peer
         decoder = FrameDecoder()
         for _ in range(MAX_REQUESTS_PER_STREAM):
@@ -104,8 +118,14 @@ class KadServer:
             self.stats["requests"] += 1
             self.stats["skipped_peers"] += request.skipped_peers
             await self.limiter.acquire(peer)
+            sender = PeerInfo(peer, self._host.peer_addrs(peer))
+            if request.type is MessageType.ADD_PROVIDER:
+                await writes.start(self._handler.handle, sender, request)
+                continue
+            if await writes.drained() is not None:  # a reply acknowledges the writes before it
+                return "invalid_requests"
             try:
-                reply = await self._handler.handle(PeerInfo(peer, self._host.peer_addrs(peer)), request)
+                reply = await self._handler.handle(sender, request)
             except InvalidRequest as exc:
                 log.debug("invalid %s request from %s: %s", request.type.name, peer, exc)
                 return "invalid_requests"
@@ -116,3 +136,50 @@ class KadServer:
                     return None
                 self.stats["replies"] += 1
         return "request_limit_resets"
+
+
+class _PipelinedWrites:
+    """A stream's ADD_PROVIDERs, handled while the requests after them are read.
+
+    ADD_PROVIDER has no reply, and a client sends them in runs (a sweep sends a region's
+    records back to back, then a request that is answered). Handled one after another,
+    each would wait for its own commit, and a stream would put one record into each
+    group commit; handled together, a run shares one transaction. Any reply on the stream
+    waits until every ADD_PROVIDER before it is committed, so a reply still acknowledges
+    only stored records, as when they were handled in order. An invalid one stops the
+    stream's reading (``on_failure``), and the stream is reset.
+    """
+
+    def __init__(self, tg: anyio.abc.TaskGroup, on_failure: Callable[[], None], limit: int = MAX_PIPELINED_WRITES):
+        self._tg = tg
+        self._on_failure = on_failure
+        self._slots = anyio.Semaphore(limit)
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.failure: InvalidRequest | None = None
+
+    async def start(self, handle: Callable[[PeerInfo, Message], Awaitable[Message | None]], sender: PeerInfo, request: Message) -> None:
+        await self._slots.acquire()  # at most ``limit`` in flight: the next read waits
+        if self._in_flight == 0:
+            self._idle = anyio.Event()
+        self._in_flight += 1
+        self._tg.start_soon(self._run, handle, sender, request)
+
+    async def _run(self, handle: Callable[[PeerInfo, Message], Awaitable[Message | None]], sender: PeerInfo, request: Message) -> None:
+        try:
+            await handle(sender, request)
+        except InvalidRequest as exc:
+            log.debug("invalid %s request from %s: %s", request.type.name, sender.peer_id, exc)
+            self.failure = self.failure or exc
+            self._on_failure()
+        finally:
+            self._slots.release()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def drained(self) -> InvalidRequest | None:
+        """Wait until every write started is done; the first invalid one, if any."""
+        await self._idle.wait()
+        return self.failure
