@@ -76,6 +76,7 @@ from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame  # noqa: E402
 from dhtstore.node import Node, NodeOptions  # noqa: E402
 from dhtstore.providerstore.validation import base58btc  # noqa: E402
+from dhtstore.server.api import RequestHandler  # noqa: E402
 from dhtstore.server.kadserver import KadServer  # noqa: E402
 from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 
@@ -201,7 +202,7 @@ async def serve(store_url: str, profile: str | None, rate_limit: float) -> None:
 # -- routing-table peers ---------------------------------------------------------------
 
 
-class SelfAnswer:
+class SelfAnswer(RequestHandler):
     """A minimal DHT server: FIND_NODE and GET_PROVIDERS answered with itself."""
 
     def __init__(self, me: PeerInfo):

@@ -48,6 +48,7 @@ from dhtstore.network.connection import Stream  # noqa: E402
 from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadmessenger import LibP2PKadMessenger  # noqa: E402
 from dhtstore.network.limits import HostLimits, PeerRateLimiter  # noqa: E402
+from dhtstore.server.api import RequestHandler  # noqa: E402
 from dhtstore.server.kadserver import KadServer  # noqa: E402
 from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
 
@@ -61,7 +62,7 @@ MAX_OPS = 1_000_000  # bounds every loop besides its duration
 # -- the server side (ours runs in a subprocess, like the js node) -------------------
 
 
-class EmptyAnswers:
+class EmptyAnswers(RequestHandler):
     """FIND_NODE answered with no closer peers, like the js node with an empty table."""
 
     async def handle(self, sender: PeerInfo, request: Message) -> Message | None:

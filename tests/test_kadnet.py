@@ -20,7 +20,7 @@ from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
 from dhtstore.network.limits import PeerRateLimiter
-from dhtstore.server.api import InvalidRequest
+from dhtstore.server.api import InvalidRequest, RequestHandler
 from dhtstore.server.kadserver import KadServer
 from dhtstore.types import Message, MessageType, PeerInfo
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 
 @dataclass
-class Handler:
+class Handler(RequestHandler):
     """Answers FIND_NODE with itself, refuses GET_VALUE, swallows ADD_PROVIDER,
     sleeps on PING when told to."""
 

@@ -178,3 +178,15 @@ async def test_bad_ttl_is_refused(store: ProviderStore, ttl: timedelta) -> None:
     with pytest.raises(ValueError, match="(?i)ttl"):
         await store.add_provider(mh(1), peer(0), ttl=ttl)
     assert (await store.stats()).records == 0
+
+
+async def test_add_providers_stores_all_or_nothing(store: ProviderStore) -> None:
+    await store.add_providers([(mh(1), peer(0), (ADDR,)), (mh(2), peer(0), (ADDR,)), (mh(1), peer(1), ())])
+    assert {r.provider.peer_id for r in await store.get_providers(mh(1))} == {peer(0), peer(1)}
+    assert [r.provider.addrs for r in await store.get_providers(mh(2))] == [(ADDR,)]
+    with pytest.raises(ValueError):  # one key is not a multihash: none of the three is stored
+        await store.add_providers([(mh(3), peer(0), ()), (b"\xff\xff", peer(0), ()), (mh(4), peer(0), ())])
+    assert await store.get_providers(mh(3)) == [] and await store.get_providers(mh(4)) == []
+    # The same record twice in one call is one record.
+    await store.add_providers([(mh(5), peer(2), ()), (mh(5), peer(2), (ADDR,))])
+    assert [r.provider.peer_id for r in await store.get_providers(mh(5))] == [peer(2)]

@@ -200,6 +200,21 @@ async def test_add_provider_refusals(node: Node, key: bytes, entries: str) -> No
     assert (await node.providers.stats()).records == 0
 
 
+async def test_a_run_of_add_providers_stores_what_comes_before_the_first_invalid_one(node: Node) -> None:
+    sender = node.known[5]
+    keys = [b"\x12\x20" + bytes([i]) * 32 for i in range(6)]
+    run = [Message(MessageType.ADD_PROVIDER, key=k, provider_peers=(sender,)) for k in keys]
+    run[3] = Message(MessageType.ADD_PROVIDER, key=b"\xff\xff\xff", provider_peers=(sender,))
+    with pytest.raises(InvalidRequest, match="ADD_PROVIDER key"):
+        await node.handler.add_providers(sender, run)
+    assert [bool(await node.providers.get_providers(k)) for k in keys] == [True, True, True, False, False, False]
+    assert node.handler.counters[("ADD_PROVIDER", "ok")] == 3
+    assert node.handler.counters[("ADD_PROVIDER", "invalid")] == 1
+
+    await node.handler.add_providers(sender, run[4:])
+    assert all([await node.providers.get_providers(k) for k in keys[4:]])
+
+
 async def test_get_providers_returns_providers_and_closer_peers(node: Node) -> None:
     for p in node.known[:5]:
         await node.handler.handle(p, Message(MessageType.ADD_PROVIDER, key=MH, provider_peers=(p,)))

@@ -12,6 +12,7 @@ implementation, which only the node picks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -26,6 +27,10 @@ class ProviderRecord:
     provider: PeerInfo  # peer id and its unexpired known addresses
     received_at: datetime
     expires_at: datetime
+
+
+Announcement = tuple[bytes, PeerId, tuple[bytes, ...]]
+"""A provider record to store: (key, provider, the provider's addresses)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,12 @@ class ProviderStore(Protocol):
         ``ttl`` (default and maximum: PROVIDE_VALIDITY, 48 h) shortens the record's life.
         StoreUnavailable: the record was maybe not stored.
         """
+        ...
+
+    async def add_providers(self, records: Sequence[Announcement], *, ttl: timedelta | None = None) -> None:
+        """``add_provider`` for several records at once: they share one wait for their
+        commit (a kad stream's run of ADD_PROVIDERs). Checked first, all of them: a
+        ValueError for any means none is written."""
         ...
 
     async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:

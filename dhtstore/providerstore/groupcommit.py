@@ -17,6 +17,7 @@ held from an earlier batch is first retried at once on a new one: it may have di
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 import anyio
@@ -27,9 +28,11 @@ from ..errors import StoreUnavailable
 from .caches import ProviderCaches
 from .health import NOT_TRANSIENT, StoreHealth
 from .keyfilter import KeyFilter
-from .pending import PendingRecord
+from .pending import PendingRecord, Waiter
 
 log = logging.getLogger(__name__)
+
+Queued = tuple[bytes, bytes, str, tuple[bytes, ...]]  # key, provider, its base58 text, its addresses
 
 GATHER_ROUNDS = 8  # event-loop turns a transaction waits for more records to join it
 RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0, 4.0)  # seconds before each retry of a failed batch
@@ -74,18 +77,22 @@ class GroupCommit:
         self.closing = False  # no more records are taken
         self._stopped = anyio.Event()
 
-    async def add(self, key: bytes, peer: bytes, peer_text: str, addrs: tuple[bytes, ...], now: int, lifetime: int) -> None:
-        """Queue the record and return once it is committed; StoreUnavailable if it was not."""
-        pending = self._pending.get((key, peer))
-        if pending is None:
-            pending = self._pending[(key, peer)] = PendingRecord(key, peer, peer_text, addrs, now, now + lifetime)
-        else:  # a re-announce while the first is queued: one row, the later times and addresses
-            pending.received_at, pending.expires_at = now, now + lifetime
-            pending.addrs = addrs or pending.addrs
+    async def add(self, records: Sequence[Queued], now: int, lifetime: int) -> None:
+        """Queue the records and return once all are committed; StoreUnavailable if one
+        was not."""
+        waiter = Waiter(len(records))
+        for key, peer, peer_text, addrs in records:
+            pending = self._pending.get((key, peer))
+            if pending is None:
+                pending = self._pending[(key, peer)] = PendingRecord(key, peer, peer_text, addrs, now, now + lifetime)
+            else:  # a re-announce while the first is queued: one row, the later times and addresses
+                pending.received_at, pending.expires_at = now, now + lifetime
+                pending.addrs = addrs or pending.addrs
+            pending.waiters.append(waiter)
         self._wake.set()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise StoreUnavailable(f"provider record not stored: {first_line(pending.error)}") from None
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise StoreUnavailable(f"provider record not stored: {first_line(waiter.error)}") from None
 
     async def run(self) -> None:
         """The writer task, until ``close``."""
@@ -157,4 +164,4 @@ class GroupCommit:
         if self._key_filter is not None:  # into a filter whose build began meanwhile
             self._key_filter.add(keys)
         for p in batch:
-            p.done.set()
+            p.finish()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from ..data.stats import EXPIRING_WINDOW
 from ..peerid import PeerId
-from .api import ProviderRecord, ProviderStoreStats
+from .api import Announcement, ProviderRecord, ProviderStoreStats
 from .validation import (
     PROVIDER_ADDR_TTL_S,
     check_addrs,
@@ -42,11 +42,16 @@ class MemoryProviderStore:
     async def add_provider(
         self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
     ) -> None:
-        key, peer, addrs, lifetime = check_key(key), check_provider(provider), check_addrs(addrs), check_ttl(ttl)
+        await self.add_providers([(key, provider, addrs)], ttl=ttl)
+
+    async def add_providers(self, records: Sequence[Announcement], *, ttl: timedelta | None = None) -> None:
+        lifetime = check_ttl(ttl)
+        checked = [(check_key(key), check_provider(provider), check_addrs(addrs)) for key, provider, addrs in records]
         now = self._now()
-        self._records.setdefault(key, {})[peer] = (now, now + lifetime)
-        if addrs:
-            self._addrs[peer] = (addrs, now + PROVIDER_ADDR_TTL_S)
+        for key, peer, addrs in checked:
+            self._records.setdefault(key, {})[peer] = (now, now + lifetime)
+            if addrs:
+                self._addrs[peer] = (addrs, now + PROVIDER_ADDR_TTL_S)
 
     async def get_providers(self, key: bytes, limit: int | None = None) -> list[ProviderRecord]:
         key = check_key(key)

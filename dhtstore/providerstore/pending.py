@@ -1,4 +1,7 @@
-"""One announcement waiting in the group commit, and the callers waiting for it."""
+"""One announcement waiting in the group commit, and the callers waiting for it.
+
+A caller's records share one ``Waiters`` (one event however many records it queued):
+a kad stream hands over a run of ADD_PROVIDERs at once."""
 
 from __future__ import annotations
 
@@ -19,8 +22,31 @@ class PendingRecord:
     addrs: tuple[bytes, ...]
     received_at: int
     expires_at: int
-    done: anyio.Event = field(default_factory=anyio.Event)
+    waiters: list[Waiter] = field(default_factory=list)  # one entry per queueing of this record
     error: BaseException | None = None
+
+    def finish(self) -> None:
+        """Committed (``error`` None) or failed: tell every caller waiting for it."""
+        for waiter in self.waiters:
+            waiter.finished(self.error)
+
+
+class Waiter:
+    """One caller's wait for the records it queued."""
+
+    __slots__ = ("remaining", "done", "error")
+
+    def __init__(self, records: int):
+        self.remaining = records
+        self.done = anyio.Event()
+        self.error: BaseException | None = None  # the first failure among its records
+
+    def finished(self, error: BaseException | None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
 
 
 def record_rows(batch: list[PendingRecord]) -> list[tuple[bytes, bytes, str, int, int]]:

@@ -54,7 +54,7 @@ from ..data.sqlitereader import SqliteReader, SqliteStatement
 from ..data.stats import EXPIRING_WINDOW
 from ..errors import StoreError, StoreUnavailable
 from ..peerid import PeerId
-from .api import ProviderRecord, ProviderStoreStats
+from .api import Announcement, ProviderRecord, ProviderStoreStats
 from .caches import ProviderCaches, Providers
 from .expiry import ExpirySweep
 from .groupcommit import RETRY_DELAYS, GroupCommit, WritePath
@@ -173,15 +173,18 @@ class SqlProviderStore:
     async def add_provider(
         self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
     ) -> None:
+        await self.add_providers([(key, provider, addrs)], ttl=ttl)
+
+    async def add_providers(self, records: Sequence[Announcement], *, ttl: timedelta | None = None) -> None:
         try:
-            key, addrs, lifetime = check_key(key), check_addrs(addrs), check_ttl(ttl)
-            peer, peer_text = self._checked_peer(provider)
+            lifetime = check_ttl(ttl)
+            queued = [(check_key(key), *self._checked_peer(provider), check_addrs(addrs)) for key, provider, addrs in records]
         except ValueError:
             self.counters["rejected"] += 1
             raise
         if self._task_group is None or self._writes.closing:
             raise StoreError("provider store is not running (use it inside `async with`)")
-        await self._writes.add(key, peer, peer_text, addrs, int(self._clock()), lifetime)
+        await self._writes.add(queued, int(self._clock()), lifetime)
 
     def _checked_peer(self, provider: PeerId) -> tuple[bytes, str]:
         """check_provider, and the peer id's text, remembered: a server sees the same

@@ -2,7 +2,8 @@
 
 One ``handle`` call per decoded request: the reply, None for ADD_PROVIDER (go sends
 none and go clients wait for none), or InvalidRequest, on which the network layer
-resets the stream. Every request is counted by type and outcome in ``counters``.
+resets the stream; ``add_providers`` for a run of ADD_PROVIDERs that arrived together.
+Every request is counted by type and outcome in ``counters``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from .. import amino, multihash
 from ..errors import StoreError
 from ..kadkey import Key
 from ..peerid import PeerId, PeerIdError
-from ..providerstore.api import ProviderStore
+from ..providerstore.api import Announcement, ProviderStore
 from ..records.api import RecordError, Validator, ValueStore
 from ..routingtable.api import RoutingTable
 from ..types import Message, MessageType, PeerInfo, Record
@@ -129,6 +130,44 @@ class KademliaHandler:
         return Message(MessageType.PUT_VALUE, key=request.key, record=record)
 
     async def _add_provider(self, sender: PeerInfo, request: Message) -> None:
+        announcement = self._announcement(sender, request)
+        try:
+            await self.providers.add_provider(*announcement)
+        except ValueError as exc:
+            raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
+        return None
+
+    async def add_providers(self, sender: PeerInfo, requests: Sequence[Message]) -> None:
+        """A stream's run of ADD_PROVIDERs: checked one by one as ``handle`` would, the
+        valid ones before the first invalid one stored in one call (they share a group
+        commit), then that one refused. Counted per request as ``handle`` counts."""
+        announcements: list[Announcement] = []
+        refused: InvalidRequest | None = None
+        for request in requests:
+            try:
+                announcements.append(self._announcement(sender, request))
+            except InvalidRequest as exc:
+                refused = exc
+                self.counters[("ADD_PROVIDER", "invalid")] += 1
+                log.debug("invalid ADD_PROVIDER from %s: %s", sender.peer_id, exc)
+                break
+        if announcements:
+            try:
+                await self.providers.add_providers(announcements)
+            except ValueError as exc:  # the handler's checks are the store's: not expected
+                self.counters[("ADD_PROVIDER", "invalid")] += len(announcements)
+                raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
+            except StoreError as exc:
+                self.counters[("ADD_PROVIDER", "store_unavailable")] += len(announcements)
+                log.debug("ADD_PROVIDER from %s: store unavailable: %s", sender.peer_id, exc)
+                raise InvalidRequest("store unavailable") from None
+            self.counters[("ADD_PROVIDER", "ok")] += len(announcements)
+        if refused is not None:
+            raise refused
+
+    def _announcement(self, sender: PeerInfo, request: Message) -> Announcement:
+        """The record an ADD_PROVIDER asks to store: its key, the sender, the addresses
+        the sender gave for itself. Entries naming other peers are ignored (counted)."""
         try:
             multihash.check_key(request.key)
         except multihash.MultihashError as exc:
@@ -139,12 +178,7 @@ class KademliaHandler:
             self.counters[("ADD_PROVIDER", "foreign_provider_ignored")] += foreign
         if not own:
             raise InvalidRequest("ADD_PROVIDER with no entry for the sender that carries addresses")
-        addrs = tuple(dict.fromkeys(a for p in own for a in p.addrs))
-        try:
-            await self.providers.add_provider(request.key, sender.peer_id, addrs)
-        except ValueError as exc:
-            raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
-        return None
+        return request.key, sender.peer_id, tuple(dict.fromkeys(a for p in own for a in p.addrs))
 
     async def _get_providers(self, sender: PeerInfo, request: Message) -> Message:
         if not request.key or len(request.key) > amino.MAX_PROVIDER_KEY_BYTES:

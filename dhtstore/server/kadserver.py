@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_STREAM = 100_000  # a bound on one stream's loop; the peer can open another
 HANDLER_TIMEOUT = 30.0  # seconds to handle one request (rate-limit wait included)
-MAX_PIPELINED_WRITES = 64  # a stream's ADD_PROVIDERs handled at once (``_PipelinedWrites``)
+MAX_PIPELINED_WRITES = 256  # a stream's ADD_PROVIDERs being stored at once (``_PipelinedWrites``)
+MAX_RUN = 64  # ADD_PROVIDERs handed to the handler in one call
 
 
 class KadServer:
@@ -100,17 +101,28 @@ class KadServer:
     ) -> str | None:
         peer = stream.remote_peer
         decoder = FrameDecoder()
+        run: list[Message] = []  # consecutive ADD_PROVIDERs not handed over yet
+
+        async def hand_over_run() -> None:
+            nonlocal run
+            if run:
+                await writes.start(self._handler.add_providers, PeerInfo(peer, self._host.peer_addrs(peer)), run)
+                run = []
+
         for _ in range(MAX_REQUESTS_PER_STREAM):
             deadline.deadline = anyio.current_time() + self._idle_timeout
             waiting[0] = True
             try:
-                while (request := decoder.next_message()) is None:
-                    decoder.receive_data(await stream.receive())
+                if (request := decoder.next_message()) is None:
+                    await hand_over_run()  # nothing more is buffered: before waiting for the peer
+                    while (request := decoder.next_message()) is None:
+                        decoder.receive_data(await stream.receive())
             except anyio.EndOfStream:
                 if decoder.in_frame:
                     self.stats["truncated_frames"] += 1
                 return None  # the client is done with this stream
             except KadCodecError as exc:
+                await hand_over_run()  # the requests before the bad frame were good
                 log.debug("malformed kad request from %s: %s", peer, exc)
                 return "malformed_requests"
             deadline.deadline = anyio.current_time() + HANDLER_TIMEOUT
@@ -118,14 +130,16 @@ class KadServer:
             self.stats["requests"] += 1
             self.stats["skipped_peers"] += request.skipped_peers
             await self.limiter.acquire(peer)
-            sender = PeerInfo(peer, self._host.peer_addrs(peer))
             if request.type is MessageType.ADD_PROVIDER:
-                await writes.start(self._handler.handle, sender, request)
+                run.append(request)
+                if len(run) >= MAX_RUN:
+                    await hand_over_run()
                 continue
+            await hand_over_run()
             if await writes.drained() is not None:  # a reply acknowledges the writes before it
                 return "invalid_requests"
             try:
-                reply = await self._handler.handle(sender, request)
+                reply = await self._handler.handle(PeerInfo(peer, self._host.peer_addrs(peer)), request)
             except InvalidRequest as exc:
                 log.debug("invalid %s request from %s: %s", request.type.name, peer, exc)
                 return "invalid_requests"
@@ -135,6 +149,7 @@ class KadServer:
                 except CONNECTION_ERRORS:
                     return None
                 self.stats["replies"] += 1
+        await hand_over_run()
         return "request_limit_resets"
 
 
@@ -144,42 +159,44 @@ class _PipelinedWrites:
     ADD_PROVIDER has no reply, and a client sends them in runs (a sweep sends a region's
     records back to back, then a request that is answered). Handled one after another,
     each would wait for its own commit, and a stream would put one record into each
-    group commit; handled together, a run shares one transaction. Any reply on the stream
-    waits until every ADD_PROVIDER before it is committed, so a reply still acknowledges
-    only stored records, as when they were handled in order. An invalid one stops the
-    stream's reading (``on_failure``), and the stream is reset.
+    group commit. Here the ADD_PROVIDERs that arrived together go to the handler as one
+    run (``RequestHandler.add_providers``), and several runs are stored at once. Any
+    reply on the stream waits until every ADD_PROVIDER before it is stored, so a reply
+    still acknowledges only stored records, as when they were handled in order. An
+    invalid one stops the stream's reading (``on_failure``), and the stream is reset.
     """
 
     def __init__(self, tg: anyio.abc.TaskGroup, on_failure: Callable[[], None], limit: int = MAX_PIPELINED_WRITES):
         self._tg = tg
         self._on_failure = on_failure
-        self._slots = anyio.Semaphore(limit)
-        self._in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._limit = limit
+        self._in_flight = 0  # records handed over and not yet stored
+        self._changed = anyio.Event()  # set when a run finishes
         self.failure: InvalidRequest | None = None
 
-    async def start(self, handle: Callable[[PeerInfo, Message], Awaitable[Message | None]], sender: PeerInfo, request: Message) -> None:
-        await self._slots.acquire()  # at most ``limit`` in flight: the next read waits
-        if self._in_flight == 0:
-            self._idle = anyio.Event()
-        self._in_flight += 1
-        self._tg.start_soon(self._run, handle, sender, request)
+    async def start(self, store: Callable[[PeerInfo, Sequence[Message]], Awaitable[None]], sender: PeerInfo, run: list[Message]) -> None:
+        while self._in_flight >= self._limit:  # the next read waits for room
+            await self._wait_change()
+        self._in_flight += len(run)
+        self._tg.start_soon(self._store, store, sender, run)
 
-    async def _run(self, handle: Callable[[PeerInfo, Message], Awaitable[Message | None]], sender: PeerInfo, request: Message) -> None:
+    async def _store(self, store: Callable[[PeerInfo, Sequence[Message]], Awaitable[None]], sender: PeerInfo, run: list[Message]) -> None:
         try:
-            await handle(sender, request)
+            await store(sender, run)
         except InvalidRequest as exc:
-            log.debug("invalid %s request from %s: %s", request.type.name, sender.peer_id, exc)
+            log.debug("invalid ADD_PROVIDER from %s: %s", sender.peer_id, exc)
             self.failure = self.failure or exc
             self._on_failure()
         finally:
-            self._slots.release()
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            self._in_flight -= len(run)
+            self._changed.set()
+
+    async def _wait_change(self) -> None:
+        self._changed = anyio.Event()
+        await self._changed.wait()
 
     async def drained(self) -> InvalidRequest | None:
-        """Wait until every write started is done; the first invalid one, if any."""
-        await self._idle.wait()
+        """Wait until every run handed over is done; the first invalid request, if any."""
+        while self._in_flight:
+            await self._wait_change()
         return self.failure

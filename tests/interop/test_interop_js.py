@@ -19,6 +19,7 @@ from dhtstore.network.host import Host
 from dhtstore.network.identify import IdentifyInfo
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
 from dhtstore.peerid import PeerId
+from dhtstore.server.api import RequestHandler
 from dhtstore.server.kadserver import KadServer
 from dhtstore.types import Message, MessageType, PeerInfo
 
@@ -28,7 +29,7 @@ KEY_TYPES = ["Ed25519", "secp256k1", "RSA"]  # what js-libp2p 3.2 can be (its EC
 
 
 @dataclass
-class ConnectedPeersHandler:
+class ConnectedPeersHandler(RequestHandler):
     """Answers FIND_NODE with the connected peers that identify says are kad servers."""
 
     host: Host
