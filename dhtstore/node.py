@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import amino, dht, ipfs
 from .crypto.keys import PrivateKey
+from .data.fastread import Reader, open_reader
 from .data.schema import open_store
-from .data.sqlitereader import SqliteReader
 from .data.stats import store_stats
 from .errors import StoreError
 from .httpapi.api import LocalRouting
@@ -129,7 +129,7 @@ class Node:
         host.on_identify(self.upkeep.on_identify)
         # Set in start(): they need the store's lifecycle.
         self.providers: ProviderStore
-        self._reader: SqliteReader | None = None
+        self._reader: Reader | None = None
         self.values: ValueStore
         self.handler: KademliaHandler
         self.kadserver: KadServer
@@ -150,7 +150,7 @@ class Node:
             host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits))
             node = cls(options, host, engine)
             if engine is not None:
-                node._reader = await stack.enter_async_context(SqliteReader.open(engine))
+                node._reader = await stack.enter_async_context(open_reader(engine))
                 node.providers = await stack.enter_async_context(SqlProviderStore(engine, reader=node._reader))
                 node.values = SqlValueStore(engine, node.validator)
             else:

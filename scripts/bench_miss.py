@@ -8,6 +8,7 @@ the node's own-list check ``ProvideListStore.contains`` through SQLAlchemy and t
 
     python scripts/bench_miss.py                     # 20k records, 5,000 misses per mode
     PYTHONPATH=/tmp/base python scripts/bench_miss.py  # the same against another checkout
+    python scripts/bench_miss.py --pg-url postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
 Figures are printed, not asserted; BENCHMARKS.md records them.
 """
@@ -86,10 +87,10 @@ async def own_list_misses(url: str, records: int, lookups: int) -> dict[str, dic
         misses = [key(records + i) for i in range(lookups)]
         result = {"sqlalchemy": await cpu_per_call(ProvideListStore(engine).contains, misses)}
         try:
-            from dhtstore.data.sqlitereader import SqliteReader
-        except ImportError:  # a checkout from before the reader
+            from dhtstore.data.fastread import open_reader
+        except ImportError:  # a checkout from before the readers
             return result
-        async with SqliteReader.open(engine) as reader:
+        async with open_reader(engine) as reader:
             result["reader"] = await cpu_per_call(ProvideListStore(engine, reader).contains, misses)
         return result
     finally:
@@ -106,15 +107,52 @@ def raw_sqlite3_miss(url: str, stmt: str, params: Callable[[bytes], tuple[object
     return cpu * 1e6
 
 
-def show(figures: dict[str, float], raw: float) -> None:
-    print(f"    one caller: {figures['one_us']:.1f} us ({figures['one_us'] / raw:.1f}x raw sqlite3)")
-    print(f"    {CONCURRENCY} concurrent: {figures['concurrent_us']:.1f} us ({figures['concurrent_us'] / raw:.1f}x raw sqlite3)")
+async def store_misses_pg(url: str, records: int, lookups: int) -> dict[str, dict[str, float]]:
+    """A shared PostgreSQL store keeps no key filter: every miss is a query."""
+    engine = make_engine(url)
+    peers = [PrivateKey.generate().peer_id() for _ in range(100)]
+    try:
+        async with SqlProviderStore(engine) as store:
+            for start in range(0, records, 1000):
+                await store.add_providers([(key(j), peers[j % 100], ()) for j in range(start, min(records, start + 1000))])
+        misses = [key(records + i) for i in range(lookups)]
+        async with SqlProviderStore(engine) as store:
+            result = {"sqlalchemy": await cpu_per_call(store.get_providers, misses)}
+        from dhtstore.data.fastread import open_reader
+
+        async with open_reader(engine) as reader, SqlProviderStore(engine, reader=reader) as store:
+            result["reader"] = await cpu_per_call(store.get_providers, misses)
+        return result
+    finally:
+        await engine.dispose()
+
+
+async def raw_asyncpg_miss(url: str, misses: list[bytes]) -> float:
+    """The same lookup as a prepared asyncpg statement, one caller: the ceiling."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        stmt = await conn.prepare("SELECT peer_id, received_at, expires_at FROM provider_records WHERE key_mh = $1 AND expires_at > $2")
+        now = int(time.time())
+        t = time.process_time()
+        for k in misses:
+            assert await stmt.fetch(k, now) == []
+        return (time.process_time() - t) / len(misses) * 1e6
+    finally:
+        await conn.close()
+
+
+def show(figures: dict[str, float], raw: float, ceiling: str = "raw sqlite3") -> None:
+    print(f"    one caller: {figures['one_us']:.1f} us ({figures['one_us'] / raw:.1f}x {ceiling})")
+    print(f"    {CONCURRENCY} concurrent: {figures['concurrent_us']:.1f} us ({figures['concurrent_us'] / raw:.1f}x {ceiling})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--lookups", type=int, default=5_000)
+    parser.add_argument("--pg-url", help="also measure a shared PostgreSQL store, in a scratch database on this server")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         url = default_store_url(Path(d))
@@ -138,6 +176,23 @@ def main() -> None:
         print(f"  through {path}:")
         show(figures, raw_own)
     print(f"  raw sqlite3 (same lookup, same run): {raw_own:.1f} us")
+    if args.pg_url:
+        asyncio.run(postgresql(args))
+
+
+async def postgresql(args: argparse.Namespace) -> None:
+    from scratchdb import scratch_database
+
+    async with scratch_database(args.pg_url, "bench_miss") as url:
+        await create_or_upgrade(url)
+        misses = [key(args.records + i) for i in range(args.lookups)]
+        figures = await store_misses_pg(url, args.records, args.lookups)
+        raw = await raw_asyncpg_miss(url, misses)
+    print(f"PostgreSQL (shared: no key filter), {args.records:,} records; our process's CPU per get_providers miss:")
+    for path, f in figures.items():
+        print(f"  through {path}:")
+        show(f, raw, "raw asyncpg")
+    print(f"  raw asyncpg prepared statement (same lookup, same run): {raw:.1f} us")
     try:
         from dhtstore.providerstore.keyfilter import HEADROOM, BloomFilter
     except ImportError:

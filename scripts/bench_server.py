@@ -79,6 +79,7 @@ from dhtstore.providerstore.validation import base58btc  # noqa: E402
 from dhtstore.server.api import RequestHandler  # noqa: E402
 from dhtstore.server.kadserver import KadServer  # noqa: E402
 from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
+from scratchdb import DEFAULT_PG_URL, scratch_database  # noqa: E402
 
 PROVIDERS = 1000  # distinct provider peers in the pre-filled store
 ADDR = bytes.fromhex("047f000001060fa1")  # /ip4/127.0.0.1/tcp/4001
@@ -425,19 +426,8 @@ async def store(backend: str, pg_url: str) -> AsyncIterator[str]:
         with tempfile.TemporaryDirectory(prefix="bench_server_") as tmp:
             yield default_store_url(Path(tmp))
         return
-    import asyncpg  # type: ignore[import-untyped]
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(pg_url)
-    name = f"bench_server_{os.getpid()}"
-    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.close()
+    async with scratch_database(pg_url, "bench_server") as url:
+        yield url
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -538,7 +528,7 @@ def main() -> None:
                         help=f"request types, each measured on its own, of {','.join(MODES)}")
     parser.add_argument("--connections", default="8,32", help="client connection counts, one run each (default 8,32)")
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--pg-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL,
                         help="a PostgreSQL server to create the scratch database on")
     parser.add_argument("--loops", default="asyncio", help="event loops of our server, one run each: asyncio,uvloop")
     parser.add_argument("--rate-limit", type=float, default=1e6,

@@ -133,7 +133,7 @@ async def test_the_provide_list_is_provided_and_found(make_store, loopback_optio
 
 
 async def test_a_node_answers_for_keys_another_process_lists(make_store, loopback_options):
-    """The own-provide-list check (``data.sqlitereader`` on SQLite) sees what ``dhtstore
+    """The own-provide-list check (``data.fastread``) sees what ``dhtstore
     provide add`` commits beside the running node, before any reprovide has run."""
     url = make_store()
     async with AsyncExitStack() as stack:

@@ -11,7 +11,7 @@ import pytest
 
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
-from dhtstore.data.sqlitereader import SqliteReader
+from dhtstore.data.fastread import open_reader
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.peerid import PeerId
 from dhtstore.providerstore.api import ProviderStore
@@ -52,19 +52,17 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-reader", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-reader", "postgresql", "postgresql-reader"])
 async def store(request: pytest.FixtureRequest, clock: Clock, anyio_backend: str) -> AsyncIterator[ProviderStore]:
-    """Each implementation; "sqlite-reader" reads through ``data.sqlitereader``, as a node does."""
+    """Each implementation; "-reader" reads through ``data.fastread``, as a node does."""
     if request.param == "memory":
         yield MemoryProviderStore(clock=clock)
         return
-    url = request.getfixturevalue("pg_store_url" if request.param == "postgresql" else "sqlite_store_url")
-    engine = make_engine(url)
+    backend, _, reads = request.param.partition("-")
+    engine = make_engine(request.getfixturevalue(f"{'pg' if backend == 'postgresql' else 'sqlite'}_store_url"))
     try:
-        async with SqliteReader.open(engine) as reader:
-            assert (reader is not None) == (request.param != "postgresql")
-            used = reader if request.param == "sqlite-reader" else None
-            async with SqlProviderStore(engine, clock=clock, reader=used) as s:
+        async with open_reader(engine) as reader:
+            async with SqlProviderStore(engine, clock=clock, reader=reader if reads else None) as s:
                 yield s
     finally:
         await engine.dispose()

@@ -1,17 +1,12 @@
-"""Point lookups on a SQLite store at close to SQLite's own cost.
-
-A lookup through SQLAlchemy's asyncio layer costs about 600 µs of CPU (the greenlet hop,
-the pool checkout, aiosqlite's two thread hand-offs per statement) where the indexed
-lookup itself costs 3-6 µs. A GET_PROVIDERS pays one for the node's own provide list,
-and one for the provider records of every key the key filter and the cache cannot answer.
-``SqliteReader`` keeps one plain ``sqlite3`` connection on a thread of its own (statements
-compiled once, in sqlite3's statement cache) and sends it the lookups that arrive in one
-event-loop tick as one batch: one hand-off each way per batch, not two per statement.
+"""``data.fastread.Reader`` on a SQLite file: one plain ``sqlite3`` connection on a
+thread of its own (statements compiled once, then in sqlite3's statement cache), sent
+the lookups that arrive in one event-loop tick as one batch: one hand-off each way per
+batch, where aiosqlite takes two per statement.
 
 Each lookup is its own autocommit read, so it sees every transaction committed before it
 started, by this process or another (WAL readers never block writers, nor they them).
-The connection is ``query_only``: this path cannot write. Only for a SQLite file: an
-in-memory database is private to its connection, and PostgreSQL has its own pool.
+The connection is ``query_only``: this path cannot write. Only for a file: an
+in-memory database is private to its connection.
 
 The reader uses asyncio directly (futures, ``call_soon_threadsafe``): anyio's thread
 portal costs more than the lookup it carries, and the node runs anyio on asyncio.
@@ -25,45 +20,26 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .engine import SQLITE_BUSY_TIMEOUT_MS, sqlite_path
+from .engine import SQLITE_BUSY_TIMEOUT_MS
 
 Row = tuple[Any, ...]
-Params = tuple[Any, ...] | dict[str, Any]
-_Lookup = tuple[str, Params, "asyncio.Future[list[Row]]"]
 
-
-@dataclass(frozen=True)
-class SqliteStatement:
-    """A SQLAlchemy statement compiled once to SQLite SQL with named parameters, so a
-    query is written once for both paths; ``bind`` adds the compiled-in values (a
-    ``limit(1)``'s) to the caller's."""
-
-    sql: str
-    defaults: dict[str, Any]
-
-    @classmethod
-    def compile(cls, statement: ClauseElement) -> SqliteStatement:
-        compiled = statement.compile(dialect=sqlite.dialect(paramstyle="named"))
-        return cls(str(compiled), {k: v for k, v in compiled.params.items() if v is not None})
-
-    def bind(self, **params: Any) -> dict[str, Any]:
-        return {**self.defaults, **params}
+_Lookup = tuple[str, dict[str, Any], "asyncio.Future[list[Row]]"]
 
 
 class SqliteReader:
-    """``fetch_all(sql, params)`` on a thread of its own (see the module docstring)."""
+    """See the module docstring; ``open`` starts one."""
 
     def __init__(self, path: Path):
         self._path = path
+        self._compiled: dict[ClauseElement, tuple[str, dict[str, Any]]] = {}  # SQL, compiled-in values
         self._batches: queue.SimpleQueue[list[_Lookup] | None] = queue.SimpleQueue()
         self._pending: list[_Lookup] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,12 +47,8 @@ class SqliteReader:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, engine: AsyncEngine) -> AsyncIterator[SqliteReader | None]:
-        """A running reader for ``engine``'s SQLite file; None for any other store."""
-        path = sqlite_path(engine.url)
-        if path is None:
-            yield None
-            return
+    async def open(cls, path: Path) -> AsyncIterator[SqliteReader]:
+        """A running reader of the SQLite file at ``path``, stopped on exit."""
         reader = cls(path)
         reader._loop = asyncio.get_running_loop()
         reader._thread = threading.Thread(target=reader._serve, name=f"sqlite-reader {path.name}", daemon=True)
@@ -88,15 +60,16 @@ class SqliteReader:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(reader._thread.join)
 
-    async def fetch(self, statement: SqliteStatement, **params: Any) -> list[Row]:
+    async def fetch(self, statement: ClauseElement, **params: Any) -> list[Row]:
         """The rows ``statement`` returns; raises ``sqlite3.Error`` as sqlite3 does."""
-        return await self.fetch_all(statement.sql, statement.bind(**params))
-
-    async def fetch_all(self, sql: str, params: Params) -> list[Row]:
-        """The rows ``sql`` returns; raises ``sqlite3.Error`` as sqlite3 does."""
         assert self._loop is not None, "use SqliteReader.open"
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            c = statement.compile(dialect=sqlite.dialect(paramstyle="named"))
+            compiled = self._compiled[statement] = (str(c), {k: v for k, v in c.params.items() if v is not None})
+        sql, defaults = compiled
         future: asyncio.Future[list[Row]] = self._loop.create_future()
-        self._pending.append((sql, params, future))
+        self._pending.append((sql, {**defaults, **params}, future))
         if len(self._pending) == 1:
             self._loop.call_soon(self._flush)
         return await future

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..data.dialects import dialect_insert
 from ..data.failures import store_call, unavailable
 from ..data.locks import take_turn
-from ..data.sqlitereader import SqliteReader, SqliteStatement
+from ..data.fastread import Reader
 from ..data.models import (
     ProvidedKeyRow,
     ProviderStateRow,
@@ -70,14 +70,13 @@ def _unclaimed(owner: str, now: int) -> ColumnElement[bool]:
 
 
 _CONTAINS = select(ProvidedKeyRow.id).where(ProvidedKeyRow.multihash == bindparam("mh")).limit(1)
-_CONTAINS_SQLITE = SqliteStatement.compile(_CONTAINS)
 
 
 class ProvideListStore:
-    """``provider.api.ProvideList`` in SQL. ``reader``, for a SQLite file, answers
-    ``contains`` (a query per GET_PROVIDERS) without SQLAlchemy's asyncio layer."""
+    """``provider.api.ProvideList`` in SQL. ``reader`` answers ``contains`` (a query
+    per GET_PROVIDERS) without SQLAlchemy's asyncio layer (``data.fastread``)."""
 
-    def __init__(self, engine: AsyncEngine, reader: SqliteReader | None = None):
+    def __init__(self, engine: AsyncEngine, reader: Reader | None = None):
         self.engine = engine
         self._reader = reader
         self._insert = dialect_insert(engine)
@@ -88,7 +87,7 @@ class ProvideListStore:
     async def contains(self, multihash: bytes) -> bool:
         """True when ``multihash`` is in the provide list (one unique-index lookup)."""
         if self._reader is not None:
-            return bool(await self._reader.fetch(_CONTAINS_SQLITE, mh=multihash))
+            return bool(await self._reader.fetch(_CONTAINS, mh=multihash))
         async with self.engine.connect() as conn:
             return (await conn.execute(_CONTAINS, {"mh": multihash})).first() is not None
 

@@ -50,7 +50,7 @@ from ..data.engine import OPEN_ERRORS
 from ..data.failures import DATABASE_ERRORS, first_line, unavailable
 from ..data.models import PeerRow, ProviderRecordRow
 from ..data.schema import open_store
-from ..data.sqlitereader import SqliteReader, SqliteStatement
+from ..data.fastread import Reader
 from ..data.stats import EXPIRING_WINDOW
 from ..errors import StoreError, StoreUnavailable
 from ..peerid import PeerId
@@ -81,7 +81,6 @@ _PROVIDERS_OF_KEY = (
     .outerjoin(PeerRow, PeerRow.peer_id == ProviderRecordRow.peer_id)
     .where(ProviderRecordRow.key_mh == bindparam("key"), ProviderRecordRow.expires_at > bindparam("now"))
 )
-_PROVIDERS_OF_KEY_SQLITE = SqliteStatement.compile(_PROVIDERS_OF_KEY)
 
 
 class SqlProviderStore:
@@ -94,8 +93,8 @@ class SqlProviderStore:
     ``retry_delays``: seconds before each retry of a failed batch (default: RETRY_DELAYS on
     PostgreSQL; none on SQLite, a local file whose errors are not lost connections and
     whose busy timeout already waits for other writers).
-    ``reader``: on a SQLite file, reads a key's providers without SQLAlchemy's asyncio
-    layer (``data.sqlitereader``).
+    ``reader``: reads a key's providers without SQLAlchemy's asyncio layer
+    (``data.fastread``).
     """
 
     def __init__(
@@ -111,7 +110,7 @@ class SqlProviderStore:
         shared: bool | None = None,
         shared_cache_ttl: float = SHARED_CACHE_TTL,
         retry_delays: tuple[float, ...] | None = None,
-        reader: SqliteReader | None = None,
+        reader: Reader | None = None,
     ):
         self._engine = engine
         self._reader = reader
@@ -223,7 +222,7 @@ class SqlProviderStore:
         rows: Sequence[tuple[Any, ...]]
         try:
             if self._reader is not None:
-                rows = await self._reader.fetch(_PROVIDERS_OF_KEY_SQLITE, key=key, now=now)
+                rows = await self._reader.fetch(_PROVIDERS_OF_KEY, key=key, now=now)
             else:
                 async with self._engine.connect() as conn:
                     rows = (await conn.execute(_PROVIDERS_OF_KEY, {"key": key, "now": now})).all()

@@ -1,6 +1,7 @@
-"""The plain-sqlite3 reader (``data.sqlitereader``) behind the node's own-provide-list
-check: it sees what other processes commit, answers a tick's lookups as one batch,
-cannot write, and turns a database failure into ``StoreUnavailable`` for its callers."""
+"""The request-path readers (``data.fastread``: a plain sqlite3 thread, an asyncpg
+pool) behind GET_PROVIDERS: they see what other processes commit, answer concurrent
+lookups each with its own rows, cannot write (SQLite), and a database failure reaches
+the store's callers as ``StoreUnavailable``."""
 
 from __future__ import annotations
 
@@ -10,26 +11,28 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sqlalchemy import text
 
 from dhtstore.data.engine import make_engine
+from dhtstore.data.fastread import open_reader
 from dhtstore.data.schema import open_store
-from dhtstore.data.sqlitereader import SqliteReader
 from dhtstore.errors import StoreUnavailable
 from dhtstore.provider.providelist import ProvideListStore
 
 pytestmark = pytest.mark.anyio
 
 NOW = 1_800_000_000
+COUNT = text("SELECT count(*) FROM provided_keys")
 
 
 def mh(i: int) -> bytes:
     return b"\x12\x20" + hashlib.sha256(b"key%d" % i).digest()
 
 
-async def test_contains_sees_what_another_writer_commits(sqlite_store_url: str) -> None:
-    node_engine, cli_engine = await open_store(sqlite_store_url), await open_store(sqlite_store_url)
+async def test_contains_sees_what_another_writer_commits(store_url: str) -> None:
+    node_engine, cli_engine = await open_store(store_url), await open_store(store_url)
     try:
-        async with SqliteReader.open(node_engine) as reader:
+        async with open_reader(node_engine) as reader:
             assert reader is not None
             node_list, cli_list = ProvideListStore(node_engine, reader), ProvideListStore(cli_engine)
             assert not await node_list.contains(mh(1))
@@ -42,13 +45,12 @@ async def test_contains_sees_what_another_writer_commits(sqlite_store_url: str) 
         await cli_engine.dispose()
 
 
-async def test_concurrent_lookups_each_get_their_own_answer(sqlite_store_url: str) -> None:
-    engine = await open_store(sqlite_store_url)
+async def test_concurrent_lookups_each_get_their_own_answer(store_url: str) -> None:
+    engine = await open_store(store_url)
     try:
-        listed = ProvideListStore(engine)
-        await listed.add([(f"cid{i}", mh(i)) for i in range(0, 200, 2)], NOW)  # the even ones
+        await ProvideListStore(engine).add([(f"cid{i}", mh(i)) for i in range(0, 200, 2)], NOW)  # the even ones
         answers: dict[int, bool] = {}
-        async with SqliteReader.open(engine) as reader:
+        async with open_reader(engine) as reader:
             store = ProvideListStore(engine, reader)
 
             async def ask(i: int) -> None:
@@ -62,24 +64,23 @@ async def test_concurrent_lookups_each_get_their_own_answer(sqlite_store_url: st
         await engine.dispose()
 
 
-async def test_a_cancelled_lookup_leaves_the_others_answered(sqlite_store_url: str) -> None:
-    engine = await open_store(sqlite_store_url)
+async def test_a_cancelled_lookup_leaves_the_others_answered(store_url: str) -> None:
+    engine = await open_store(store_url)
     try:
-        async with SqliteReader.open(engine) as reader:
+        async with open_reader(engine) as reader:
             assert reader is not None
-            sql = "SELECT count(*) FROM provided_keys"
             results: list[object] = []
 
             async def ask() -> None:
-                results.append(await reader.fetch_all(sql, ()))
+                results.append(await reader.fetch(COUNT))
 
             async def give_up() -> None:
                 with anyio.CancelScope() as scope:
                     scope.cancel()
-                    await reader.fetch_all(sql, ())
+                    await reader.fetch(COUNT)
 
             with anyio.fail_after(10):  # a batch left undelivered would hang its callers
-                async with anyio.create_task_group() as tg:  # all four lookups in one batch
+                async with anyio.create_task_group() as tg:  # all four lookups in one batch (SQLite)
                     tg.start_soon(give_up)
                     for _ in range(3):
                         tg.start_soon(ask)
@@ -88,23 +89,23 @@ async def test_a_cancelled_lookup_leaves_the_others_answered(sqlite_store_url: s
         await engine.dispose()
 
 
-async def test_the_reader_cannot_write(sqlite_store_url: str) -> None:
+async def test_the_sqlite_reader_cannot_write(sqlite_store_url: str) -> None:
     engine = await open_store(sqlite_store_url)
     try:
-        async with SqliteReader.open(engine) as reader:
+        async with open_reader(engine) as reader:
             assert reader is not None
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
-                await reader.fetch_all("DELETE FROM provided_keys", ())
+                await reader.fetch(text("DELETE FROM provided_keys"))
     finally:
         await engine.dispose()
 
 
-async def test_a_store_that_fails_raises_store_unavailable(tmp_path: Path) -> None:
+async def test_a_sqlite_store_that_fails_raises_store_unavailable(tmp_path: Path) -> None:
     sqlite3.connect(tmp_path / "empty.db").close()  # a database never migrated: no tables
     for name, error in (("empty.db", "no such table"), ("missing.db", "unable to open")):
         engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / name}")
         try:
-            async with SqliteReader.open(engine) as reader:
+            async with open_reader(engine) as reader:
                 with pytest.raises(StoreUnavailable, match=error):
                     await ProvideListStore(engine, reader).contains(mh(1))
         finally:
@@ -112,11 +113,20 @@ async def test_a_store_that_fails_raises_store_unavailable(tmp_path: Path) -> No
     assert not (tmp_path / "missing.db").exists(), "the reader created the database it reads"
 
 
-async def test_only_a_sqlite_file_gets_a_reader(pg_store_url: str) -> None:
-    for url in ("sqlite+aiosqlite://", pg_store_url):
-        engine = make_engine(url)
-        try:
-            async with SqliteReader.open(engine) as reader:
-                assert reader is None
-        finally:
-            await engine.dispose()
+async def test_a_postgresql_server_that_is_down_raises_store_unavailable() -> None:
+    engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    try:
+        async with open_reader(engine) as reader:  # opens no connection yet
+            with pytest.raises(StoreUnavailable):
+                await ProvideListStore(engine, reader).contains(mh(1))
+    finally:
+        await engine.dispose()
+
+
+async def test_an_in_memory_sqlite_gets_no_reader() -> None:
+    engine = make_engine("sqlite+aiosqlite://")
+    try:
+        async with open_reader(engine) as reader:
+            assert reader is None
+    finally:
+        await engine.dispose()
