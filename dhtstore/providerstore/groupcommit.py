@@ -134,8 +134,9 @@ class GroupCommit:
         # One order for all writers (us and other processes) so PostgreSQL cannot deadlock.
         batch.sort(key=lambda p: (p.key, p.peer))
         keys = [p.key for p in batch]
+        builds = 0
         if self._key_filter is not None:  # before any reader can see the records (``keyfilter``)
-            self._key_filter.add(keys)
+            builds = self._key_filter.add(keys)
         with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
             delays = iter((*self._retry_delays, None))
             while True:
@@ -162,6 +163,6 @@ class GroupCommit:
                     self._caches.committed(batch)
                     break
         if self._key_filter is not None:  # into a filter whose build began meanwhile
-            self._key_filter.add(keys)
+            self._key_filter.added_during(keys, builds)
         for p in batch:
             p.finish()

@@ -101,6 +101,7 @@ class KeyFilter:
         self._counters = counters  # "key_filter_builds"
         self._current: BloomFilter | None = None  # answers; None: not built yet
         self._building: BloomFilter | None = None  # receives the writer's keys during a build
+        self._builds_started = 0
         self._full = anyio.Event()
 
     @property
@@ -110,15 +111,26 @@ class KeyFilter:
     def may_contain(self, key: bytes) -> bool:
         return self._current is None or key in self._current
 
-    def add(self, keys: list[bytes]) -> None:
-        """Keys being written: call before their transaction starts and again after it
-        ended (committed or not), before its callers are woken."""
+    def add(self, keys: list[bytes]) -> int:
+        """Keys being written: call before their transaction starts, and give what it
+        returns to ``added_during`` after the transaction ended (committed or not)."""
         for f in (self._current, self._building):
             if f is not None:
                 for key in keys:
                     f.add(key)
         if self._current is not None and self._current.added > self._current.capacity:
             self._full.set()
+        return self._builds_started
+
+    def added_during(self, keys: list[bytes], builds_started: int) -> None:
+        """The keys ``add`` took, into a filter whose build began while their
+        transaction ran (its scan may have passed them before they were committed);
+        that build may have ended already, its filter now the current one."""
+        if self._builds_started != builds_started:
+            for f in (self._current, self._building):
+                if f is not None:
+                    for key in keys:
+                        f.add(key)
 
     async def run(self) -> None:
         while True:
@@ -138,12 +150,14 @@ class KeyFilter:
         # Page by page, each a short statement of its own: no read transaction held for
         # the whole scan (on SQLite it would stall the WAL's checkpoints), and the store
         # can stop between pages. From ``_building`` on, the writer adds its keys to the
-        # new filter too (after each transaction as well as before), so a key committed
-        # while the scan runs is in it whether or not a page saw it.
+        # new filter too (after a transaction that began before the build, as well as
+        # before each), so a key committed while the scan runs is in it whether or not a
+        # page saw it.
         with anyio.CancelScope(shield=True):
             async with self._engine.connect() as conn:
                 count = (await conn.execute(_COUNT_KEYS)).scalar_one()
         new = self._building = BloomFilter(max(MIN_CAPACITY, HEADROOM * count))
+        self._builds_started += 1
         after = b""
         while True:
             with anyio.CancelScope(shield=True):

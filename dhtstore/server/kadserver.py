@@ -32,6 +32,7 @@ from ..network.api import (
     Stream,
     encode_frame,
 )
+from ..peerid import PeerId
 from ..types import Message, MessageType, PeerInfo
 from .api import InvalidRequest, RequestHandler
 
@@ -96,25 +97,23 @@ class KadServer:
                 return "invalid_requests"
         return outcome
 
+    def _sender(self, peer: PeerId) -> PeerInfo:
+        return PeerInfo(peer, self._host.peer_addrs(peer))
+
     async def _serve_in_order(
         self, stream: Stream, deadline: anyio.CancelScope, waiting: list[bool], writes: _PipelinedWrites
     ) -> str | None:
         peer = stream.remote_peer
         decoder = FrameDecoder()
         run: list[Message] = []  # consecutive ADD_PROVIDERs not handed over yet
-
-        async def hand_over_run() -> None:
-            nonlocal run
-            if run:
-                await writes.start(self._handler.add_providers, PeerInfo(peer, self._host.peer_addrs(peer)), run)
-                run = []
-
         for _ in range(MAX_REQUESTS_PER_STREAM):
-            deadline.deadline = anyio.current_time() + self._idle_timeout
-            waiting[0] = True
             try:
                 if (request := decoder.next_message()) is None:
-                    await hand_over_run()  # nothing more is buffered: before waiting for the peer
+                    if run:  # nothing more is buffered: store the run while waiting for the peer
+                        await writes.start(self._handler.add_providers, self._sender(peer), run)
+                        run = []
+                    deadline.deadline = anyio.current_time() + self._idle_timeout
+                    waiting[0] = True
                     while (request := decoder.next_message()) is None:
                         decoder.receive_data(await stream.receive())
             except anyio.EndOfStream:
@@ -122,24 +121,33 @@ class KadServer:
                     self.stats["truncated_frames"] += 1
                 return None  # the client is done with this stream
             except KadCodecError as exc:
-                await hand_over_run()  # the requests before the bad frame were good
+                if run:  # the requests before the bad frame were good
+                    await writes.start(self._handler.add_providers, self._sender(peer), run)
                 log.debug("malformed kad request from %s: %s", peer, exc)
                 return "malformed_requests"
-            deadline.deadline = anyio.current_time() + HANDLER_TIMEOUT
-            waiting[0] = False
+            if waiting[0] or not (run and request.type is MessageType.ADD_PROVIDER):  # a run shares one
+                deadline.deadline = anyio.current_time() + HANDLER_TIMEOUT
+                waiting[0] = False
             self.stats["requests"] += 1
             self.stats["skipped_peers"] += request.skipped_peers
             await self.limiter.acquire(peer)
             if request.type is MessageType.ADD_PROVIDER:
                 run.append(request)
                 if len(run) >= MAX_RUN:
-                    await hand_over_run()
+                    await writes.start(self._handler.add_providers, self._sender(peer), run)
+                    run = []
                 continue
-            await hand_over_run()
+            sender = self._sender(peer)
+            try:
+                if run:  # a reply follows at once: store the run here, no task needed
+                    await self._handler.add_providers(sender, run)
+                    run = []
+            except InvalidRequest:  # logged by the handler
+                return "invalid_requests"
             if await writes.drained() is not None:  # a reply acknowledges the writes before it
                 return "invalid_requests"
             try:
-                reply = await self._handler.handle(PeerInfo(peer, self._host.peer_addrs(peer)), request)
+                reply = await self._handler.handle(sender, request)
             except InvalidRequest as exc:
                 log.debug("invalid %s request from %s: %s", request.type.name, peer, exc)
                 return "invalid_requests"
@@ -149,7 +157,8 @@ class KadServer:
                 except CONNECTION_ERRORS:
                     return None
                 self.stats["replies"] += 1
-        await hand_over_run()
+        if run:
+            await writes.start(self._handler.add_providers, self._sender(peer), run)
         return "request_limit_resets"
 
 
@@ -183,8 +192,7 @@ class _PipelinedWrites:
     async def _store(self, store: Callable[[PeerInfo, Sequence[Message]], Awaitable[None]], sender: PeerInfo, run: list[Message]) -> None:
         try:
             await store(sender, run)
-        except InvalidRequest as exc:
-            log.debug("invalid ADD_PROVIDER from %s: %s", sender.peer_id, exc)
+        except InvalidRequest as exc:  # logged by the handler
             self.failure = self.failure or exc
             self._on_failure()
         finally:
