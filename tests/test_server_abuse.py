@@ -93,6 +93,19 @@ async def stored_value(client: Host, node: Node, key: bytes) -> bytes | None:
 # -- ADD_PROVIDER -------------------------------------------------------------------
 
 
+async def test_a_stream_reset_by_the_client_is_a_stream_error_not_a_handler_failure(node: Node, client: Host) -> None:
+    me = PeerInfo(client.peer_id, (ADDR,))
+    errors = node.host.stats["stream_errors"]
+    stream = await client.new_stream(target(node), [PROTOCOL_ID])
+    key = multihash.from_cid(CID)
+    await stream.send(encode_frame(Message(MessageType.ADD_PROVIDER, key=key, provider_peers=(me,))))
+    await stream.reset()
+    with anyio.fail_after(WAIT):
+        while node.host.stats["stream_errors"] == errors:
+            await anyio.sleep(0.01)
+    assert node.host.stats["handler_errors"] == 0  # the autouse fixture: nothing logged at WARNING
+
+
 async def test_a_run_of_add_providers_shares_commits_and_the_next_reply_acknowledges_them(node: Node, client: Host) -> None:
     """A stream's ADD_PROVIDERs are handled together (``server.kadserver._PipelinedWrites``):
     a run of them shares transactions, and the reply after them comes only once every

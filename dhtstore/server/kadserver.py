@@ -89,12 +89,17 @@ class KadServer:
     async def _serve_requests(self, stream: Stream, deadline: anyio.CancelScope, waiting: list[bool]) -> str | None:
         """Serve requests until the client closes (None) or the stream must be reset
         (the name of the counter saying why)."""
-        async with anyio.create_task_group() as tg:
-            with anyio.CancelScope() as reading:
-                writes = _PipelinedWrites(tg, on_failure=reading.cancel)
-                outcome = await self._serve_in_order(stream, deadline, waiting, writes)
-            if writes.failure is not None or await writes.drained() is not None:
-                return "invalid_requests"
+        try:
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as reading:
+                    writes = _PipelinedWrites(tg, on_failure=reading.cancel)
+                    outcome = await self._serve_in_order(stream, deadline, waiting, writes)
+                if writes.failure is not None or await writes.drained() is not None:
+                    return "invalid_requests"
+        except BaseExceptionGroup as group:  # the stream's own error, for the host to handle
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
         return outcome
 
     def _sender(self, peer: PeerId) -> PeerInfo:
