@@ -545,6 +545,11 @@ def main() -> None:
     parser.add_argument("--announce", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "uvloop" in args.loops.split(","):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise SystemExit("--loops uvloop needs uvloop: pip install uvloop (it is not a dependency of dhtstore)") from None
     if args.serve:
         anyio.run(serve, args.serve, args.profile, args.rate_limit, backend_options={"use_uvloop": args.loop == "uvloop"})
     elif args.load:
