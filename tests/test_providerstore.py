@@ -61,9 +61,8 @@ async def store(request: pytest.FixtureRequest, clock: Clock, anyio_backend: str
     backend, _, reads = request.param.partition("-")
     engine = make_engine(request.getfixturevalue(f"{'pg' if backend == 'postgresql' else 'sqlite'}_store_url"))
     try:
-        async with open_reader(engine) as reader:
-            async with SqlProviderStore(engine, clock=clock, reader=reader if reads else None) as s:
-                yield s
+        async with open_reader(engine) as reader, SqlProviderStore(engine, clock=clock, reader=reader if reads else None) as s:
+            yield s
     finally:
         await engine.dispose()
 

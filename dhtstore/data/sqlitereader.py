@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy.sql import ClauseElement
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql import ClauseElement
 
 from .engine import SQLITE_BUSY_TIMEOUT_MS
 

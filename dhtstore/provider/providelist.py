@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.dialects import dialect_insert
 from ..data.failures import store_call, unavailable
-from ..data.locks import take_turn
 from ..data.fastread import Reader
+from ..data.locks import take_turn
 from ..data.models import (
     ProvidedKeyRow,
     ProviderStateRow,

@@ -34,7 +34,7 @@ class PendingRecord:
 class Waiter:
     """One caller's wait for the records it queued."""
 
-    __slots__ = ("remaining", "done", "error")
+    __slots__ = ("done", "error", "remaining")
 
     def __init__(self, records: int):
         self.remaining = records

@@ -48,9 +48,9 @@ from ..data.addrs import unpack_addrs
 from ..data.dialects import is_postgresql
 from ..data.engine import OPEN_ERRORS
 from ..data.failures import DATABASE_ERRORS, first_line, unavailable
+from ..data.fastread import Reader
 from ..data.models import PeerRow, ProviderRecordRow
 from ..data.schema import open_store
-from ..data.fastread import Reader
 from ..data.stats import EXPIRING_WINDOW
 from ..errors import StoreError, StoreUnavailable
 from ..peerid import PeerId

@@ -89,6 +89,7 @@ class KadServer:
     async def _serve_requests(self, stream: Stream, deadline: anyio.CancelScope, waiting: list[bool]) -> str | None:
         """Serve requests until the client closes (None) or the stream must be reset
         (the name of the counter saying why)."""
+        outcome: str | None = None  # stays None when an invalid write stopped the reading
         try:
             async with anyio.create_task_group() as tg:
                 with anyio.CancelScope() as reading:
