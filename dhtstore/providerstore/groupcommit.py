@@ -80,6 +80,8 @@ class GroupCommit:
     async def add(self, records: Sequence[Queued], now: int, lifetime: int) -> None:
         """Queue the records and return once all are committed; StoreUnavailable if one
         was not."""
+        if not records:
+            return
         waiter = Waiter(len(records))
         for key, peer, peer_text, addrs in records:
             pending = self._pending.get((key, peer))

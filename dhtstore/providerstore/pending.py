@@ -1,6 +1,6 @@
 """One announcement waiting in the group commit, and the callers waiting for it.
 
-A caller's records share one ``Waiters`` (one event however many records it queued):
+A caller's records share one ``Waiter`` (one event however many records it queued):
 a kad stream hands over a run of ADD_PROVIDERs at once."""
 
 from __future__ import annotations
