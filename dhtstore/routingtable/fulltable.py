@@ -1,0 +1,295 @@
+"""The full routing table: every DHT server of the network, kept in SQL (``network_peers``).
+
+go-libp2p-kad-dht's ``fullrt`` holds the crawled network in memory only and replaces it
+wholesale after each crawl, so a restart starts from the bootstrap peers. Here the
+store is the table's truth and a compact index lives in memory:
+
+- a sorted list of the peers' Kademlia keys (ints), which ``xorsearch.closest_keys``
+  descends for exact XOR-closest answers, and one small slotted entry per peer;
+- loaded from the store at start (``load``): a restarted node answers at once;
+- written through in batches (``flush``, every ``FLUSH_INTERVAL`` in ``run``): the
+  changes since the last flush, one transaction, never a write per ``add``.
+
+There are no buckets and no seniority: every server found fits. A peer leaves after
+``max_failures`` consecutive failed contacts (``mark_failed``), never in a sweep.
+Times written to the store are the wall clock's (epoch seconds); the ``now`` given by
+callers is only what ``last_useful`` reports back. Not thread-safe; one event loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import logging
+import math
+import time
+from collections.abc import Callable
+from hashlib import sha256
+
+import anyio
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..data.addrs import addr_kinds, pack_addrs, unpack_addrs
+from ..data.dialects import upsert
+from ..data.failures import unavailable
+from ..data.models import NetworkPeerRow
+from ..errors import StoreError
+from ..kadkey import Key
+from ..peerid import PeerId, PeerIdError
+from ..types import PeerInfo
+from .xorsearch import closest_keys
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES = 3  # consecutive failed contacts before a peer leaves
+FLUSH_INTERVAL = 10.0  # seconds between write-throughs
+FLUSH_BATCH = 2000  # rows per statement of a flush
+
+
+class _Entry:
+    __slots__ = ("info", "key", "last_useful", "failures", "contacted_at", "crawled_at", "first_seen_at")
+
+    def __init__(self, info: PeerInfo, key: int, first_seen_at: int):
+        self.info = info
+        self.key = key
+        self.last_useful: float | None = None
+        self.failures = 0
+        self.contacted_at: int | None = None
+        self.crawled_at: int | None = None
+        self.first_seen_at = first_seen_at
+
+
+class FullTable:
+    """``routingtable.api.NetworkTable``: the whole network, exact XOR order, in SQL."""
+
+    def __init__(
+        self,
+        local_key: Key,
+        engine: AsyncEngine | None = None,
+        *,
+        max_failures: int = MAX_FAILURES,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._local_key = local_key
+        self._engine = engine
+        self.max_failures = max_failures
+        self._wall = wall_clock
+        self._entries: dict[PeerId, _Entry] = {}
+        self._by_key: dict[int, _Entry] = {}
+        self._sorted_keys: list[int] = []
+        self._dirty: set[PeerId] = set()  # entries to upsert at the next flush
+        self._removed: set[PeerId] = set()  # rows to delete at the next flush
+        self._identified: dict[PeerId, tuple[str, str]] = {}  # agent, protocols to write
+        self.written = 0
+
+    # -- routingtable.api.RoutingTable -------------------------------------------
+
+    @property
+    def local_key(self) -> Key:
+        return self._local_key
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._entries
+
+    def get(self, peer_id: PeerId) -> PeerInfo | None:
+        entry = self._entries.get(peer_id)
+        return entry.info if entry else None
+
+    def peers(self) -> list[PeerInfo]:
+        return [e.info for e in self._entries.values()]
+
+    def local_closest_peers(self, key: Key, n: int) -> list[PeerInfo]:
+        if n <= 0:
+            return []
+        by_key = self._by_key
+        return [by_key[k].info for k in closest_keys(self._sorted_keys, key.value, n)]
+
+    def add(self, peer: PeerInfo, now: float) -> bool:
+        entry = self._entries.get(peer.peer_id)
+        if entry is None:
+            key = int.from_bytes(sha256(peer.peer_id.to_bytes()).digest(), "big")
+            if key == self._local_key.value:
+                return False
+            entry = _Entry(peer, key, int(self._wall()))
+            entry.last_useful = now
+            self._insert(entry)
+            self._removed.discard(peer.peer_id)
+        elif peer.addrs and peer.addrs != entry.info.addrs:
+            entry.info = peer
+        self._dirty.add(peer.peer_id)
+        return True
+
+    def remove(self, peer_id: PeerId) -> bool:
+        entry = self._entries.pop(peer_id, None)
+        if entry is None:
+            return False
+        del self._by_key[entry.key]
+        del self._sorted_keys[bisect.bisect_left(self._sorted_keys, entry.key)]
+        self._dirty.discard(peer_id)
+        self._identified.pop(peer_id, None)
+        self._removed.add(peer_id)
+        return True
+
+    def mark_useful(self, peer_id: PeerId, now: float) -> None:
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            entry.last_useful = now
+            entry.failures = 0
+            entry.contacted_at = int(self._wall())
+            self._dirty.add(peer_id)
+
+    def mark_failed(self, peer_id: PeerId) -> None:
+        """One more consecutive failure; the peer leaves at ``max_failures``."""
+        entry = self._entries.get(peer_id)
+        if entry is None:
+            return
+        entry.failures += 1
+        if entry.failures >= self.max_failures:
+            self.remove(peer_id)
+        else:
+            self._dirty.add(peer_id)
+
+    def last_useful(self, peer_id: PeerId) -> float | None:
+        entry = self._entries.get(peer_id)
+        return entry.last_useful if entry else None
+
+    # -- routingtable.api.NetworkTable -------------------------------------------
+
+    def failures(self, peer_id: PeerId) -> int:
+        entry = self._entries.get(peer_id)
+        return entry.failures if entry else 0
+
+    def crawl_queue(self, crawled_before: float, limit: int) -> list[PeerInfo]:
+        """Up to ``limit`` peers not crawled since ``crawled_before``: failing ones first,
+        then never crawled, then the oldest crawled."""
+        due = (e for e in self._entries.values() if e.crawled_at is None or e.crawled_at < crawled_before)
+        chosen = heapq.nsmallest(limit, due, key=lambda e: (-e.failures, -1 if e.crawled_at is None else e.crawled_at))
+        return [e.info for e in chosen]
+
+    def next_crawl_due(self) -> float:
+        """When the least recently crawled peer was crawled (-inf: one never was)."""
+        return min((-math.inf if e.crawled_at is None else e.crawled_at for e in self._entries.values()), default=math.inf)
+
+    def mark_crawled(self, peer_id: PeerId) -> None:
+        entry = self._entries.get(peer_id)
+        if entry is not None:
+            entry.crawled_at = int(self._wall())
+            self._dirty.add(peer_id)
+
+    def crawled_since(self, since: float) -> int:
+        return sum(1 for e in self._entries.values() if e.crawled_at is not None and e.crawled_at >= since)
+
+    def note_identify(self, peer_id: PeerId, agent: str, protocols: tuple[str, ...]) -> None:
+        if peer_id in self._entries:
+            self._identified[peer_id] = (agent, "\n".join(protocols))
+
+    # -- the store ---------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Read every row of ``network_peers`` into the index (rows that no longer parse
+        are skipped); returns how many peers the table then holds."""
+        assert self._engine is not None
+        columns = (
+            NetworkPeerRow.peer_id, NetworkPeerRow.addrs, NetworkPeerRow.failures, NetworkPeerRow.crawled_at,
+            NetworkPeerRow.last_contact_at, NetworkPeerRow.first_seen_at,
+        )
+        with unavailable("routing table"):
+            async with self._engine.connect() as conn:
+                result = await conn.stream(select(*columns))
+                async for peer_id, addrs, failures, crawled_at, contacted_at, first_seen in result:
+                    try:
+                        info = PeerInfo(PeerId.from_bytes(bytes(peer_id)), unpack_addrs(bytes(addrs)))
+                    except (PeerIdError, ValueError):
+                        continue
+                    key = int.from_bytes(sha256(info.peer_id.to_bytes()).digest(), "big")
+                    if info.peer_id in self._entries or key == self._local_key.value:
+                        continue
+                    entry = _Entry(info, key, first_seen)
+                    entry.failures, entry.crawled_at, entry.contacted_at = failures, crawled_at, contacted_at
+                    self._entries[info.peer_id] = entry
+                    self._by_key[key] = entry
+        self._sorted_keys = sorted(self._by_key)
+        return len(self._entries)
+
+    async def flush(self) -> int:
+        """Write the changes since the last flush in one transaction; returns rows touched.
+        On a store failure the changes stay queued for the next flush."""
+        if self._engine is None or not (self._dirty or self._removed or self._identified):
+            return 0
+        dirty, removed, identified = self._dirty, self._removed, self._identified
+        self._dirty, self._removed, self._identified = set(), set(), {}
+        now = int(self._wall())
+        rows = [self._row(self._entries[p], now) for p in sorted(dirty, key=PeerId.to_bytes) if p in self._entries]
+        named = [{"pid": p.to_bytes(), "agent": a, "protocols": pr} for p, (a, pr) in identified.items() if p in self._entries]
+        gone = [p.to_bytes() for p in removed]
+        statement = upsert(self._engine, NetworkPeerRow, ["peer_id"], [
+            "addrs", "addr_kinds", "last_seen_at", "last_contact_at", "failures", "crawled_at",
+        ])
+        try:
+            with unavailable("routing table"):
+                async with self._engine.begin() as conn:
+                    for i in range(0, len(rows), FLUSH_BATCH):
+                        await conn.execute(statement, rows[i : i + FLUSH_BATCH])
+                    for i in range(0, len(gone), FLUSH_BATCH):
+                        await conn.execute(delete(NetworkPeerRow).where(NetworkPeerRow.peer_id.in_(gone[i : i + FLUSH_BATCH])))
+                    if named:
+                        await conn.execute(_SET_IDENTIFY, named)
+        except StoreError:
+            self._dirty |= dirty
+            self._removed |= removed - self._entries.keys()
+            self._identified = {**identified, **self._identified}
+            raise
+        self.written += len(rows) + len(gone) + len(named)
+        return len(rows) + len(gone) + len(named)
+
+    async def run(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every ``interval`` seconds until cancelled; a last flush on the way out."""
+        try:
+            while True:
+                await anyio.sleep(interval)
+                try:
+                    await self.flush()
+                except StoreError as exc:
+                    log.warning("routing table not written: %s", exc)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                try:
+                    await self.flush()
+                except StoreError as exc:
+                    log.warning("routing table not written at exit: %s", exc)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _insert(self, entry: _Entry) -> None:
+        self._entries[entry.info.peer_id] = entry
+        self._by_key[entry.key] = entry
+        bisect.insort(self._sorted_keys, entry.key)
+
+    @staticmethod
+    def _row(entry: _Entry, now: int) -> dict[str, object]:
+        pid = entry.info.peer_id
+        return {
+            "peer_id": pid.to_bytes(),
+            "peer_id_text": pid.to_base58(),
+            "kad_key": entry.key.to_bytes(32, "big"),
+            "addrs": pack_addrs(entry.info.addrs),
+            "addr_kinds": addr_kinds(entry.info.addrs),
+            "agent": "",
+            "protocols": "",
+            "first_seen_at": entry.first_seen_at,
+            "last_seen_at": now,
+            "last_contact_at": entry.contacted_at,
+            "failures": entry.failures,
+            "crawled_at": entry.crawled_at,
+        }
+
+
+_SET_IDENTIFY = (
+    update(NetworkPeerRow)
+    .where(NetworkPeerRow.peer_id == bindparam("pid"))
+    .values(agent=bindparam("agent"), protocols=bindparam("protocols"))
+)
