@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -204,14 +205,14 @@ class Crawler:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Crawl until cancelled, keeping ``parallelism`` visits going while any is due."""
+        task_status.started()
         await self._ensure_preimages()
         limiter = anyio.Semaphore(self.parallelism)
         async with anyio.create_task_group() as tg:
-            task_status.started()
             while True:
                 batch = self.next_batch(self.parallelism)
                 if not batch:
-                    await anyio.sleep(IDLE_CHECK)
+                    await self._idle()
                     continue
                 await self._start_all(tg, batch, limiter)
                 self.counters["rounds"] += 1
@@ -229,6 +230,16 @@ class Crawler:
         finally:
             self._in_flight.discard(info.peer_id)
             limiter.release()
+
+    async def _idle(self) -> None:
+        """Nothing is due: wait until the oldest visit is due again (at most IDLE_CHECK),
+        or a peer enters the table (upkeep admits bootstrap peers and identified servers)."""
+        due_in = self.table.next_crawl_due() + self.interval - self._wall()
+        size = len(self.table)
+        for _ in range(math.ceil(min(max(due_in, 1.0), IDLE_CHECK))):
+            await anyio.sleep(1.0)
+            if len(self.table) != size:
+                return
 
     async def _pace(self) -> None:
         """At most ``rate`` visits start per second."""
