@@ -76,8 +76,8 @@ class FullTable:
         self.max_failures = max_failures
         self._wall = wall_clock
         self._entries: dict[PeerId, _Entry] = {}
-        self._by_key: dict[int, _Entry] = {}
-        self._sorted_keys: list[int] = []
+        self._sorted_keys: list[int] = []  # every entry's key, ascending
+        self._sorted_entries: list[_Entry] = []  # the entries in the same order (no key -> entry dict)
         self._dirty: set[PeerId] = set()  # entries to upsert at the next flush
         self._removed: set[PeerId] = set()  # rows to delete at the next flush
         self._identified: dict[PeerId, tuple[str, str]] = {}  # agent, protocols to write
@@ -105,8 +105,8 @@ class FullTable:
     def local_closest_peers(self, key: Key, n: int) -> list[PeerInfo]:
         if n <= 0:
             return []
-        by_key = self._by_key
-        return [by_key[k].info for k in closest_keys(self._sorted_keys, key.value, n)]
+        keys, entries = self._sorted_keys, self._sorted_entries
+        return [entries[bisect.bisect_left(keys, k)].info for k in closest_keys(keys, key.value, n)]
 
     def add(self, peer: PeerInfo, now: float) -> bool:
         entry = self._entries.get(peer.peer_id)
@@ -127,8 +127,9 @@ class FullTable:
         entry = self._entries.pop(peer_id, None)
         if entry is None:
             return False
-        del self._by_key[entry.key]
-        del self._sorted_keys[bisect.bisect_left(self._sorted_keys, entry.key)]
+        at = bisect.bisect_left(self._sorted_keys, entry.key)
+        del self._sorted_keys[at]
+        del self._sorted_entries[at]
         self._dirty.discard(peer_id)
         self._identified.pop(peer_id, None)
         self._removed.add(peer_id)
@@ -211,8 +212,8 @@ class FullTable:
                     entry = _Entry(info, key, first_seen)
                     entry.failures, entry.crawled_at, entry.contacted_at = failures, crawled_at, contacted_at
                     self._entries[info.peer_id] = entry
-                    self._by_key[key] = entry
-        self._sorted_keys = sorted(self._by_key)
+        self._sorted_entries = sorted(self._entries.values(), key=lambda e: e.key)
+        self._sorted_keys = [e.key for e in self._sorted_entries]
         return len(self._entries)
 
     async def flush(self) -> int:
@@ -266,8 +267,9 @@ class FullTable:
 
     def _insert(self, entry: _Entry) -> None:
         self._entries[entry.info.peer_id] = entry
-        self._by_key[entry.key] = entry
-        bisect.insort(self._sorted_keys, entry.key)
+        at = bisect.bisect_left(self._sorted_keys, entry.key)
+        self._sorted_keys.insert(at, entry.key)
+        self._sorted_entries.insert(at, entry)
 
     @staticmethod
     def _row(entry: _Entry, now: int) -> dict[str, object]:
