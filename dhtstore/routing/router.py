@@ -17,7 +17,8 @@ table holds that many peers, a lookup asks the table's k closest all at once rat
 α at a time (``QueryState(confirm=True)``). When the table is right, their answers put
 nobody new among the k closest and the lookup ends after that one round, the k closest
 confirmed by the peers themselves; when it is stale there, the closer peers they name
-are asked in turn, and a failed candidate lets the next closest in, as in any lookup.
+are asked in turn, and a failed candidate lets the next closest of the table in (the
+lookup starts with the table's 2k closest; only the k closest reachable are asked).
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ class KademliaRouter:
         one_hop = self.one_hop_min_peers is not None and len(self.table) >= self.one_hop_min_peers
         state = QueryState(
             target,
-            self.table.local_closest_peers(target, k),
+            # one hop: the next closest wait as stand-ins for candidates that fail
+            self.table.local_closest_peers(target, 2 * k if one_hop else k),
             self.local.peer_id,
             k=k,
             alpha=max(self.alpha, k) if one_hop else self.alpha,
