@@ -71,6 +71,7 @@ from .routingtable.fulltable import FullTable
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
 from .rtrefresh.crawler import CRAWL_INTERVAL, Crawler
+from .rtrefresh.crawlmetrics import CrawlerCollector
 from .rtrefresh.upkeep import TableUpkeep
 from .server.handler import KademliaHandler
 from .server.kadserver import KadServer
@@ -148,6 +149,7 @@ class Node:
             self.crawler = Crawler(
                 self.full_table, self.messenger, interval=options.crawl_interval, usable_addrs=self.upkeep.usable_addrs
             )
+            self.metrics.registry.register(CrawlerCollector(self.crawler.counters, str(self.peer_id), options.identity_name))
             table = self.full_table
             host.on_identify(lambda peer, info: table.note_identify(peer, info.agent_version or "", tuple(info.protocols)))
         # Set in start(): they need the store's lifecycle.

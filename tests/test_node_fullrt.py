@@ -8,6 +8,7 @@ import dataclasses
 from contextlib import AsyncExitStack
 
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import func, select
 
 from dhtstore.data.models import NetworkPeerRow
@@ -38,6 +39,9 @@ async def test_full_table_crawls_persists_and_routes_in_one_round_after_restart(
             assert node.crawler is not None
             await wait_until(lambda: {p.peer_id for p in node.table.peers()} == everyone, timeout=60)
             await wait_until(lambda: node.table.crawled_since(0) == SERVERS, timeout=60)
+            scrape = generate_latest(node.metrics.registry).decode()
+            answered = f'dhtstore_crawler_visits_total{{identity="default",outcome="answered",peer_id="{node.peer_id}"}}'
+            assert any(line.startswith(answered) and float(line.split()[-1]) >= SERVERS for line in scrape.splitlines()), scrape
         async with Node.start(dataclasses.replace(full, bootstrap=[])) as restarted:  # same identity and store
             # Loaded from network_peers before any network contact: no warm-up.
             assert {p.peer_id for p in restarted.table.peers()} == everyone
