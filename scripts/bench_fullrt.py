@@ -58,13 +58,14 @@ def rss_mb():
 async def main():
     engine = make_engine(sys.argv[2])
     base = rss_mb()
+    base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     table = FullTable(Key(1), engine)
     n = await table.load()
     table.local_closest_peers(Key(12345), 20)
     took = time.perf_counter() - started
     await engine.dispose()
-    print(json.dumps({"peers": n, "rss_base_mb": base, "rss_loaded_mb": rss_mb(), "load_s": took,
+    print(json.dumps({"peers": n, "rss_base_mb": base, "rss_loaded_mb": rss_mb(), "load_s": took, "maxrss_before_mb": base_peak,
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 anyio.run(main)
@@ -93,6 +94,7 @@ def bench_sim(nodes: int, unresponsive: float, lookups: int, seed: int) -> dict[
     crawl_cpu, crawl_virtual, crawl_requests = time.process_time() - cpu, net.now() - t0, net.message_count() - sent
     live = {n.peer_id for n in net.live_nodes()} - {me.peer_id}
     covered = len(live & {p.peer_id for p in table.peers()}) / len(live)
+    print("crawl", json.dumps({"requests": crawl_requests, "cpu_s": crawl_cpu, "virtual_s": crawl_virtual, "coverage": covered}), flush=True)
 
     one_hop = KademliaRouter(me.info, table, me.messenger, me.validator, clock=net.now, one_hop_min_peers=20)
     rng = random.Random(seed)
@@ -194,7 +196,9 @@ def write(results: dict[str, Any], command: str) -> None:
         "",
         f"Memory: {mem['peers']:,} peers loaded from SQLite by a process that imported the node: RSS "
         f"{mem['rss_base_mb']:.0f} -> {mem['rss_loaded_mb']:.0f} MB ({mem['bytes_per_peer']:.0f} bytes per peer, "
-        f"{mem['rss_loaded_mb'] / mem['rss_base_mb']:.2f}x the process without the table); load and first answer in {mem['load_s']:.2f} s.",
+        f"{mem['rss_loaded_mb'] / mem['rss_base_mb']:.2f}x the process without the table); peak RSS "
+        f"{mem['maxrss_mb']:.0f} MB against {mem['maxrss_before_mb']:.0f} MB before the load (the imports' own peak); "
+        f"load and first answer in {mem['load_s']:.2f} s.",
         "",
     ]
     with open(ROOT / "BENCHMARKS.md", "a") as f:

@@ -45,19 +45,28 @@ log = logging.getLogger(__name__)
 MAX_FAILURES = 3  # consecutive failed contacts before a peer leaves
 FLUSH_INTERVAL = 10.0  # seconds between write-throughs
 FLUSH_BATCH = 2000  # rows per statement of a flush
+LOAD_PAGE = 10_000  # rows per query of a load
 
 
 class _Entry:
-    __slots__ = ("info", "key", "last_useful", "failures", "contacted_at", "crawled_at", "first_seen_at")
+    """One peer, compact: its id and packed addresses as bytes (a PeerInfo is built when
+    asked for), about half the memory of holding PeerInfo, PeerId and address tuples."""
 
-    def __init__(self, info: PeerInfo, key: int, first_seen_at: int):
-        self.info = info
+    __slots__ = ("pid", "addrs", "key", "last_useful", "failures", "contacted_at", "crawled_at", "first_seen_at")
+
+    def __init__(self, pid: bytes, addrs: bytes, key: int, first_seen_at: int):
+        self.pid = pid
+        self.addrs = addrs
         self.key = key
         self.last_useful: float | None = None
         self.failures = 0
         self.contacted_at: int | None = None
         self.crawled_at: int | None = None
         self.first_seen_at = first_seen_at
+
+    @property
+    def info(self) -> PeerInfo:
+        return PeerInfo(PeerId(self.pid), unpack_addrs(self.addrs))
 
 
 class FullTable:
@@ -75,12 +84,12 @@ class FullTable:
         self._engine = engine
         self.max_failures = max_failures
         self._wall = wall_clock
-        self._entries: dict[PeerId, _Entry] = {}
+        self._entries: dict[bytes, _Entry] = {}  # by binary peer id
         self._sorted_keys: list[int] = []  # every entry's key, ascending
         self._sorted_entries: list[_Entry] = []  # the entries in the same order (no key -> entry dict)
-        self._dirty: set[PeerId] = set()  # entries to upsert at the next flush
-        self._removed: set[PeerId] = set()  # rows to delete at the next flush
-        self._identified: dict[PeerId, tuple[str, str]] = {}  # agent, protocols to write
+        self._dirty: set[bytes] = set()  # entries to upsert at the next flush
+        self._removed: set[bytes] = set()  # rows to delete at the next flush
+        self._identified: dict[bytes, tuple[str, str]] = {}  # agent, protocols to write
         self.written = 0
 
     # -- routingtable.api.RoutingTable -------------------------------------------
@@ -93,10 +102,10 @@ class FullTable:
         return len(self._entries)
 
     def __contains__(self, peer_id: object) -> bool:
-        return peer_id in self._entries
+        return isinstance(peer_id, PeerId) and peer_id.to_bytes() in self._entries
 
     def get(self, peer_id: PeerId) -> PeerInfo | None:
-        entry = self._entries.get(peer_id)
+        entry = self._entries.get(peer_id.to_bytes())
         return entry.info if entry else None
 
     def peers(self) -> list[PeerInfo]:
@@ -109,59 +118,61 @@ class FullTable:
         return [entries[bisect.bisect_left(keys, k)].info for k in closest_keys(keys, key.value, n)]
 
     def add(self, peer: PeerInfo, now: float) -> bool:
-        entry = self._entries.get(peer.peer_id)
+        pid = peer.peer_id.to_bytes()
+        entry = self._entries.get(pid)
         if entry is None:
-            key = int.from_bytes(sha256(peer.peer_id.to_bytes()).digest(), "big")
+            key = int.from_bytes(sha256(pid).digest(), "big")
             if key == self._local_key.value:
                 return False
-            entry = _Entry(peer, key, int(self._wall()))
+            entry = _Entry(pid, pack_addrs(peer.addrs), key, int(self._wall()))
             entry.last_useful = now
             self._insert(entry)
-            self._removed.discard(peer.peer_id)
-        elif peer.addrs and peer.addrs != entry.info.addrs:
-            entry.info = peer
-        self._dirty.add(peer.peer_id)
+            self._removed.discard(pid)
+        elif peer.addrs:
+            entry.addrs = pack_addrs(peer.addrs)
+        self._dirty.add(pid)
         return True
 
     def remove(self, peer_id: PeerId) -> bool:
-        entry = self._entries.pop(peer_id, None)
+        pid = peer_id.to_bytes()
+        entry = self._entries.pop(pid, None)
         if entry is None:
             return False
         at = bisect.bisect_left(self._sorted_keys, entry.key)
         del self._sorted_keys[at]
         del self._sorted_entries[at]
-        self._dirty.discard(peer_id)
-        self._identified.pop(peer_id, None)
-        self._removed.add(peer_id)
+        self._dirty.discard(pid)
+        self._identified.pop(pid, None)
+        self._removed.add(pid)
         return True
 
     def mark_useful(self, peer_id: PeerId, now: float) -> None:
-        entry = self._entries.get(peer_id)
+        entry = self._entries.get(peer_id.to_bytes())
         if entry is not None:
             entry.last_useful = now
             entry.failures = 0
             entry.contacted_at = int(self._wall())
-            self._dirty.add(peer_id)
+            self._dirty.add(entry.pid)
 
     def mark_failed(self, peer_id: PeerId) -> None:
         """One more consecutive failure; the peer leaves at ``max_failures``."""
-        entry = self._entries.get(peer_id)
+        entry = self._entries.get(peer_id.to_bytes())
         if entry is None:
             return
         entry.failures += 1
         if entry.failures >= self.max_failures:
             self.remove(peer_id)
         else:
-            self._dirty.add(peer_id)
+            self._dirty.add(entry.pid)
 
     def last_useful(self, peer_id: PeerId) -> float | None:
-        entry = self._entries.get(peer_id)
+        entry = self._entries.get(peer_id.to_bytes())
         return entry.last_useful if entry else None
 
     # -- routingtable.api.NetworkTable -------------------------------------------
 
     def failures(self, peer_id: PeerId) -> int:
-        entry = self._entries.get(peer_id)
+        entry = self._entries.get(peer_id.to_bytes())
         return entry.failures if entry else 0
 
     def crawl_queue(self, crawled_before: float, limit: int) -> list[PeerInfo]:
@@ -176,42 +187,39 @@ class FullTable:
         return min((-math.inf if e.crawled_at is None else e.crawled_at for e in self._entries.values()), default=math.inf)
 
     def mark_crawled(self, peer_id: PeerId) -> None:
-        entry = self._entries.get(peer_id)
+        entry = self._entries.get(peer_id.to_bytes())
         if entry is not None:
             entry.crawled_at = int(self._wall())
-            self._dirty.add(peer_id)
+            self._dirty.add(entry.pid)
 
     def crawled_since(self, since: float) -> int:
         return sum(1 for e in self._entries.values() if e.crawled_at is not None and e.crawled_at >= since)
 
     def note_identify(self, peer_id: PeerId, agent: str, protocols: tuple[str, ...]) -> None:
-        if peer_id in self._entries:
-            self._identified[peer_id] = (agent, "\n".join(protocols))
+        pid = peer_id.to_bytes()
+        if pid in self._entries:
+            self._identified[pid] = (agent, "\n".join(protocols))
 
     # -- the store ---------------------------------------------------------------
 
-    async def load(self) -> int:
-        """Read every row of ``network_peers`` into the index (rows that no longer parse
-        are skipped); returns how many peers the table then holds."""
+    async def load(self, page: int = LOAD_PAGE) -> int:
+        """Read every row of ``network_peers`` into the index, ``page`` rows at a time in
+        peer-id order (a driver may buffer a whole result: the peak stays one page); rows
+        that no longer parse are skipped. Returns how many peers the table then holds."""
         assert self._engine is not None
         columns = (
             NetworkPeerRow.peer_id, NetworkPeerRow.addrs, NetworkPeerRow.failures, NetworkPeerRow.crawled_at,
             NetworkPeerRow.last_contact_at, NetworkPeerRow.first_seen_at,
         )
+        after: bytes | None = b""
         with unavailable("routing table"):
             async with self._engine.connect() as conn:
-                result = await conn.stream(select(*columns))
-                async for peer_id, addrs, failures, crawled_at, contacted_at, first_seen in result:
-                    try:
-                        info = PeerInfo(PeerId.from_bytes(bytes(peer_id)), unpack_addrs(bytes(addrs)))
-                    except (PeerIdError, ValueError):
-                        continue
-                    key = int.from_bytes(sha256(info.peer_id.to_bytes()).digest(), "big")
-                    if info.peer_id in self._entries or key == self._local_key.value:
-                        continue
-                    entry = _Entry(info, key, first_seen)
-                    entry.failures, entry.crawled_at, entry.contacted_at = failures, crawled_at, contacted_at
-                    self._entries[info.peer_id] = entry
+                while after is not None:  # each page starts past the last: ends after the last row
+                    query = select(*columns).where(NetworkPeerRow.peer_id > after).order_by(NetworkPeerRow.peer_id).limit(page)
+                    rows = (await conn.execute(query)).all()
+                    for peer_id, addrs, failures, crawled_at, contacted_at, first_seen in rows:
+                        self._load_row(bytes(peer_id), bytes(addrs), failures, crawled_at, contacted_at, first_seen)
+                    after = bytes(rows[-1][0]) if len(rows) == page else None
         self._sorted_entries = sorted(self._entries.values(), key=lambda e: e.key)
         self._sorted_keys = [e.key for e in self._sorted_entries]
         return len(self._entries)
@@ -224,9 +232,9 @@ class FullTable:
         dirty, removed, identified = self._dirty, self._removed, self._identified
         self._dirty, self._removed, self._identified = set(), set(), {}
         now = int(self._wall())
-        rows = [self._row(self._entries[p], now) for p in sorted(dirty, key=PeerId.to_bytes) if p in self._entries]
-        named = [{"pid": p.to_bytes(), "agent": a, "protocols": pr} for p, (a, pr) in identified.items() if p in self._entries]
-        gone = [p.to_bytes() for p in removed]
+        rows = [self._row(self._entries[p], now) for p in sorted(dirty) if p in self._entries]
+        named = [{"pid": p, "agent": a, "protocols": pr} for p, (a, pr) in identified.items() if p in self._entries]
+        gone = sorted(removed)
         statement = upsert(self._engine, NetworkPeerRow, ["peer_id"], [
             "addrs", "addr_kinds", "last_seen_at", "last_contact_at", "failures", "crawled_at",
         ])
@@ -265,21 +273,34 @@ class FullTable:
 
     # -- internals ---------------------------------------------------------------
 
+    def _load_row(
+        self, pid: bytes, addrs: bytes, failures: int, crawled_at: int | None, contacted_at: int | None, first_seen: int
+    ) -> None:
+        try:
+            PeerId.from_bytes(pid)  # checked once here; entries then hold the bytes
+        except (PeerIdError, ValueError):
+            return
+        key = int.from_bytes(sha256(pid).digest(), "big")
+        if pid in self._entries or key == self._local_key.value:
+            return
+        entry = _Entry(pid, addrs, key, first_seen)
+        entry.failures, entry.crawled_at, entry.contacted_at = failures, crawled_at, contacted_at
+        self._entries[pid] = entry
+
     def _insert(self, entry: _Entry) -> None:
-        self._entries[entry.info.peer_id] = entry
+        self._entries[entry.pid] = entry
         at = bisect.bisect_left(self._sorted_keys, entry.key)
         self._sorted_keys.insert(at, entry.key)
         self._sorted_entries.insert(at, entry)
 
     @staticmethod
     def _row(entry: _Entry, now: int) -> dict[str, object]:
-        pid = entry.info.peer_id
         return {
-            "peer_id": pid.to_bytes(),
-            "peer_id_text": pid.to_base58(),
+            "peer_id": entry.pid,
+            "peer_id_text": PeerId(entry.pid).to_base58(),
             "kad_key": entry.key.to_bytes(32, "big"),
-            "addrs": pack_addrs(entry.info.addrs),
-            "addr_kinds": addr_kinds(entry.info.addrs),
+            "addrs": entry.addrs,
+            "addr_kinds": addr_kinds(unpack_addrs(entry.addrs)),
             "agent": "",
             "protocols": "",
             "first_seen_at": entry.first_seen_at,
