@@ -84,3 +84,26 @@ async def test_crawl_persist_restart_one_hop_and_failing_peer_leaves(store_url: 
         assert await FullTable(me.key, engine).load() == NODES - 2
     finally:
         await engine.dispose()
+
+
+async def test_every_peer_is_due_again_after_the_interval_and_a_failing_one_sooner(preimages: list[bytes]) -> None:
+    net = SimNetwork(SimConfig(nodes=40, seed=6, latency=(0.0, 0.0)))
+    me = net.node(0)
+    offset = [0.0]
+
+    def wall() -> float:
+        return net.wall_clock() + offset[0]
+
+    table = FullTable(me.key, wall_clock=wall)
+    table.add(net.node(1).info, 0.0)
+    crawler = Crawler(table, me.messenger, interval=3600, retry_after=600, clock=net.now, wall_clock=wall, preimages=preimages)
+    await _crawl_to_the_end(crawler)
+    assert len(table) == 39 and crawler.next_batch(100) == []  # everything crawled: nothing due
+
+    down = net.node(2)
+    net.set_online(down, False)
+    offset[0] = 3601.0  # an hour later every peer is due once more
+    assert await crawler.crawl_round(limit=100) == 39
+    assert table.failures(down.peer_id) == 1 and crawler.next_batch(100) == []  # the failed one waits retry_after
+    offset[0] += 601.0
+    assert [p.peer_id for p in crawler.next_batch(100)] == [down.peer_id]  # failing: first, and alone
