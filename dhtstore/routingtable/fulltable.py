@@ -232,7 +232,7 @@ class FullTable:
         dirty, removed, identified = self._dirty, self._removed, self._identified
         self._dirty, self._removed, self._identified = set(), set(), {}
         now = int(self._wall())
-        rows = [self._row(self._entries[p], now) for p in sorted(dirty) if p in self._entries]
+        upserts = [p for p in sorted(dirty) if p in self._entries]  # rows built a batch at a time
         named = [{"pid": p, "agent": a, "protocols": pr} for p, (a, pr) in identified.items() if p in self._entries]
         gone = sorted(removed)
         statement = upsert(self._engine, NetworkPeerRow, ["peer_id"], [
@@ -241,8 +241,11 @@ class FullTable:
         try:
             with unavailable("routing table"):
                 async with self._engine.begin() as conn:
-                    for i in range(0, len(rows), FLUSH_BATCH):
-                        await conn.execute(statement, rows[i : i + FLUSH_BATCH])
+                    for i in range(0, len(upserts), FLUSH_BATCH):
+                        # (an entry removed while this flush ran is deleted by the next one)
+                        batch = [self._row(e, now) for p in upserts[i : i + FLUSH_BATCH] if (e := self._entries.get(p))]
+                        if batch:
+                            await conn.execute(statement, batch)
                     for i in range(0, len(gone), FLUSH_BATCH):
                         await conn.execute(delete(NetworkPeerRow).where(NetworkPeerRow.peer_id.in_(gone[i : i + FLUSH_BATCH])))
                     if named:
@@ -252,8 +255,9 @@ class FullTable:
             self._removed |= removed - self._entries.keys()
             self._identified = {**identified, **self._identified}
             raise
-        self.written += len(rows) + len(gone) + len(named)
-        return len(rows) + len(gone) + len(named)
+        touched = len(upserts) + len(gone) + len(named)
+        self.written += touched
+        return touched
 
     async def run(self, interval: float = FLUSH_INTERVAL) -> None:
         """Flush every ``interval`` seconds until cancelled; a last flush on the way out."""
