@@ -107,3 +107,19 @@ async def test_every_peer_is_due_again_after_the_interval_and_a_failing_one_soon
     assert table.failures(down.peer_id) == 1 and crawler.next_batch(100) == []  # the failed one waits retry_after
     offset[0] += 601.0
     assert [p.peer_id for p in crawler.next_batch(100)] == [down.peer_id]  # failing: first, and alone
+
+
+async def test_an_unresponsive_server_is_asked_once_per_retry_after(preimages: list[bytes]) -> None:
+    net = SimNetwork(SimConfig(nodes=60, seed=8, latency=(0.0, 0.0), unresponsive=0.2, request_timeout=1.0))
+    me = net.node(0)
+    me.responsive = True
+    table = FullTable(me.key, wall_clock=net.wall_clock)
+    for peer in me.table.peers():
+        if net.by_id[peer.peer_id].responsive:
+            table.add(peer, 0.0)
+            break
+    crawler = Crawler(table, me.messenger, timeout=2.0, clock=net.now, wall_clock=net.wall_clock, preimages=preimages)
+    await _crawl_to_the_end(crawler)
+    silent = [n for n in net.nodes[1:] if not n.responsive]
+    assert {p.peer_id for p in table.peers()} == {n.peer_id for n in net.live_nodes()} - {me.peer_id}
+    assert crawler.counters["visits_failed"] == len(silent)  # each discovered once, asked once, never added

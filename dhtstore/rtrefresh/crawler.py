@@ -14,7 +14,8 @@ table and never starts from nothing:
   (the keys come from a precomputed 16-bit prefix map, as go-libp2p-kbucket's
   ``GenRandPeerID``: no hashing per request); the closer peers it names are discovered;
 - a discovered peer enters the table only once its own visit answered (only servers
-  that answer are routed to); a table peer whose visit fails counts a failure and
+  that answer are routed to; one that did not is not asked again for ``retry_after``);
+  a table peer whose visit fails counts a failure and
   leaves the table at its ``max_failures``;
 - at most ``parallelism`` visits run at once, and at most ``rate`` start per second.
 
@@ -106,6 +107,8 @@ class Crawler:
         self._discovered: OrderedDict[PeerId, PeerInfo] = OrderedDict()
         self._in_flight: set[PeerId] = set()
         self._retry_at: dict[PeerId, float] = {}  # a failed table peer's next visit (wall clock)
+        # discovered peers that did not answer, ignored until then (wall clock), bounded
+        self._unanswered: OrderedDict[PeerId, float] = OrderedDict()
         self._next_start = 0.0
         self.counters: Counter[str] = Counter()
 
@@ -152,8 +155,11 @@ class Crawler:
         self._retry_at.pop(peer.peer_id, None)
 
     def _failed(self, peer: PeerInfo) -> None:
-        if peer.peer_id not in self.table:
-            return  # a discovered peer that does not answer never enters
+        if peer.peer_id not in self.table:  # a discovered peer that does not answer never enters,
+            self._unanswered[peer.peer_id] = self._wall() + self.retry_after  # nor is it asked again soon
+            while len(self._unanswered) > MAX_DISCOVERED:
+                self._unanswered.popitem(last=False)
+            return
         self.table.mark_failed(peer.peer_id)
         if peer.peer_id in self.table:
             self._retry_at[peer.peer_id] = self._wall() + self.retry_after
@@ -165,6 +171,8 @@ class Crawler:
         for info in named:
             pid = info.peer_id
             if pid in self.table or pid in self._discovered or pid in self._in_flight:
+                continue
+            if self._unanswered.get(pid, 0.0) > self._wall():
                 continue
             if Key.for_peer(pid) == self.table.local_key:
                 continue
