@@ -29,6 +29,7 @@ _IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 MODES = ("auto", "server", "client")
 PROTOCOLS = (PROTOCOL_ID, LAN_PROTOCOL_ID)
+ROUTING_TABLES = ("kbuckets", "full")
 
 # Kubo's default bootstrap peers for the public Amino DHT (kubo config/bootstrap_peers.go,
 # the same list kubo's sharness test t0120-bootstrap expects).
@@ -55,6 +56,7 @@ class Config:
     bootstrap: tuple[str, ...] = AMINO_BOOTSTRAP_PEERS
     store: str = ""  # a database URL; empty means dhtstore.db in the data directory
     http: str = ""  # HOST:PORT of the Delegated Routing V1 HTTP API; empty: not served
+    routing_table: str = "kbuckets"  # or "full": the whole network, crawled, in the store
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # sections other modules own
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class Config:
                 raise ConfigError(f"{name} must be a list of multiaddr strings (each starting with '/')")
         if self.http:
             parse_host_port(self.http, "http")
+        if self.routing_table not in ROUTING_TABLES:
+            raise ConfigError(f"routing_table = {self.routing_table!r}: use one of {', '.join(ROUTING_TABLES)}")
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
@@ -110,6 +114,11 @@ store = {_toml_str(config.store)}
 # Serve the Delegated Routing V1 HTTP API (/routing/v1/...) on HOST:PORT, e.g.
 # "127.0.0.1:8080". Empty: not served. --http overrides it.
 http = {_toml_str(config.http)}
+
+# "kbuckets" (k-bucket table, as go-libp2p-kad-dht) or "full": every DHT server of the
+# network, crawled incrementally and kept in the store; lookups then take one hop.
+# --routing-table overrides it.
+routing_table = {_toml_str(config.routing_table)}
 """
 
 
@@ -121,7 +130,7 @@ def load(path: Path) -> Config:
         raise ConfigError(f"no config file at {path}: run `dhtstore init`") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    known = {"listen", "mode", "protocol", "bootstrap", "store", "http"}
+    known = {"listen", "mode", "protocol", "bootstrap", "store", "http", "routing_table"}
     try:
         return Config(
             listen=tuple(data.get("listen", DEFAULT_LISTEN)),
@@ -130,6 +139,7 @@ def load(path: Path) -> Config:
             bootstrap=tuple(data.get("bootstrap", AMINO_BOOTSTRAP_PEERS)),
             store=str(data.get("store", "")),
             http=str(data.get("http", "")),
+            routing_table=str(data.get("routing_table", "kbuckets")),
             extra={k: v for k, v in data.items() if k not in known},
         )
     except ConfigError as exc:

@@ -22,6 +22,7 @@ nothing is persisted.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -66,8 +67,11 @@ from .records.validators import NamespacedValidator
 from .routing.api import LookupStats, Router
 from .routing.router import KademliaRouter
 from .routingtable.api import RoutingTable
+from .routingtable.fulltable import FullTable
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
+from .rtrefresh.crawler import CRAWL_INTERVAL, Crawler
+from .rtrefresh.crawlmetrics import CrawlerCollector
 from .rtrefresh.upkeep import TableUpkeep
 from .server.handler import KademliaHandler
 from .server.kadserver import KadServer
@@ -76,6 +80,7 @@ from .types import PeerInfo, Record
 log = logging.getLogger(__name__)
 
 Mode = Literal["server", "client", "auto"]
+RoutingTableKind = Literal["kbuckets", "full"]
 STORE_STATS_INTERVAL = 60.0  # seconds between row counts for status and metrics
 VALUE_GC_INTERVAL = 24 * 3600.0  # go's ValueGCInterval: drop value records past MAX_RECORD_AGE
 
@@ -96,6 +101,10 @@ class NodeOptions:
     reprovide_interval: float = amino.REPROVIDE_INTERVAL.total_seconds()
     claim_lease: float = CLAIM_LEASE  # a dead process's share of a shared list waits this long
     identity_name: str = "default"  # which identity of the data directory, for status and metrics
+    # "full": every DHT server of the network (network_peers), kept by the crawler, and
+    # one-hop lookups; replaces the k-bucket refresh and the snapshots.
+    routing_table: RoutingTableKind = "kbuckets"
+    crawl_interval: float = CRAWL_INTERVAL
 
 
 class Node:
@@ -109,11 +118,17 @@ class Node:
         self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
         self.metrics = Metrics(self.stats)
         self.validator = NamespacedValidator()
-        self.table: RoutingTable = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
         self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
+        self.full_table: FullTable | None = None
+        if options.routing_table == "full":
+            self.full_table = FullTable(Key.for_peer(self.peer_id), engine)
+            self.table: RoutingTable = self.full_table
+        else:
+            self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.router: Router = KademliaRouter(
-            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe
+            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe,
+            one_hop_min_peers=amino.BUCKET_SIZE if self.full_table is not None else None,
         )
         self.upkeep = TableUpkeep(
             self.table,
@@ -124,9 +139,19 @@ class Node:
             ping=host.ping,
             connect=self._connect,
             allow_private_addrs=options.allow_private_addrs,
+            # the crawler keeps a full table fresh: no k-bucket refresh (it would ping every peer)
+            refresh_interval=math.inf if self.full_table is not None else amino.REFRESH_INTERVAL.total_seconds(),
         )
         self.upkeep.bootstrap_peers = list(options.bootstrap)
         host.on_identify(self.upkeep.on_identify)
+        self.crawler: Crawler | None = None
+        if self.full_table is not None:
+            self.crawler = Crawler(
+                self.full_table, self.messenger, interval=options.crawl_interval, usable_addrs=self.upkeep.usable_addrs
+            )
+            self.metrics.registry.register(CrawlerCollector(self.crawler.counters, str(self.peer_id), options.identity_name))
+            table = self.full_table
+            host.on_identify(lambda peer, info: table.note_identify(peer, info.agent_version or "", tuple(info.protocols)))
         # Set in start(): they need the store's lifecycle.
         self.providers: ProviderStore
         self._reader: Reader | None = None
@@ -170,9 +195,9 @@ class Node:
                 node.kadserver.start()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(node._shutdown, tg)
-            await node._restore_snapshot()
+            await node._start_routing_table(tg)
             await tg.start(node.upkeep.run)
-            if engine is not None:
+            if engine is not None and node.full_table is None:
                 tg.start_soon(node._snapshot_loop)
                 tg.start_soon(node._store_stats_loop)
                 tg.start_soon(node._value_gc_loop)
@@ -188,9 +213,22 @@ class Node:
         if body_error is not None:
             raise body_error
 
+    async def _start_routing_table(self, tg: anyio.abc.TaskGroup) -> None:
+        """The k-bucket table re-checks the newest snapshot's peers; the full table is
+        the store's ``network_peers``, loaded as it is (a restarted node routes at once),
+        then written through and crawled."""
+        if self.full_table is None:
+            await self._restore_snapshot()
+            return
+        if self.engine is not None:
+            log.info("loaded %d peers of the full routing table", await self.full_table.load())
+        tg.start_soon(self.full_table.run)
+        assert self.crawler is not None
+        await tg.start(self.crawler.run)
+
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         with anyio.CancelScope(shield=True):
-            if self.engine is not None:
+            if self.engine is not None and self.full_table is None:
                 try:
                     await self.save_snapshot()
                 except Exception as exc:  # the store may be the reason we are stopping
@@ -407,6 +445,7 @@ class Node:
             "reprovider": "active" if self.reprovider else "off",
             "uptime_s": int(time.time() - self.started_at),
             "routing_table": stats.routing_table,
+            **({"crawler": self.crawler.status()} if self.crawler is not None else {}),
             "provider_records": stats.store_rows.get("provider_records"),
             "connected_peers": stats.connected_peers,
             "requests": dict(served),

@@ -28,7 +28,8 @@ from dhtstore.records.sql import SqlValueStore
 from dhtstore.records.validators import NamespacedValidator
 from dhtstore.routing.api import Router
 from dhtstore.routing.router import KademliaRouter
-from dhtstore.routingtable.api import RoutingTable
+from dhtstore.routingtable.api import NetworkTable, RoutingTable
+from dhtstore.routingtable.fulltable import FullTable
 from dhtstore.routingtable.kbuckets import KBucketTable
 from dhtstore.server.api import RequestHandler
 from dhtstore.server.handler import KademliaHandler
@@ -36,6 +37,14 @@ from dhtstore.sim import SequenceValidator, SimMessenger
 
 
 def routing_table(impl: KBucketTable) -> RoutingTable:
+    return impl
+
+
+def routing_table_full(impl: FullTable) -> RoutingTable:
+    return impl
+
+
+def network_table(impl: FullTable) -> NetworkTable:
     return impl
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import copy, db, init, provide, run  # noqa: F401  (each registers its commands on import)
+from . import copy, db, init, provide, routing, run  # noqa: F401  (each registers its commands on import)
 from .group import main
 
 __all__ = ["main"]

@@ -18,10 +18,10 @@ import anyio
 import click
 
 from .. import amino, multihash
-from ..config import Config, ConfigError, parse_host_port, read_identity
+from ..config import ROUTING_TABLES, Config, ConfigError, parse_host_port, read_identity
 from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
-from ..node import Mode, Node, NodeOptions
+from ..node import Mode, Node, NodeOptions, RoutingTableKind
 from ..peerid import PeerId, PeerIdError
 from ..records.api import RecordError, key_text
 from ..routing.api import LookupTimeout, NotFound, QuorumFailed, RoutingError
@@ -115,6 +115,11 @@ def _format_status(status: dict[str, Any]) -> str:
     metavar="SECONDS",
     help="On a shared store: how long the slice of the provide list a stopped process was providing waits before another process takes it over.",
 )
+@click.option(
+    "--routing-table",
+    type=click.Choice(ROUTING_TABLES),
+    help="kbuckets, or full: every DHT server, crawled incrementally and kept in the store; lookups in one hop. [config: routing_table]",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def run_command(
     where: Location,
@@ -128,6 +133,7 @@ def run_command(
     status_interval: float,
     no_reprovide: bool,
     claim_lease: float,
+    routing_table: str | None,
     verbose: bool,
 ) -> None:
     """Run the node until SIGINT or SIGTERM (SIGUSR1 prints a status line)."""
@@ -138,7 +144,9 @@ def run_command(
     config = _config(where)
     try:
         opts = _node_options(where, config, listen=listen, bootstrap=bootstrap, mode=mode, lan=lan, allow_private=allow_private, reprovide=not no_reprovide)
-        opts = dataclasses.replace(opts, claim_lease=claim_lease)
+        opts = dataclasses.replace(
+            opts, claim_lease=claim_lease, routing_table=cast(RoutingTableKind, routing_table or config.routing_table)
+        )
     except ConfigError as exc:
         raise fail(str(exc)) from None
     try:

@@ -9,6 +9,9 @@ snapshots, the peer book and the provider store all read and write it through he
 
 from __future__ import annotations
 
+from multiaddr import Multiaddr
+from multiaddr.exceptions import Error as MultiaddrError
+
 from ..varint import VarintError, decode_exact, encode
 
 
@@ -31,3 +34,16 @@ def unpack_addrs(blob: bytes) -> tuple[bytes, ...]:
         out.append(blob[pos : pos + length])
         pos += length
     return tuple(out)
+
+
+def addr_kinds(addrs: tuple[bytes, ...]) -> str:
+    """The distinct shapes of ``addrs`` ("ip4/tcp", "ip6/udp/quic-v1"), one per line,
+    without values or the ``/p2p`` suffix: ``network_peers.addr_kinds``, for the census."""
+    kinds: dict[str, None] = {}
+    for addr in addrs:
+        try:
+            names = [p.name for p in Multiaddr(addr).protocols()]
+        except (MultiaddrError, ValueError, KeyError, TypeError, EOFError):  # the package's lenient parser
+            continue  # not a multiaddr this package reads: it has no shape to count
+        kinds.setdefault("/".join(n for n in names if n != "p2p"))
+    return "\n".join(kinds)

@@ -170,6 +170,33 @@ class ReprovideClaimRow(Base):
     expires_at: Mapped[int] = mapped_column(Epoch)
 
 
+class NetworkPeerRow(Base):
+    """A DHT server of the network, as the crawler found it: the full routing table.
+
+    The table is the network's, not one identity's: every node of a store reads it.
+    ``kad_key`` (SHA-256 of the peer id) is unique and indexed, so "the n closest to K"
+    is a range scan on both sides of K and "every peer under prefix P" one range query.
+    ``failures`` counts consecutive failed contacts; the peer leaves at the table's limit.
+    ``addr_kinds`` lists the distinct shapes of its addresses ("ip4/tcp", "ip6/udp/quic-v1"),
+    one per line, for the census views.
+    """
+
+    __tablename__ = "network_peers"
+
+    peer_id: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    peer_id_text: Mapped[str] = mapped_column(String(120))  # base58btc
+    kad_key: Mapped[bytes] = mapped_column(LargeBinary, unique=True, index=True)
+    addrs: Mapped[bytes] = mapped_column(LargeBinary, default=b"")  # as in peers.addrs
+    addr_kinds: Mapped[str] = mapped_column(Text, default="")
+    agent: Mapped[str] = mapped_column(Text, default="")
+    protocols: Mapped[str] = mapped_column(Text, default="")  # newline-separated protocol ids
+    first_seen_at: Mapped[int] = mapped_column(Epoch)
+    last_seen_at: Mapped[int] = mapped_column(Epoch)
+    last_contact_at: Mapped[int | None] = mapped_column(Epoch)  # last successful request
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    crawled_at: Mapped[int | None] = mapped_column(Epoch, index=True)
+
+
 class ProviderStateRow(Base):
     """Small named values the reprovider persists (cycle start, counters, …)."""
 

@@ -69,6 +69,7 @@ class QueryState:
         alpha: int = amino.CONCURRENCY,
         beta: int = amino.RESILIENCY,
         max_closer: int = amino.MAX_CLOSER_PEERS,
+        confirm: bool = False,
     ):
         self._target = target.value
         self._local = local_peer
@@ -76,7 +77,10 @@ class QueryState:
         self._by_id: dict[PeerId, _Candidate] = {}
         self._ordered: list[_Candidate] = []  # closest first
         self.in_flight = 0
-        self.following_up = False
+        # confirm: the seeds are believed to be the closest (a full routing table), so the
+        # lookup starts in the follow-up phase: ask the k closest, and only peers that
+        # their answers put among the k closest.
+        self.following_up = confirm
         self.stopped = False
         self.skipped_peers = 0
         for info in seeds:

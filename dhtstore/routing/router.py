@@ -11,6 +11,14 @@ Each peer a lookup contacts updates the routing table (go-libp2p-kad-dht ``query
 failed, so the next newcomer to its bucket replaces it, while it stays usable until
 then. (go removes it outright in ``peerStoppedDHT``; marking keeps a peer that missed
 one request, on a lossy link, until someone better comes along.)
+
+One hop (``one_hop_min_peers``, for a full routing table, as go's ``fullrt``): once the
+table holds that many peers, a lookup asks the table's k closest all at once rather than
+α at a time (``QueryState(confirm=True)``). When the table is right, their answers put
+nobody new among the k closest and the lookup ends after that one round, the k closest
+confirmed by the peers themselves; when it is stale there, the closer peers they name
+are asked in turn, and a failed candidate lets the next closest of the table in (the
+lookup starts with the table's 2k closest; only the k closest reachable are asked).
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ class KademliaRouter:
         put_timeout: float = amino.PUT_OPERATION_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         on_lookup: LookupObserver | None = None,
+        one_hop_min_peers: int | None = None,
     ):
         self.local = local
         self.table = table
@@ -73,6 +82,7 @@ class KademliaRouter:
         self.put_timeout = put_timeout
         self.clock = clock  # the time given to the routing table's mark_useful
         self.on_lookup = on_lookup
+        self.one_hop_min_peers = one_hop_min_peers
 
     # -- network.api.KadMessenger (dht.KadClient) --------------------------------
 
@@ -207,12 +217,15 @@ class KademliaRouter:
         deadline: float = math.inf,
     ) -> QueryOutcome:
         k = max(width or self.k, self.k)
+        one_hop = self.one_hop_min_peers is not None and len(self.table) >= self.one_hop_min_peers
         state = QueryState(
             target,
-            self.table.local_closest_peers(target, k),
+            # one hop: the next closest wait as stand-ins for candidates that fail
+            self.table.local_closest_peers(target, 2 * k if one_hop else k),
             self.local.peer_id,
             k=k,
-            alpha=self.alpha,
+            alpha=max(self.alpha, k) if one_hop else self.alpha,
+            confirm=one_hop,
             beta=self.beta,
         )
         message = Message(kind, key=wire_key)

@@ -51,3 +51,39 @@ class RoutingTable(Protocol):
     def __len__(self) -> int: ...
 
     def __contains__(self, peer_id: object) -> bool: ...
+
+
+@runtime_checkable
+class NetworkTable(RoutingTable, Protocol):
+    """A table of the whole network (``fulltable.FullTable``), kept by a crawler.
+
+    Every DHT server found fits (no buckets); ``mark_failed`` counts consecutive
+    failures and the peer leaves at ``max_failures``. Crawl times are the wall clock's
+    (epoch seconds), as stored."""
+
+    max_failures: int
+
+    def failures(self, peer_id: PeerId) -> int:
+        """Consecutive failed contacts of the peer (0 for an unknown one)."""
+        ...
+
+    def crawl_queue(self, crawled_before: float, limit: int) -> list[PeerInfo]:
+        """Up to ``limit`` peers not crawled since ``crawled_before``: failing ones
+        first, then never crawled, then the oldest crawled."""
+        ...
+
+    def next_crawl_due(self) -> float:
+        """When the least recently crawled peer was crawled (-inf: one never was)."""
+        ...
+
+    def mark_crawled(self, peer_id: PeerId) -> None:
+        """The crawler visited the peer now (every request of the visit answered)."""
+        ...
+
+    def crawled_since(self, since: float) -> int:
+        """How many peers were crawled at or after ``since``."""
+        ...
+
+    def note_identify(self, peer_id: PeerId, agent: str, protocols: tuple[str, ...]) -> None:
+        """What identify said about a peer of the table, for the census."""
+        ...
