@@ -388,10 +388,10 @@ def attempt_report(
     )
 
 
-def attempt_error(result: Outcome, confirmed: int, delivered: int, peers: int, what: str) -> str:
+def attempt_error(result: Outcome, delivery: Delivery, peers: int, what: str) -> str:
     if result is Outcome.UNCONFIRMED:
-        return f"sent to {delivered} of {peers} peers {what}, {confirmed} confirmed"
-    return f"reached {confirmed} of {peers} peers {what}"
+        return f"sent to {delivery.delivered} of {peers} peers {what}, {delivery.confirmed} confirmed"
+    return f"reached {delivery.confirmed} of {peers} peers {what}"
 
 
 def part_row(plan: PartPlan, now: float, attempts: int, error: str | None) -> RegionRow:

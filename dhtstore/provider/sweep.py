@@ -52,8 +52,9 @@ so they go out at once, and line up on their region's turn after the first visit
 key an earlier visit sent while the regions were still being refined only moves to the
 turn (``planner.plan_parts``), so no key goes out twice in a cycle; such a key's next
 turn may come up to ``max_delay`` past a whole interval after its last provide (go's
-``maxReprovideDelay``). Failed keys count ``attempts``, keep ``last_error`` and come back after a doubling
-backoff; they are reported as failing, never dropped.
+``maxReprovideDelay``). Failed keys count ``attempts``, keep ``last_error`` and come
+back after a doubling backoff (or at their next turn, above); they are reported as
+failing, never dropped.
 
 Sharing. Several processes may share the store's provide list (``provider.claims``).
 A visit first claims its slice. Other processes skip keys under a live claim; the
@@ -368,7 +369,7 @@ class Sweep:
         if result is Outcome.PROVIDED or not keys:
             await self._provided([k.multihash for k in keys], now, plan.turn)
         else:
-            error = attempt_error(result, delivery.confirmed, delivery.delivered, len(plan.peers), f"of region {plan.part}")
+            error = attempt_error(result, delivery, len(plan.peers), f"of region {plan.part}")
             later = await self._failed([k.multihash for k in keys], now, result, plan.turn, error)
         report = attempt_report(plan.part, len(keys), len(plan.peers), delivery, result, later, error)
         return report, later.attempts if later else 0
@@ -460,7 +461,7 @@ class Sweep:
             if result is Outcome.PROVIDED:
                 await self._provided([key.multihash], now, turn)
             else:
-                error = attempt_error(result, delivery.confirmed, delivery.delivered, len(peers), f"for {key.multihash.hex()[:16]}…")
+                error = attempt_error(result, delivery, len(peers), f"for {key.multihash.hex()[:16]}…")
                 later = await self._failed([key.multihash], now, result, turn, error)
             report = combine(report, attempt_report(region, 1, len(peers), delivery, result, later, error))
         return report
@@ -488,7 +489,8 @@ class Sweep:
         # Every failure is logged quietly; crossing into "failing" is reported once.
         level = logging.WARNING if later.attempts == FAILING_AFTER_ATTEMPTS else logging.INFO
         what = "left to their next turn" if later.deferred else "retrying"
-        log.log(level, "provide %s for %d keys (attempt %d, %s in %ds): %s", result.value, len(multihashes), later.attempts, what, later.at - int(now), error)
+        n, wait = len(multihashes), later.at - int(now)
+        log.log(level, "provide %s for %d keys (attempt %d, %s in %ds): %s", result.value, n, later.attempts, what, wait, error)
         return later
 
     async def _fail_prefix(self, prefix: Prefix, now: float, error: str) -> VisitReport:
