@@ -7,7 +7,10 @@ Virtual time (``sim.VirtualTimeLoop``): a 22-hour cycle runs in seconds.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -15,12 +18,13 @@ import pytest
 from dhtstore.kadkey import Key
 from dhtstore.multihash import cid_string
 from dhtstore.network.api import KadMessenger
+from dhtstore.peerid import PeerId
 from dhtstore.provider.api import KeyState, SweepConfig
 from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
 from dhtstore.provider.reprovider import Reprovider
 from dhtstore.server.api import InvalidRequest, RequestHandler
 from dhtstore.sim import SimConfig, SimNetwork, SimNode
-from dhtstore.sim.provider import Oracle, RecordingMessenger, holders, run_schedule
+from dhtstore.sim.provider import Oracle, RecordingMessenger, holders, run_schedule, settled_after
 from dhtstore.types import Message, MessageType, PeerInfo
 
 HOUR = 3600.0
@@ -268,3 +272,229 @@ def test_three_processes_on_one_store_provide_each_key_once_per_cycle() -> None:
         assert all(b - a >= interval - grace for a, b in zip(times[1:], times[2:])), f"{mh.hex()[:12]}: {times}"
         assert sum(rec.sent[mh] for rec in recorders) == 20 * len(times)
     assert all(rec.sent for rec in recorders), "each process took a share"
+
+
+class NeverConfirms:
+    """A server that takes ADD_PROVIDERs but closes the stream on the request that would
+    confirm them (a FIND_NODE for its own id), as rust-libp2p's kad handler does on a PING."""
+
+    def __init__(self, inner: RequestHandler, own_id: bytes):
+        self.inner = inner
+        self.own_id = own_id
+
+    async def handle(self, sender: PeerInfo, request: Message) -> Message | None:
+        if request.type is MessageType.FIND_NODE and request.key == self.own_id:
+            raise InvalidRequest("closing the stream")
+        return await self.inner.handle(sender, request)
+
+
+class SendTimes:
+    """A messenger that notes when each ADD_PROVIDER went out, by key."""
+
+    def __init__(self, inner: KadMessenger, clock: Callable[[], float]):
+        self.inner = inner
+        self.clock = clock
+        self.times: dict[bytes, list[float]] = defaultdict(list)
+
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        return await self.inner.request(peer, message)
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        if message.type is MessageType.ADD_PROVIDER:
+            self.times[message.key].append(self.clock())
+        await self.inner.send(peer, message)
+
+
+def never_confirming(net: SimNetwork, share: float, seed: int) -> set[PeerId]:
+    """Make ``share`` of the servers (node 0, the provider, aside) never confirm."""
+    servers = random.Random(seed).sample(net.nodes[1:], round(share * (len(net.nodes) - 1)))
+    for server in servers:
+        server.handler = NeverConfirms(server.handler, server.peer_id.to_bytes())
+    return {s.peer_id for s in servers}
+
+
+def sample(r: Reprovider, name: str) -> float:
+    value = r.metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+@pytest.mark.slow
+def test_servers_that_never_confirm_get_each_key_a_bounded_number_of_times_per_cycle() -> None:
+    """No server confirms: every key goes out at most ``max_sends_per_cycle`` times in
+    each cycle between two turns of its region (then once per turn), never again and
+    again; the sends count as unconfirmed, not unsent, in the reports and the metrics."""
+    store = Store()
+    net = SimNetwork(SimConfig(nodes=300, seed=16))
+    node = net.node(0)
+    never_confirming(net, 1.0, seed=1)
+    keys = multihashes(400, b"unconfirmed")
+    config = SweepConfig()
+    interval = config.interval
+    recorder = SendTimes(node.messenger, net.wall_clock)
+    reports = []
+
+    async def run() -> None:
+        r = reprovider(store, net, node, recorder, config)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        reports.extend(await run_schedule(r, net.wall_clock() + 2 * interval))
+        entries = {e.multihash: e async for e in r.provide_list()}
+        # Deferred to their turn, reported failing (sent, never confirmed), never dropped.
+        assert all(e.state is KeyState.FAILING and e.last_error and "0 confirmed" in e.last_error for e in entries.values())
+        unconfirmed = sum(x.unconfirmed for x in reports)
+        assert unconfirmed >= 3 * len(keys) and not any(x.failed or x.provided for x in reports)
+        assert sample(r, "dhtstore_provide_keys_unconfirmed_total") == unconfirmed
+        assert sample(r, "dhtstore_provide_keys_deferred_total") == sum(x.deferred for x in reports) >= 2 * len(keys)
+        assert sample(r, "dhtstore_provide_keys_failed_total") == 0
+        assert sample(r, "dhtstore_provide_peers_unconfirmed_total") > 0
+        for mh in keys:
+            # The key's turns: its next one (where it waits now), and every interval before.
+            turn = entries[mh].next_due_at.timestamp()
+            times = recorder.times[mh]
+            assert times and max(times) < turn
+            per_cycle = Counter(math.floor((turn - t) / interval) for t in times)
+            assert max(per_cycle.values()) <= config.max_sends_per_cycle * config.replication, (mh.hex()[:12], per_cycle)
+            assert len(times) <= (config.max_sends_per_cycle + 2) * config.replication  # not ~45 retries in 44 h
+
+    net.run(run)
+
+
+@pytest.mark.slow
+def test_a_few_servers_that_never_confirm_do_not_stop_a_region_being_provided_once_per_cycle() -> None:
+    store = Store()
+    net = SimNetwork(SimConfig(nodes=300, seed=17))
+    node = net.node(0)
+    never_confirming(net, 0.3, seed=2)
+    keys = multihashes(400, b"some-unconfirmed")
+    interval, grace = SweepConfig().interval, SweepConfig().grace
+    recorder = RecordingMessenger(node.messenger, clock=net.wall_clock)
+
+    async def run() -> None:
+        r = reprovider(store, net, node, recorder)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        first = await r.run_due()
+        assert sum(x.provided for x in first) == len(keys)
+        reports = await run_schedule(r, net.wall_clock() + interval + SweepConfig().max_delay)
+        assert not any(x.unconfirmed or x.failed for x in first + reports)
+        assert sum(x.peers_unconfirmed for x in first + reports) > 0
+        assert sample(r, "dhtstore_provide_peers_unconfirmed_total") == sum(x.peers_unconfirmed for x in first + reports)
+        assert sample(r, "dhtstore_provide_keys_unconfirmed_total") == 0
+        # The first provide, then the region's turn (and one interval later if it came
+        # early): each time to the key's 20 closest, never twice in a cycle.
+        assert set(recorder.sent.values()) <= {40, 60} and set(recorder.episodes) == set(keys)
+        for mh, times in recorder.episodes.items():
+            assert recorder.sent[mh] == 20 * len(times)
+            assert all(b - a >= interval - grace for a, b in zip(times[1:], times[2:]))
+
+    net.run(run)
+
+
+@pytest.mark.slow
+def test_every_key_goes_out_exactly_once_per_cycle() -> None:
+    """Every key once in a cycle measured once the schedule has settled (``settled_after``):
+    a key's first reprovide comes within an interval plus ``max_delay`` of its first
+    provide (a window of one interval right after the first provide misses the keys a
+    later visit moved to a refined region's turn: the "0.97 per cycle" of the benchmark)."""
+    store = Store()
+    net = SimNetwork(SimConfig(nodes=1000, seed=18))
+    node = net.node(0)
+    keys = multihashes(4_000, b"once")
+    config = SweepConfig()
+    recorder = RecordingMessenger(node.messenger, clock=net.wall_clock)
+
+    async def run() -> None:
+        r = reprovider(store, net, node, recorder, config)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        first = await r.run_due()
+        assert sum(x.provided for x in first) == len(keys)
+        start = settled_after(net.wall_clock(), config)
+        await run_schedule(r, start)
+        before = Counter(recorder.sent)
+        reports = await run_schedule(r, start + config.interval)
+        in_cycle = recorder.sent - before
+        assert set(in_cycle) == set(keys) and set(in_cycle.values()) == {config.replication}, Counter(in_cycle.values())
+        assert sum(x.keys for x in reports) == len(keys) and not any(x.failed or x.unconfirmed for x in reports)
+        for mh, times in recorder.episodes.items():
+            # The first provide, then the region's turn (at least a grace later) within an
+            # interval plus max_delay (and the minutes a visit takes), then every interval.
+            assert config.grace <= times[1] - times[0] <= config.interval + config.max_delay + 600, times
+            assert all(abs(b - a - config.interval) < 600 for a, b in zip(times[1:], times[2:])), times
+
+    net.run(run)
+
+
+@pytest.mark.slow
+def test_a_changing_list_is_provided_exactly_once_per_cycle() -> None:
+    """Keys added and removed all through a cycle: removed ones never go out again, added
+    ones go out within the poll interval plus a visit and then on their region's turn,
+    the others exactly once, on their schedule; nothing is sent twice."""
+    store = Store()
+    net = SimNetwork(SimConfig(nodes=1000, seed=19))
+    node = net.node(0)
+    keys = multihashes(3_000, b"changing")
+    new_keys = multihashes(600, b"added")
+    config = SweepConfig()
+    interval, grace = config.interval, config.grace
+    poll = 60.0
+    recorder = SendTimes(node.messenger, net.wall_clock)
+    removed_at: dict[bytes, float] = {}
+    added_at: dict[bytes, float] = {}
+    rounds = 6
+
+    async def change(r: Reprovider, start: float) -> None:
+        rng = random.Random(4)
+        doomed = rng.sample(keys, 100 * rounds)
+        for i in range(rounds):
+            await anyio.sleep(start + (i + 0.5) * interval / rounds - net.wall_clock())
+            gone = doomed[100 * i : 100 * (i + 1)]
+            fresh = new_keys[100 * i : 100 * (i + 1)]
+            assert await r.stop_provide([cid_string(mh) for mh in gone]) == len(gone)
+            assert (await r.start_provide([cid_string(mh) for mh in fresh])).added == len(fresh)
+            removed_at.update((mh, net.wall_clock()) for mh in gone)
+            added_at.update((mh, net.wall_clock()) for mh in fresh)
+
+    async def run() -> None:
+        r = reprovider(store, net, node, recorder, config)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        await r.run_due()
+        start = settled_after(net.wall_clock(), config)
+        await run_schedule(r, start)
+        before = {mh: len(times) for mh, times in recorder.times.items()}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(change, r, start)
+            await run_schedule(r, start + interval, poll=poll)
+        status = await r.status()
+        assert status.keys == len(keys) and status.failing == 0
+
+        for mh, at in removed_at.items():
+            assert max(recorder.times[mh]) < at, "a removed key went out again"
+        for mh, at in added_at.items():
+            times = recorder.times[mh]
+            assert at <= times[0] <= at + poll + 600, (at, times[:1])
+            episodes = episodes_of(times)
+            assert all(len(e) == config.replication for e in episodes), "each time to its 20 closest, once"
+            assert all(b[0] - a[0] >= grace for a, b in zip(episodes, episodes[1:]))
+        for mh in set(keys) - set(removed_at):
+            in_cycle = recorder.times[mh][before[mh]:]
+            assert len(in_cycle) == config.replication, (mh.hex()[:12], len(in_cycle))
+            # On its schedule: one interval after its previous turn, or its region's first
+            # turn after the first provide (at most an interval plus max_delay after it).
+            earlier = episodes_of(recorder.times[mh][: before[mh]])
+            gap = in_cycle[0] - earlier[-1][0]
+            if len(earlier) > 1:
+                assert abs(gap - interval) < 600, (mh.hex()[:12], gap)
+            else:
+                assert grace <= gap <= interval + config.max_delay + 600, (mh.hex()[:12], gap)
+
+    net.run(run)
+
+
+def episodes_of(times: list[float], gap: float = 600.0) -> list[list[float]]:
+    """Send times grouped into visits (sends less than ``gap`` apart)."""
+    out: list[list[float]] = []
+    for t in sorted(times):
+        if out and t - out[-1][-1] < gap:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out

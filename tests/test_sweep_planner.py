@@ -13,10 +13,13 @@ from dhtstore.peerid import PeerId
 from dhtstore.provider.api import RegionRow, SweepConfig, VisitReport
 from dhtstore.provider.keyspace import Prefix, allocate
 from dhtstore.provider.planner import (
+    Delivery,
     Exploration,
     ExploreError,
+    Outcome,
     PeerSending,
     Turns,
+    attempt_report,
     backoff,
     combine,
     covered_prefix_len,
@@ -28,6 +31,7 @@ from dhtstore.provider.planner import (
     reached_enough,
     region_of,
     replace_regions,
+    retry,
     reusable,
     too_big,
 )
@@ -180,6 +184,52 @@ def test_failed_keys_back_off_doubling_to_a_ceiling() -> None:
     waits = [backoff(prior, now, CONFIG) for prior in range(6)]
     assert [a for a, _ in waits] == [1, 2, 3, 4, 5, 6]
     assert [at - now for _, at in waits] == [300, 600, 1200, 2400, 3600, 3600]
+
+
+def test_an_attempt_is_provided_unconfirmed_or_unsent() -> None:
+    assert Delivery(confirmed=4, delivered=20).outcome(20, CONFIG) is Outcome.PROVIDED
+    assert Delivery(confirmed=3, delivered=20).outcome(20, CONFIG) is Outcome.UNCONFIRMED, "sent, not unsent"
+    assert Delivery(confirmed=0, delivered=1).outcome(20, CONFIG) is Outcome.UNCONFIRMED, "one server took records"
+    assert Delivery(confirmed=0, delivered=0).outcome(20, CONFIG) is Outcome.UNSENT
+
+
+def test_unconfirmed_keys_go_out_at_most_max_sends_per_cycle_then_wait_for_their_turn() -> None:
+    now, turn = 1_000.0, 50_000
+    sends = 0
+    prior = 0
+    at = now
+    # A network that never confirms: every send is unconfirmed. Within the cycle
+    # (before the turn) the keys go out max_sends_per_cycle times, then at the turn.
+    while at < turn:
+        sends += 1
+        later = retry(Outcome.UNCONFIRMED, prior, at, turn, CONFIG)
+        prior, at = later.attempts, later.at
+    assert sends == CONFIG.max_sends_per_cycle == 3 and later.deferred and at == turn
+    # From then on, once per turn.
+    again = retry(Outcome.UNCONFIRMED, prior, turn, turn + int(CONFIG.interval), CONFIG)
+    assert again.deferred and again.at == turn + CONFIG.interval
+    # Earlier unsent attempts count in the streak: the cycle's sends can only be fewer.
+    assert retry(Outcome.UNCONFIRMED, 5, now, turn, CONFIG).deferred
+
+
+def test_keys_that_reached_no_server_keep_backing_off() -> None:
+    now, turn = 1_000.0, 50_000
+    for prior in range(30):  # an offline node: retried within the hour, whatever the streak
+        later = retry(Outcome.UNSENT, prior, now, turn, CONFIG)
+        assert not later.deferred and later.at - now <= CONFIG.max_retry_after and later.attempts == prior + 1
+
+
+def test_an_attempt_report_counts_each_outcome_apart() -> None:
+    p = Prefix.parse("01")
+    d = Delivery(confirmed=1, delivered=15, messages=300)
+    later = retry(Outcome.UNCONFIRMED, 2, 0, 100, CONFIG)
+    r = attempt_report(p, 10, 20, d, Outcome.UNCONFIRMED, later, "x")
+    assert (r.provided, r.unconfirmed, r.deferred, r.failed) == (0, 10, 10, 0)
+    assert (r.peers_reached, r.peers_unconfirmed, r.messages) == (1, 14, 300)
+    r = attempt_report(p, 10, 20, Delivery(), Outcome.UNSENT, retry(Outcome.UNSENT, 0, 0, 100, CONFIG), "y")
+    assert (r.provided, r.unconfirmed, r.deferred, r.failed) == (0, 0, 0, 10)
+    r = attempt_report(p, 10, 20, Delivery(confirmed=20, delivered=20), Outcome.PROVIDED, None, None)
+    assert (r.provided, r.unconfirmed, r.failed) == (10, 0, 0)
 
 
 def test_a_turn_closer_than_the_grace_is_taken_now() -> None:

@@ -117,6 +117,17 @@ class SweepConfig:
     # short (servers rate-limit each peer, ours to 200 requests/s), so it is answered in time.
     confirm_every: int = 256
     claim_batch: int = 2_000  # a region with more due keys than this is shared out in slices
+    # Sends of a key per cycle whose records went out but too few servers confirmed them:
+    # the first and two retries (5 and 10 min later), then the key waits for its next
+    # turn. go counts a written ADD_PROVIDER as provided (it confirms nothing), so it sends
+    # a key once per cycle to each server that took it, retrying a region only when more
+    # than 80% of its sends failed; we send at most 3x that against servers that never
+    # confirm (rust-libp2p on a PING, a broken peer), and only the first cycle of such a
+    # streak: from its third attempt on, a key is reported failing and goes out once per
+    # turn, as go's. Attempts that reached no server at all (offline, lookups failed)
+    # cost the network nothing and keep backing off, so a node back online catches up
+    # at once, as go's catch-up of failed regions does.
+    max_sends_per_cycle: int = 3
 
     @property
     def grace(self) -> float:
@@ -137,9 +148,12 @@ class VisitReport:
     prefix: Prefix  # the slice visited (or the region, for keys provided one by one)
     keys: int = 0
     provided: int = 0  # keys whose region reached enough servers
-    failed: int = 0
+    unconfirmed: int = 0  # keys sent to servers of which too few confirmed them (sent, not unsent)
+    deferred: int = 0  # of those, keys whose sends for this cycle are used up: left to their next turn
+    failed: int = 0  # keys that reached no server
     peers: int = 0
-    peers_reached: int = 0
+    peers_reached: int = 0  # servers that confirmed their records
+    peers_unconfirmed: int = 0  # servers that took records but did not confirm them
     lookups: int = 0
     messages: int = 0
     individual: bool = False

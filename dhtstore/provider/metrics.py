@@ -35,7 +35,20 @@ class ProvideMetrics:
         self.lookups = Counter("dhtstore_provide_lookups", "find_closest_peers lookups made by the provider", registry=r)
         self.messages = Counter("dhtstore_provide_messages", "ADD_PROVIDER messages sent", registry=r)
         self.keys_provided = Counter("dhtstore_provide_keys_provided", "Keys (re)provided to enough peers", registry=r)
-        self.keys_failed = Counter("dhtstore_provide_keys_failed", "Key provide attempts that failed", registry=r)
+        self.keys_unconfirmed = Counter(
+            "dhtstore_provide_keys_unconfirmed",
+            "Key provide attempts sent to servers of which too few confirmed them (sent, not unsent)",
+            registry=r,
+        )
+        self.keys_deferred = Counter(
+            "dhtstore_provide_keys_deferred",
+            "Unconfirmed keys whose sends for the cycle were used up (max_sends_per_cycle), left to their next turn",
+            registry=r,
+        )
+        self.peers_unconfirmed = Counter(
+            "dhtstore_provide_peers_unconfirmed", "Servers that took ADD_PROVIDERs but did not confirm them", registry=r
+        )
+        self.keys_failed = Counter("dhtstore_provide_keys_failed", "Key provide attempts that reached no server", registry=r)
         self.visits = Counter("dhtstore_provide_region_visits", "Slices visited by the sweep", registry=r)
 
     def region_started(self, label: str) -> None:
@@ -48,6 +61,9 @@ class ProvideMetrics:
         self.lookups.inc(report.lookups)
         self.messages.inc(report.messages)
         self.keys_provided.inc(report.provided)
+        self.keys_unconfirmed.inc(report.unconfirmed)
+        self.keys_deferred.inc(report.deferred)
+        self.peers_unconfirmed.inc(report.peers_unconfirmed)
         self.keys_failed.inc(report.failed)
 
     def update(self, status: ProvideStatus) -> None:

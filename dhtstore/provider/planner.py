@@ -9,6 +9,7 @@ The vocabulary (prefix, region, slice) is defined in ``provider.sweep``.
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -303,10 +304,35 @@ class PeerSending:
 # --- outcomes --------------------------------------------------------------------------------
 
 
+class Outcome(enum.Enum):
+    """What one attempt at some keys came to."""
+
+    PROVIDED = "provided"  # enough servers confirmed their records
+    UNCONFIRMED = "unconfirmed"  # records went out to servers, too few confirmed them
+    UNSENT = "unsent"  # no server took a record (offline, unreachable, the lookups failed)
+
+
 def reached_enough(reached: int, peers: int, config: SweepConfig) -> bool:
     """Provided: at least ``min_reachable_ratio`` of the servers took their records (go's
     ``minimalRegionReachablePeersRatio``)."""
     return peers > 0 and reached >= config.min_reachable_ratio * peers
+
+
+def outcome(confirmed: int, delivered: int, peers: int, config: SweepConfig) -> Outcome:
+    """``confirmed``: servers that confirmed their records; ``delivered``: servers that
+    took at least one (confirmed or not)."""
+    if reached_enough(confirmed, peers, config):
+        return Outcome.PROVIDED
+    return Outcome.UNCONFIRMED if delivered else Outcome.UNSENT
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """When keys that were not provided go out again."""
+
+    attempts: int  # their failed attempts in a row, this one included
+    at: int
+    deferred: bool  # this cycle's sends are used up: ``at`` is their next turn
 
 
 def backoff(prior_attempts: int, now: float, config: SweepConfig) -> tuple[int, int]:
@@ -316,8 +342,56 @@ def backoff(prior_attempts: int, now: float, config: SweepConfig) -> tuple[int, 
     return attempts, math.ceil(now + retry_delay(attempts, config.retry_after, config.max_retry_after))
 
 
-def reached_error(reached: int, peers: int, what: str) -> str:
-    return f"reached {reached} of {peers} peers {what}"
+def retry(result: Outcome, prior_attempts: int, now: float, turn: int, config: SweepConfig) -> Retry:
+    """The retry of keys whose attempt came to ``result`` (not PROVIDED); ``turn``: their next turn.
+
+    Keys that reached no server back off and retry. Keys sent but unconfirmed retry too,
+    until this attempt is their ``max_sends_per_cycle``-th in a row: then they wait for
+    their next turn, and from then on go out once per turn until a send is confirmed.
+    Counting every failure of the streak (unsent ones too) keeps it one number per key:
+    the sends of a cycle can only be fewer, never more.
+    """
+    attempts, at = backoff(prior_attempts, now, config)
+    if result is Outcome.UNCONFIRMED and attempts >= config.max_sends_per_cycle:
+        return Retry(attempts, turn, deferred=True)
+    return Retry(attempts, at, deferred=False)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What sending some keys to their servers came to."""
+
+    confirmed: int = 0  # servers that took their records and confirmed them
+    delivered: int = 0  # servers that took at least one record, confirmed or not
+    messages: int = 0  # ADD_PROVIDERs sent
+
+    def outcome(self, peers: int, config: SweepConfig) -> Outcome:
+        return outcome(self.confirmed, self.delivered, peers, config)
+
+
+def attempt_report(
+    prefix: Prefix, keys: int, peers: int, delivery: Delivery, result: Outcome, later: Retry | None, error: str | None
+) -> VisitReport:
+    """The report of one attempt at ``keys`` keys (``later``: their retry, if not provided)."""
+    return VisitReport(
+        prefix=prefix,
+        keys=keys,
+        provided=keys if result is Outcome.PROVIDED else 0,
+        unconfirmed=keys if result is Outcome.UNCONFIRMED else 0,
+        deferred=keys if later is not None and later.deferred else 0,
+        failed=keys if result is Outcome.UNSENT else 0,
+        peers=peers,
+        peers_reached=delivery.confirmed,
+        peers_unconfirmed=delivery.delivered - delivery.confirmed,
+        messages=delivery.messages,
+        error=error,
+    )
+
+
+def attempt_error(result: Outcome, delivery: Delivery, peers: int, what: str) -> str:
+    if result is Outcome.UNCONFIRMED:
+        return f"sent to {delivery.delivered} of {peers} peers {what}, {delivery.confirmed} confirmed"
+    return f"reached {delivery.confirmed} of {peers} peers {what}"
 
 
 def part_row(plan: PartPlan, now: float, attempts: int, error: str | None) -> RegionRow:
@@ -338,9 +412,12 @@ def combine(total: VisitReport, part: VisitReport) -> VisitReport:
         total,
         keys=total.keys + part.keys,
         provided=total.provided + part.provided,
+        unconfirmed=total.unconfirmed + part.unconfirmed,
+        deferred=total.deferred + part.deferred,
         failed=total.failed + part.failed,
         peers=total.peers + part.peers,
         peers_reached=total.peers_reached + part.peers_reached,
+        peers_unconfirmed=total.peers_unconfirmed + part.peers_unconfirmed,
         lookups=total.lookups + part.lookups,
         messages=total.messages + part.messages,
         error=part.error or total.error,

@@ -148,11 +148,14 @@ class Reprovider(ProvideListService):
 
     # --- work -------------------------------------------------------------------------------
 
-    async def run_due(self) -> list[VisitReport]:
-        """Visit slices until nothing is due now; return what was done."""
+    async def run_due(self, due_by: float | None = None) -> list[VisitReport]:
+        """Visit slices until nothing is due now (or, given ``due_by``, nothing due by
+        then: a simulation measures a cycle to the second); return what was done."""
         sweep = await self.open()
         reports: list[VisitReport] = []
         while True:
+            if due_by is not None and ((due := await self.next_unclaimed_due()) is None or due > due_by):
+                break
             started = self.clock()
             report = await sweep.visit(started)
             if report is None:

@@ -35,7 +35,10 @@ Sending. Each key of the slice goes to its 20 closest servers of the region
 server gets all its keys one ADD_PROVIDER after the other, over the messenger's one
 reused stream to it, with ``max_peers_in_flight`` servers at a time, and a FIND_NODE on
 that stream confirms them (``planner.PeerSending``). A region is provided when at least 20%
-of its servers took their records, else its keys are retried with backoff. A region
+of its servers confirmed their records (``planner.Outcome``). Keys that reached no server
+are retried with backoff; keys sent but unconfirmed are retried too, at most
+``max_sends_per_cycle`` times in a row, then left to their next turn
+(``planner.retry``), so servers that never confirm do not get them again and again. A region
 with at most two due keys is not explored: each key gets its own lookup (go's
 ``individualProvideThreshold``).
 
@@ -47,9 +50,11 @@ due. Visiting a slice sends every key of it due before its region's next turn
 order key), then sets their ``next_due_at`` to that turn. New keys are due when added,
 so they go out at once, and line up on their region's turn after the first visit; a
 key an earlier visit sent while the regions were still being refined only moves to the
-turn (``planner.plan_parts``), so no key goes out twice in a cycle.
-Failed keys count ``attempts``, keep ``last_error`` and come back after a doubling
-backoff; they are reported as failing, never dropped.
+turn (``planner.plan_parts``), so no key goes out twice in a cycle; such a key's next
+turn may come up to ``max_delay`` past a whole interval after its last provide (go's
+``maxReprovideDelay``). Failed keys count ``attempts``, keep ``last_error`` and come
+back after a doubling backoff (or at their next turn, above); they are reported as
+failing, never dropped.
 
 Sharing. Several processes may share the store's provide list (``provider.claims``).
 A visit first claims its slice. Other processes skip keys under a live claim; the
@@ -88,13 +93,17 @@ from .keyspace import Prefix, allocate
 from .planner import (
     CLAIM_ATTEMPTS,
     MAX_MINED_PREFIX_BITS,
+    Delivery,
     Exploration,
     ExploreError,
+    Outcome,
     PartPlan,
     PeerSending,
+    Retry,
     Turns,
     answer_servers,
-    backoff,
+    attempt_error,
+    attempt_report,
     combine,
     covered_prefix_len,
     free_prefix,
@@ -103,10 +112,9 @@ from .planner import (
     part_row,
     plan_parts,
     preimage_under,
-    reached_enough,
-    reached_error,
     region_of,
     replace_regions,
+    retry,
     reusable,
     sort_regions,
     too_big,
@@ -128,6 +136,8 @@ class SweepCounters:
     messages: int = 0
     message_failures: int = 0
     keys_provided: int = 0
+    keys_unconfirmed: int = 0
+    keys_deferred: int = 0
     keys_failed: int = 0
     visits: int = 0
     by_region_failures: int = 0
@@ -352,61 +362,52 @@ class Sweep:
         """Provide the slice's keys of one minimal region; returns the report and the keys' attempt count."""
         keys = await self.store.due_keys(mine, plan.turn, provided_before=plan.provided_before)
         await self.store.realign(mine, plan.turn, plan.provided_before, plan.turn)
-        reached, messages = await self._send(keys, plan.peer_keys, plan.peers)
-        ok = reached_enough(reached, len(plan.peers), self.config)
-        attempts = 0
+        delivery = await self._send(keys, plan.peer_keys, plan.peers)
+        result = delivery.outcome(len(plan.peers), self.config)
+        later = None
         error = None
-        if ok or not keys:
+        if result is Outcome.PROVIDED or not keys:
             await self._provided([k.multihash for k in keys], now, plan.turn)
         else:
-            error = reached_error(reached, len(plan.peers), f"of region {plan.part}")
-            attempts = await self._failed([k.multihash for k in keys], now, error)
-        report = VisitReport(
-            prefix=plan.part,
-            keys=len(keys),
-            provided=len(keys) if ok else 0,
-            failed=0 if ok else len(keys),
-            peers=len(plan.peers),
-            peers_reached=reached,
-            messages=messages,
-            error=error,
-        )
-        return report, attempts
+            error = attempt_error(result, delivery, len(plan.peers), f"of region {plan.part}")
+            later = await self._failed([k.multihash for k in keys], now, result, plan.turn, error)
+        report = attempt_report(plan.part, len(keys), len(plan.peers), delivery, result, later, error)
+        return report, later.attempts if later else 0
 
     # --- sending ------------------------------------------------------------------------
 
-    async def _send(self, keys: Sequence[KeyRow], peer_keys: Sequence[int], peers: Sequence[PeerInfo]) -> tuple[int, int]:
-        """Send every key to its k closest of ``peers``; return (peers reached, messages sent)."""
+    async def _send(self, keys: Sequence[KeyRow], peer_keys: Sequence[int], peers: Sequence[PeerInfo]) -> Delivery:
+        """Send every key to its k closest of ``peers``."""
+        delivery = Delivery()
         if not keys or not peers:
-            return 0, 0
+            return delivery
         allocation = allocate([k.kad for k in keys], peer_keys, self.config.replication)
-        reached = 0
-        messages = 0
         limiter = anyio.CapacityLimiter(self.config.max_peers_in_flight)
         provider = self.self_info()
 
         async def to_peer(index: int) -> None:
-            nonlocal reached, messages
             async with limiter:
-                sent, ok = await self._send_to_peer(peers[index], provider, keys, allocation[index])
-            messages += sent
-            reached += ok
+                sending, confirmed = await self._send_to_peer(peers[index], provider, keys, allocation[index])
+            delivery.messages += sending.sent
+            delivery.delivered += sending.some_delivered
+            delivery.confirmed += confirmed
 
         async with anyio.create_task_group() as tg:
             for index in allocation:
                 tg.start_soon(to_peer, index)
-        return reached, messages
+        return delivery
 
     async def _send_to_peer(
         self, peer: PeerInfo, provider: PeerInfo, keys: Sequence[KeyRow], runs: Sequence[tuple[int, int]]
-    ) -> tuple[int, bool]:
+    ) -> tuple[PeerSending, bool]:
         """ADD_PROVIDER for each allotted key (``runs`` of indexes into ``keys``), one
-        after the other on the peer's stream; returns (messages sent, reached)."""
+        after the other on the peer's stream; returns what went out and whether the peer
+        confirmed all of it."""
         sending = PeerSending(self.config)
         for start, stop in runs:
             for i in range(start, stop):
                 if self._claim_lost:
-                    return sending.sent, False
+                    return sending, False
                 message = Message(MessageType.ADD_PROVIDER, key=keys[i].multihash, provider_peers=(provider,))
                 self.counters.messages += 1
                 try:
@@ -417,14 +418,14 @@ class Sweep:
                     self.counters.message_failures += 1
                     if sending.failed():
                         log.debug("giving up on %s after %d failures: %s", peer.peer_id, sending.streak, exc)
-                        return sending.sent, False
+                        return sending, False
                 if sending.confirm_due:
                     if not await self._processed(peer):
-                        return sending.sent, False
+                        return sending, False
                     sending.confirmed()
         if sending.needs_final_confirm:
-            return sending.sent, await self._processed(peer)
-        return sending.sent, sending.some_delivered
+            return sending, await self._processed(peer)
+        return sending, sending.some_delivered
 
     async def _processed(self, peer: PeerInfo) -> bool:
         """A sent ADD_PROVIDER may still sit in a buffer (or a rate limiter) when we move
@@ -449,29 +450,20 @@ class Sweep:
     ) -> VisitReport:
         """One lookup per key (``answered``: lookups already made, by target)."""
         turn = self.turns.next(region, now)
-        report = VisitReport(prefix=region, keys=len(keys), individual=True)
+        report = VisitReport(prefix=region, individual=True)
         for key in keys:
             answer = answered.get(key.multihash) or await self._lookup(key.multihash)
             peer_keys, peers = answer_servers(answer)
-            reached, messages = await self._send([key], peer_keys, peers)
-            ok = reached_enough(reached, len(peers), self.config)
+            delivery = await self._send([key], peer_keys, peers)
+            result = delivery.outcome(len(peers), self.config)
+            later = None
             error = None
-            if ok:
+            if result is Outcome.PROVIDED:
                 await self._provided([key.multihash], now, turn)
             else:
-                error = reached_error(reached, len(peers), f"for {key.multihash.hex()[:16]}…")
-                await self._failed([key.multihash], now, error)
-            part = VisitReport(
-                prefix=region,
-                provided=int(ok),
-                failed=int(not ok),
-                peers=len(peers),
-                peers_reached=reached,
-                messages=messages,
-                individual=True,
-                error=error,
-            )
-            report = combine(report, part)
+                error = attempt_error(result, delivery, len(peers), f"for {key.multihash.hex()[:16]}…")
+                later = await self._failed([key.multihash], now, result, turn, error)
+            report = combine(report, attempt_report(region, 1, len(peers), delivery, result, later, error))
         return report
 
     # --- outcomes -------------------------------------------------------------------------
@@ -482,21 +474,28 @@ class Sweep:
         await self.store.mark_provided(multihashes, int(now), turn)
         self.counters.keys_provided += len(multihashes)
 
-    async def _failed(self, multihashes: Sequence[bytes], now: float, error: str) -> int:
-        """Back the keys off; returns their new attempt count."""
+    async def _failed(self, multihashes: Sequence[bytes], now: float, result: Outcome, turn: int, error: str) -> Retry:
+        """Back the keys off, or leave them to their next ``turn`` once this cycle's sends are used up."""
         if self._claim_lost:
             raise ClaimLost
-        attempts, retry_at = backoff(await self.store.max_attempts(multihashes), now, self.config)
-        await self.store.mark_failed(multihashes, error, retry_at)
-        self.counters.keys_failed += len(multihashes)
+        later = retry(result, await self.store.max_attempts(multihashes), now, turn, self.config)
+        await self.store.mark_failed(multihashes, error, later.at)
+        if result is Outcome.UNCONFIRMED:
+            self.counters.keys_unconfirmed += len(multihashes)
+        else:
+            self.counters.keys_failed += len(multihashes)
+        self.counters.keys_deferred += len(multihashes) if later.deferred else 0
         self.counters.by_region_failures += 1
         # Every failure is logged quietly; crossing into "failing" is reported once.
-        level = logging.WARNING if attempts == FAILING_AFTER_ATTEMPTS else logging.INFO
-        log.log(level, "provide failed for %d keys (attempt %d, retrying in %ds): %s", len(multihashes), attempts, retry_at - int(now), error)
-        return attempts
+        level = logging.WARNING if later.attempts == FAILING_AFTER_ATTEMPTS else logging.INFO
+        what = "left to their next turn" if later.deferred else "retrying"
+        n, wait = len(multihashes), later.at - int(now)
+        log.log(level, "provide %s for %d keys (attempt %d, %s in %ds): %s", result.value, n, later.attempts, what, wait, error)
+        return later
 
     async def _fail_prefix(self, prefix: Prefix, now: float, error: str) -> VisitReport:
-        keys = await self.store.due_keys(prefix, self.turns.next(prefix, now))
+        turn = self.turns.next(prefix, now)
+        keys = await self.store.due_keys(prefix, turn)
         if keys:
-            await self._failed([k.multihash for k in keys], now, error)
+            await self._failed([k.multihash for k in keys], now, Outcome.UNSENT, turn, error)
         return VisitReport(prefix=prefix, keys=len(keys), failed=len(keys), error=error)

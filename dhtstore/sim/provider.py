@@ -15,6 +15,7 @@ driven in real time by ``tests/test_reprovide_scheduler.py`` and ``tests/test_sh
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -24,23 +25,25 @@ import anyio
 from ..kadkey import BITS, Key
 from ..network.api import KadMessenger
 from ..peerid import PeerId
-from ..provider.api import VisitReport
+from ..provider.api import SweepConfig, VisitReport
 from ..provider.keyspace import Prefix
 from ..provider.reprovider import Reprovider
 from ..types import Message, MessageType, PeerInfo
 from .network import SimNetwork
 
 
-async def run_schedule(reprovider: Reprovider, until: float) -> list[VisitReport]:
+async def run_schedule(reprovider: Reprovider, until: float, poll: float | None = None) -> list[VisitReport]:
     """What the APScheduler timer does, on virtual time: sleep to the next due key,
-    provide what is due, repeat, until the wall clock ``until``."""
+    provide what is due, repeat, for the work due by the wall clock ``until`` (work due
+    later is left to the next call, so consecutive calls split a run into exact windows).
+    ``poll``: also look every so often, as the node's poll does, for keys another task added."""
     clock = reprovider.clock
     sweep = await reprovider.open()
     reports: list[VisitReport] = []
     while True:
         due = await reprovider.next_unclaimed_due()
-        if due is not None and due <= clock():
-            done = await reprovider.run_due()
+        if due is not None and due <= clock() and due <= until:
+            done = await reprovider.run_due(due_by=until)
             if not done:  # another process took the due work first
                 await anyio.sleep(reprovider.poll_interval)
             reports += done
@@ -48,9 +51,20 @@ async def run_schedule(reprovider: Reprovider, until: float) -> list[VisitReport
         if clock() >= until:
             return reports
         wake = until if due is None else min(due, until)
+        if poll is not None:
+            wake = min(wake, clock() + poll)
         if await sweep.claimed_by_others(clock()):
             wake = min(wake, clock() + reprovider.poll_interval)  # as the poll: their keys may come free
         await anyio.sleep(wake - clock())
+
+
+def settled_after(first_provide_end: float, config: SweepConfig) -> int:
+    """The start of a cycle that holds every key's reprovide exactly once (``run_schedule``
+    windows, by due time): after the first provide a key's first reprovide comes within
+    an interval plus ``max_delay`` (a key moved to a refined region's later turn waits up
+    to ``max_delay`` longer, as go's ``maxReprovideDelay`` allows), then every interval.
+    A window of one interval from the first provide's end misses those moved keys."""
+    return math.ceil(first_provide_end + config.max_delay)
 
 
 class RecordingMessenger:

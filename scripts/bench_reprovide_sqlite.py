@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""The provide list at scale on SQLite (issue 17): import, first provide, one cycle, status.
+
+1. ``dhtstore init`` a scratch data directory, write N CIDs to a file and import them
+   with ``dhtstore provide add --from-file`` (a child process: its wall and CPU time and
+   peak RSS);
+2. in this process, the sweep on the SQL provide list (``ProvideListStore``) with the
+   exact oracle of ``bench_reprovide.py --provider-only`` (lookups answered at almost no
+   CPU, ADD_PROVIDER counted and dropped): the first provide, then one cycle of due work
+   once the schedule has settled (``sim.provider.settled_after``). The SQL store does
+   real I/O, so it runs in real time with a clock that jumps to the next due key;
+3. ``dhtstore provide status`` and ``dhtstore provide ls`` on the full list (children, timed).
+
+Checks, and fails loudly when off: ADD_PROVIDER per CID in the cycle ≈ 20 and 100 % of
+the list provided in it.
+
+    python scripts/bench_reprovide_sqlite.py --cids 2000000
+    python scripts/bench_reprovide_sqlite.py --cids 10000000 --append BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_reprovide import CountingMessenger, CycleCheck, OracleDHT, cycle_check, multihashes, publish  # noqa: E402
+
+from dhtstore.data.engine import default_store_url  # noqa: E402
+from dhtstore.data.schema import open_store  # noqa: E402
+from dhtstore.multihash import cid_string  # noqa: E402
+from dhtstore.peerid import PeerId  # noqa: E402
+from dhtstore.provider.claims import SqlClaimStore  # noqa: E402
+from dhtstore.provider.providelist import ProvideListStore  # noqa: E402
+from dhtstore.provider.reprovider import Reprovider  # noqa: E402
+from dhtstore.sim.provider import settled_after  # noqa: E402
+from dhtstore.types import PeerInfo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(data_dir: Path, *args: str, stdout: Any = subprocess.DEVNULL) -> dict[str, float]:
+    """Run ``dhtstore ARGS`` from this checkout; its wall and CPU seconds and peak RSS (MB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "dhtstore", *args, "--data-dir", str(data_dir)], check=True, env=env, stdout=stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "wall": time.monotonic() - t,
+        "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "rss": after.ru_maxrss / 1024,  # the largest child so far: children run from small to large here
+    }
+
+
+class JumpingClock:
+    """Epoch seconds that stand still while work runs and jump to the next due key."""
+
+    def __init__(self, start: float):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def run_until(r: Reprovider, clock: JumpingClock, until: float) -> int:
+    """Visit the work due by ``until``, jumping the clock from due key to due key; returns visits."""
+    visits = 0
+    while (due := await r.next_unclaimed_due()) is not None and due <= until:
+        clock.now = max(clock.now, due)
+        visits += len(await r.run_due(due_by=until))
+    clock.now = max(clock.now, until)
+    return visits
+
+
+async def sweep(store_url: str, nodes: int, n: int, seed: int) -> dict[str, Any]:
+    engine = await open_store(store_url)
+    try:
+        store, claims = ProvideListStore(engine), SqlClaimStore(engine)
+        dht, messenger = OracleDHT(nodes, seed), CountingMessenger()
+        me = PeerInfo(PeerId(b"\x00\x24\x08\x01\x12\x20" + bytes(32)), (b"\x04\x7f\x00\x00\x01",))
+        clock = JumpingClock(time.time())  # the CLI added the keys at the real time: all are due now
+        r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
+        out: dict[str, Any] = {}
+        cpu, wall = time.process_time(), time.monotonic()
+        first = await r.run_due()
+        out["first"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": len(first)}
+        out["rss_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"first provide: {out['first']}", flush=True)
+        start = settled_after(clock(), r.config)
+        await run_until(r, clock, start)
+        lookups, sent = dht.lookups, messenger.sent
+        cpu, wall = time.process_time(), time.monotonic()
+        visits = await run_until(r, clock, start + r.interval)
+        out["cycle"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": visits}
+        out["lookups"], out["sent"] = dht.lookups - lookups, messenger.sent - sent
+        out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        counts = await store.counts(int(clock()), int(r.interval), int(r.behind_after))
+        out["provided"] = await provided_since(engine, start)
+        out["counts"] = counts
+        return out
+    finally:
+        await engine.dispose()
+
+
+async def provided_since(engine: Any, since: int) -> int:
+    from sqlalchemy import func, select
+
+    from dhtstore.data.models import ProvidedKeyRow
+
+    async with engine.connect() as conn:
+        stmt = select(func.count()).where(ProvidedKeyRow.last_provided_at > since)
+        return int((await conn.execute(stmt)).scalar_one())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cids", type=int, default=1_000_000)
+    ap.add_argument("--nodes", type=int, default=10_000, help="servers of the oracle network")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--dir", type=Path, help="scratch data directory (default: a temporary one)")
+    ap.add_argument("--append", type=Path, help="append the results section to this file (BENCHMARKS.md)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
+        data_dir = Path(scratch) / "data"
+        cli(data_dir, "init")
+        cids = Path(scratch) / "cids.txt"
+        with cids.open("w") as f:
+            for mh in multihashes(args.cids):
+                f.write(cid_string(mh) + "\n")
+        imported = cli(data_dir, "provide", "add", "--from-file", str(cids))
+        print(f"import: {imported}", flush=True)
+        store_url = default_store_url(data_dir)
+        db = Path(store_url.split("///", 1)[1])
+        r = anyio.run(sweep, store_url, args.nodes, args.cids, args.seed)
+        size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+        status = cli(data_dir, "provide", "status")
+        listing = cli(data_dir, "provide", "ls", "--all")
+        check = cycle_check(r["sent"], r["provided"], args.cids)
+        report(args, imported, r, status, listing, size, check)
+
+
+def report(
+    args: argparse.Namespace, imported: dict[str, float], r: dict[str, Any], status: dict[str, float],
+    listing: dict[str, float], size: int, check: CycleCheck,
+) -> None:
+    n = args.cids
+    load = os.getloadavg()
+    per_k = 1000 / n
+    rows = [
+        ("import (`provide add --from-file`)", imported["wall"], imported["cpu"], f"{imported['rss']:.0f} MB (the CLI)"),
+        ("first provide", r["first"]["wall"], r["first"]["cpu"], f"{r['rss_first']:.0f} MB"),
+        ("one cycle (provider-only)", r["cycle"]["wall"], r["cycle"]["cpu"], f"{r['rss']:.0f} MB"),
+        ("`provide status`", status["wall"], status["cpu"], ""),
+        ("`provide ls --all` (to /dev/null)", listing["wall"], listing["cpu"], ""),
+    ]
+    lines = [
+        f"### Provide list on SQLite, {n:,} CIDs, {args.nodes:,} oracle servers",
+        "",
+        f"`python scripts/bench_reprovide_sqlite.py --cids {n} --nodes {args.nodes}` — {time.strftime('%Y-%m-%d')}, "
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, load average "
+        f"{load[0]:.1f} at the end (shared machine).",
+        "",
+        "| phase | wall s | CPU s | CPU ms per 1,000 CIDs | peak RSS |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {name} | {wall:,.1f} | {cpu:,.1f} | {cpu * per_k * 1000:,.1f} | {rss} |" for name, wall, cpu, rss in rows],
+        "",
+        f"- import: {n / imported['wall']:,.0f} CIDs/s; store on disk {size / 2**20:,.0f} MB ({size / n:.0f} bytes per CID).",
+        f"- first provide {r['first']['visits']} visits; cycle {r['cycle']['visits']} visits, {r['lookups']:,} lookups, "
+        f"{r['sent']:,} ADD_PROVIDER.",
+        f"- {check.line}",
+        "",
+    ]
+    publish("\n".join(lines), check, args.append)
+
+
+if __name__ == "__main__":
+    main()
