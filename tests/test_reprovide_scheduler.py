@@ -177,3 +177,37 @@ async def test_kill_9_mid_sweep_loses_no_entry_and_no_schedule_state(sqlite_stor
         assert all([e.state is KeyState.PROVIDED async for e in r.provide_list()])
     finally:
         await engine.dispose()
+
+
+class StalledPolls(ProvideListStore):
+    """A provide list whose poll query hangs once ``stall`` is set (a store that stopped
+    answering), so the scheduler's shutdown finds a poll job running."""
+
+    stall = False
+    stalled: anyio.Event
+
+    async def next_due_for(self, owner: str, now: int) -> int | None:
+        if self.stall:
+            self.stalled.set()
+            await anyio.sleep_forever()
+        return await super().next_due_for(owner, now)
+
+
+async def test_a_poll_running_at_shutdown_ends_quietly(sqlite_store_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    net = SimNetwork(SimConfig(nodes=30, seed=22, latency=(0.0, 0.0)))
+    node = net.node(0)
+    engine = await open_store(sqlite_store_url)
+    store = StalledPolls(engine)
+    store.stalled = anyio.Event()
+    r = Reprovider(store, SqlClaimStore(engine), node.router, node.messenger, lambda: node.info, poll_interval=0.05)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(r.run)
+            store.stall = True
+            with anyio.fail_after(10):
+                await store.stalled.wait()
+            r.stop()  # the scheduler's shutdown cancels the running poll
+        await anyio.sleep(0.1)  # the cancelled job's task ends on the loop
+    finally:
+        await engine.dispose()
+    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "WARNING")], caplog.text

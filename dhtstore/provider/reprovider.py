@@ -15,6 +15,7 @@ the node cancels it between two store transactions: nothing is half-written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -44,6 +45,10 @@ from .service import (
 from .sweep import Sweep
 
 log = logging.getLogger(__name__)
+# APScheduler runs a job as an asyncio task of its own, and its shutdown cancels a
+# running job with ``Task.cancel``, past any anyio shield: a store read stopped that way
+# is over (the job's task ends with it), not a failure to log with a traceback.
+_STOPPED_MID_JOB = "provider: a scheduled store read was stopped by the shutdown"
 
 NEXT_JOB = "reprovide-next"
 POLL_JOB = "provide-poll"
@@ -249,6 +254,9 @@ class Reprovider(ProvideListService):
         except StoreError as exc:
             log.info("provider: poll failed: %s", exc)
             return
+        except asyncio.CancelledError:  # see _STOPPED_MID_JOB
+            log.debug(_STOPPED_MID_JOB)
+            return
         if due is not None and due != self._armed_for and due <= self.clock():
             self._wake.set()
 
@@ -257,3 +265,5 @@ class Reprovider(ProvideListService):
             self.metrics.update(await self.status())
         except StoreError as exc:
             log.info("provider: metrics refresh failed: %s", exc)
+        except asyncio.CancelledError:  # see _STOPPED_MID_JOB
+            log.debug(_STOPPED_MID_JOB)
