@@ -2,7 +2,7 @@
 
 Layout of a data directory (default ``~/.dhtstore``)::
 
-    config.toml    listen addresses, mode, protocol, bootstrap peers, store URL
+    config.toml    listen addresses, mode, protocol, bootstrap peers, store URL, security
     identity.key   the node's Ed25519 private key (libp2p PrivateKey protobuf), mode 0600
     identities/    further named identities, NAME.key each (``--identity NAME``), for
                    several processes sharing this config and one PostgreSQL store
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .amino import LAN_PROTOCOL_ID, PROTOCOL_ID
 from .crypto.keys import KeyFormatError, PrivateKey
+from .network.api import DEFAULT_SECURITY, SECURITY_PROTOCOLS
 
 DEFAULT_DATA_DIR = Path("~/.dhtstore")
 CONFIG_FILE_NAME = "config.toml"
@@ -55,6 +56,7 @@ class Config:
     bootstrap: tuple[str, ...] = AMINO_BOOTSTRAP_PEERS
     store: str = ""  # a database URL; empty means dhtstore.db in the data directory
     http: str = ""  # HOST:PORT of the Delegated Routing V1 HTTP API; empty: not served
+    security: tuple[str, ...] = DEFAULT_SECURITY  # proposed in this order when dialling; all accepted
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # sections other modules own
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class Config:
                 raise ConfigError(f"{name} must be a list of multiaddr strings (each starting with '/')")
         if self.http:
             parse_host_port(self.http, "http")
+        if not self.security or len(set(self.security)) != len(self.security) or not set(self.security) <= set(SECURITY_PROTOCOLS):
+            raise ConfigError(f"security = {list(self.security)!r}: list some of {', '.join(map(repr, SECURITY_PROTOCOLS))}, once each")
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
@@ -110,6 +114,11 @@ store = {_toml_str(config.store)}
 # Serve the Delegated Routing V1 HTTP API (/routing/v1/...) on HOST:PORT, e.g.
 # "127.0.0.1:8080". Empty: not served. --http overrides it.
 http = {_toml_str(config.http)}
+
+# Connection security, in the order we propose it when dialling ("noise", "tls");
+# inbound connections may use any listed. Noise first saves a round trip with the many
+# js-libp2p peers that have no TLS; Kubo accepts either.
+security = {_toml_list(config.security)}
 """
 
 
@@ -121,7 +130,7 @@ def load(path: Path) -> Config:
         raise ConfigError(f"no config file at {path}: run `dhtstore init`") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    known = {"listen", "mode", "protocol", "bootstrap", "store", "http"}
+    known = {"listen", "mode", "protocol", "bootstrap", "store", "http", "security"}
     try:
         return Config(
             listen=tuple(data.get("listen", DEFAULT_LISTEN)),
@@ -130,12 +139,13 @@ def load(path: Path) -> Config:
             bootstrap=tuple(data.get("bootstrap", AMINO_BOOTSTRAP_PEERS)),
             store=str(data.get("store", "")),
             http=str(data.get("http", "")),
+            security=tuple(data.get("security", DEFAULT_SECURITY)),
             extra={k: v for k, v in data.items() if k not in known},
         )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except TypeError:
-        raise ConfigError(f"{path}: listen and bootstrap must be lists of strings") from None
+        raise ConfigError(f"{path}: listen, bootstrap and security must be lists of strings") from None
 
 
 def identity_path(data_dir: Path, name: str | None) -> Path:

@@ -17,6 +17,10 @@ that socket and is counted in ``host.stats``; a stream whose handler raises is r
 Limits (``HostLimits``): connections (refused past ``max_connections``, idle ones
 trimmed from ``high_water`` down to ``low_water``), handshakes in progress, streams
 per connection, and timeouts on handshakes, dials and stream negotiation.
+
+Security (``security``, names from ``security.SECURITY_PROTOCOLS``): the protocols a
+dial proposes, in that order, and inbound connections accept; ``stats`` counts each
+connection's as ``secured_noise`` / ``secured_tls``.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from .limits import HostLimits
 from .multistream import MultistreamDialer, MultistreamListener
 from .security import DEFAULT_SECURITY, protocol_ids, security_name
 
-__all__ = ["AGENT_VERSION", "DialError", "Host", "HostLimits", "Stream", "StreamHandler"]
+__all__ = ["AGENT_VERSION", "DEFAULT_SECURITY", "DialError", "Host", "HostLimits", "Stream", "StreamHandler"]
 
 log = logging.getLogger(__name__)
 

@@ -102,7 +102,8 @@ class TlsTransport:
         return _drain(self._conn)
 
     def receive_data(self, ciphertext: bytes) -> None:
-        self._conn.bio_write(ciphertext)
+        if ciphertext:  # OpenSSL's BIO_write fails on nothing
+            self._conn.bio_write(ciphertext)
 
     def decrypt_available(self) -> bytes:
         """The plaintext of every complete record received so far (b"" if none)."""
@@ -180,7 +181,8 @@ class TlsHandshake:
         return name if name in self.stream_muxers else None
 
     def receive_data(self, data: bytes) -> None:
-        self._conn.bio_write(data)
+        if data:  # OpenSSL's BIO_write fails on nothing
+            self._conn.bio_write(data)
 
     def data_to_send(self) -> bytes:
         return _drain(self._conn)
