@@ -36,7 +36,7 @@ sees on its first read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
@@ -64,6 +64,19 @@ def _accept_any(conn: SSL.Connection, cert: object, errno: int, depth: int, ok: 
     """OpenSSL's own chain check would refuse every self-signed certificate; ours
     runs once the handshake is done (``verify_certificate``)."""
     return True
+
+
+def _alpn_selector(supported: Sequence[bytes]) -> Callable[[SSL.Connection, list[bytes]], bytes]:
+    """The server's ALPN choice: the client's first protocol that we support."""
+    ours = frozenset(supported)
+
+    def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        chosen = next((p for p in offered if p in ours), None)
+        if chosen is None:  # the spec: the server MUST abort the handshake
+            raise TlsError(f"the client offered no protocol we support in ALPN: {offered!r}")
+        return chosen
+
+    return select
 
 
 def _drain(conn: SSL.Connection) -> bytes:
@@ -148,9 +161,8 @@ class TlsHandshake:
         if initiator:
             ctx.set_alpn_protos(self._alpn)
         else:
-            ctx.set_alpn_select_callback(self._select_alpn)
+            ctx.set_alpn_select_callback(_alpn_selector(self._alpn))
         self._conn = SSL.Connection(ctx, None)
-        self._chosen_alpn = b""
         self._result: HandshakeComplete | None = None
         self._error: TlsError | None = None
         self._transport: TlsTransport | None = None
@@ -176,8 +188,7 @@ class TlsHandshake:
     def selected_muxer(self) -> str | None:
         """The muxer agreed through ALPN, or None (ALPN said ``libp2p``: use multistream)."""
         self._completed()
-        chosen = self._chosen_alpn if not self.initiator else self._conn.get_alpn_proto_negotiated()
-        name = chosen.decode("ascii", "replace")
+        name = self._conn.get_alpn_proto_negotiated().decode("ascii", "replace")
         return name if name in self.stream_muxers else None
 
     def receive_data(self, data: bytes) -> None:
@@ -223,14 +234,6 @@ class TlsHandshake:
         except SSL.Error as exc:
             raise TlsError(f"TLS handshake failed: {_describe(exc)}") from None
         return True
-
-    def _select_alpn(self, conn: SSL.Connection, offered: list[bytes]) -> bytes:
-        supported = set(self._alpn)
-        chosen = next((p for p in offered if p in supported), None)
-        if chosen is None:  # the spec: the server MUST abort the handshake
-            raise TlsError(f"the client offered no protocol we support in ALPN: {offered!r}")
-        self._chosen_alpn = chosen
-        return chosen
 
     def _verify_peer(self) -> HandshakeComplete:
         if self._conn.get_protocol_version_name() != "TLSv1.3":  # set_min_proto_version makes it so

@@ -111,7 +111,11 @@ async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, l
         # We dial a TLS-only js node ourselves too, and find it through the network.
         found = await node.find_peer(finder.peer_id)
         assert found.peer_id == finder.peer_id
-        assert node.host.stats["secured_tls"] >= 2 and node.host.stats["secured_noise"] >= 1
+        # Each connection's security is counted, and scraped as dhtstore_network_events.
+        events = node.stats().events
+        assert events["secured_tls"] >= 2 and events["secured_noise"] >= 1
+        scraped = {(s.labels["event"], s.value) for m in node.metrics.collector.collect() for s in m.samples if "event" in s.labels}
+        assert ("secured_tls", events["secured_tls"]) in scraped
 
 
 def multihash_of(cid: str) -> bytes:
