@@ -2,8 +2,8 @@
 (``/tls/1.0.0``), by the names a user gives them (``security = ["noise", "tls"]`` in
 config.toml), and the one interface the host drives both through.
 
-Outbound, multistream-select proposes them in the user's order; inbound, we accept
-every one of them, whatever the order. The default puts Noise first: every Amino peer
+Outbound, multistream-select proposes the listed ones in the user's order; inbound, a
+peer may pick any listed one, whatever the order; an unlisted one is refused. The default puts Noise first: every Amino peer
 speaks it (Kubo, js-libp2p, rust-libp2p, py-libp2p), while most js-libp2p nodes have
 no TLS, so a Noise-first dial never costs the extra round trip of a refused proposal.
 Kubo proposes TLS first; it accepts either, so to Kubo the order makes no difference.
