@@ -5,7 +5,7 @@ dhtstore node whose providers and peers TLS-only js nodes find."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import anyio
@@ -16,7 +16,9 @@ from test_interop_js import KEY_TYPES, our_node
 
 from dhtstore import multihash
 from dhtstore.amino import PROTOCOL_ID
+from dhtstore.kadkey import Key
 from dhtstore.node import Node
+from dhtstore.peerid import PeerId
 from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop]
@@ -87,8 +89,11 @@ async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, l
         with anyio.fail_after(30):
             await node.upkeep.bootstrapped.wait()
         assert node.host.connection(boot.peer_id).security == TLS  # type: ignore[union-attr]
-        ours = sha256_cid(b"provided by our node")
+        # js follows a closer peer only if it is nearer the key than the peer that named
+        # it: take a CID nearer boot than our node, so the finder goes on to boot.
+        ours = cid_nearer(boot.peer_id, node.peer_id)
         assert await node.provide_once(ours) >= 1
+        await eventually(lambda: provided_by(boot, ours, node.peer_id))  # js stores ADD_PROVIDER in the background
         await noise_js.dial(node.addresses()[0])
         await noise_js.wait_in_routing_table(node.peer_id)
         theirs = sha256_cid(b"provided by a noise js node")
@@ -102,13 +107,13 @@ async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, l
         await finder.dial(node.addresses()[0])
         await finder.wait_in_routing_table(node.peer_id)
         assert node.host.connection(finder.peer_id).security == TLS  # type: ignore[union-attr]
-        for cid, provider in ((ours, node.peer_id), (theirs, noise_js.peer_id)):
-            result = await finder.find_providers(cid)
-            assert str(provider) in {p["peerId"] for p in result["providers"]}, (cid, result)
+        # The record our node holds comes straight from it; ours is on boot, one hop on.
+        assert await provided_by(finder, theirs, noise_js.peer_id)
+        assert await provided_by(finder, ours, node.peer_id)
         result = await finder.get_closest_peers(boot.peer_id.to_bytes())
         assert str(boot.peer_id) in {p["peerId"] for p in result["peers"]}
         assert any(r["from"] == str(node.peer_id) for r in result["responses"])
-        # We dial a TLS-only js node ourselves too, and find it through the network.
+        # Our node finds a TLS-only js peer by its id too.
         found = await node.find_peer(finder.peer_id)
         assert found.peer_id == finder.peer_id
         # Each connection's security is counted, and scraped as dhtstore_network_events.
@@ -116,6 +121,26 @@ async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, l
         assert events["secured_tls"] >= 2 and events["secured_noise"] >= 1
         scraped = {(s.labels["event"], s.value) for m in node.metrics.collector.collect() for s in m.samples if "event" in s.labels}
         assert ("secured_tls", events["secured_tls"]) in scraped
+
+
+def cid_nearer(near: PeerId, far: PeerId) -> str:
+    for i in range(1000):  # half of all keys qualify
+        cid = sha256_cid(b"provided by our node %d" % i)
+        key = Key.for_multihash(multihash_of(cid))
+        if key.distance(Key.for_peer(near)) < key.distance(Key.for_peer(far)):
+            return cid
+    raise AssertionError("no key found")
+
+
+async def provided_by(js: JsPeer, cid: str, provider: PeerId) -> bool:
+    result = await js.find_providers(cid)
+    return str(provider) in {p["peerId"] for p in result["providers"]}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await check():
+            await anyio.sleep(0.25)
 
 
 def multihash_of(cid: str) -> bytes:
