@@ -88,7 +88,7 @@ async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, l
         node = await stack.enter_async_context(Node.start(loopback_options(None, [boot.addr])))
         with anyio.fail_after(30):
             await node.upkeep.bootstrapped.wait()
-        assert node.host.connection(boot.peer_id).security == TLS  # type: ignore[union-attr]
+        assert node.host.connection(boot.peer_id).security == TLS
         # js follows a closer peer only if it is nearer the key than the peer that named
         # it: take a CID nearer boot than our node, so the finder goes on to boot.
         ours = cid_nearer(boot.peer_id, node.peer_id)
@@ -106,7 +106,7 @@ async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, l
         finder = await stack.enter_async_context(start_js_peer(js_harness, security=("tls",)))
         await finder.dial(node.addresses()[0])
         await finder.wait_in_routing_table(node.peer_id)
-        assert node.host.connection(finder.peer_id).security == TLS  # type: ignore[union-attr]
+        assert node.host.connection(finder.peer_id).security == TLS
         # The record our node holds comes straight from it; ours is on boot, one hop on.
         assert await provided_by(finder, theirs, noise_js.peer_id)
         assert await provided_by(finder, ours, node.peer_id)
