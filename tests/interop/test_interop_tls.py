@@ -17,7 +17,7 @@ from test_interop_js import KEY_TYPES, our_node
 from dhtstore import multihash
 from dhtstore.amino import PROTOCOL_ID
 from dhtstore.kadkey import Key
-from dhtstore.node import Node
+from dhtstore.node import Node, NodeOptions
 from dhtstore.peerid import PeerId
 from dhtstore.types import Message, MessageType, PeerInfo
 
@@ -80,7 +80,7 @@ def sha256_cid(data: bytes) -> str:
     return make_cid(1, "raw", mh).encode("base32").decode()
 
 
-async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, loopback_options) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_only_js_nodes_find_our_providers_and_peers(js_harness: str, loopback_options: Callable[..., NodeOptions]) -> None:
     async with AsyncExitStack() as stack:
         boot = await stack.enter_async_context(start_js_peer(js_harness, security=("tls",)))
         # A Noise-only js node provides a CID to our node: a record our node holds.
