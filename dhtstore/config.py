@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .amino import LAN_PROTOCOL_ID, PROTOCOL_ID
 from .crypto.keys import KeyFormatError, PrivateKey
-from .network.api import DEFAULT_SECURITY, SECURITY_PROTOCOLS
+from .network.api import DEFAULT_SECURITY, protocol_ids
 
 DEFAULT_DATA_DIR = Path("~/.dhtstore")
 CONFIG_FILE_NAME = "config.toml"
@@ -69,8 +69,10 @@ class Config:
                 raise ConfigError(f"{name} must be a list of multiaddr strings (each starting with '/')")
         if self.http:
             parse_host_port(self.http, "http")
-        if not self.security or len(set(self.security)) != len(self.security) or not set(self.security) <= set(SECURITY_PROTOCOLS):
-            raise ConfigError(f"security = {list(self.security)!r}: list some of {', '.join(map(repr, SECURITY_PROTOCOLS))}, once each")
+        try:
+            protocol_ids(self.security)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
@@ -139,13 +141,19 @@ def load(path: Path) -> Config:
             bootstrap=tuple(data.get("bootstrap", AMINO_BOOTSTRAP_PEERS)),
             store=str(data.get("store", "")),
             http=str(data.get("http", "")),
-            security=tuple(data.get("security", DEFAULT_SECURITY)),
+            security=_names(data.get("security", DEFAULT_SECURITY)),
             extra={k: v for k, v in data.items() if k not in known},
         )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except TypeError:
         raise ConfigError(f"{path}: listen, bootstrap and security must be lists of strings") from None
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError("not a list of strings")
+    return tuple(value)
 
 
 def identity_path(data_dir: Path, name: str | None) -> Path:

@@ -7,7 +7,8 @@
   ping, the protocols we serve, and what identify tells us about peers.
 - ``Stream``: one negotiated libp2p stream, as a host hands it out.
 - The security protocols a host can speak, by name (``SECURITY_PROTOCOLS``), and the
-  default order it proposes them in (``DEFAULT_SECURITY``).
+  default order it proposes them in (``DEFAULT_SECURITY``); ``protocol_ids`` checks a
+  list of names.
 - For a Kademlia server on a host's streams: the kad framing (``FrameDecoder``,
   ``encode_frame``, ``KadCodecError``) and the per-peer ``PeerRateLimiter``.
 
@@ -28,7 +29,7 @@ from .connection import CONNECTION_ERRORS
 from .identify import IdentifyInfo
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
 from .limits import DIAL_TIMEOUT, PeerRateLimiter
-from .security import DEFAULT_SECURITY, SECURITY_PROTOCOLS
+from .security import DEFAULT_SECURITY, SECURITY_PROTOCOLS, protocol_ids
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -48,6 +49,7 @@ __all__ = [
     "Stream",
     "StreamHandler",
     "encode_frame",
+    "protocol_ids",
 ]
 
 # A peer to dial: its id (addresses from the host's address book), an id with

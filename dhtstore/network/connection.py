@@ -111,7 +111,7 @@ async def upgrade(
 
     chooser = MultistreamDialer(security) if initiator else MultistreamListener(security)
     agreed = await negotiate(chooser, sock.send, raw_receive)
-    name = security_name(agreed.protocol)
+    security_id, name = agreed.protocol, security_name(agreed.protocol)
 
     handshake = start_handshake(agreed.protocol, identity, initiator, expected_peer, [yamux.PROTOCOL_ID])
     if agreed.leftover:
@@ -131,7 +131,7 @@ async def upgrade(
     log.debug("secured with %s to %s (%s)", name, handshake.remote_peer, "outbound" if initiator else "inbound")
     if handshake.selected_muxer == yamux.PROTOCOL_ID:
         return Upgraded(
-            transport, handshake.remote_peer, handshake.remote_public_key, transport.decrypt_available(), True, agreed.protocol
+            transport, handshake.remote_peer, handshake.remote_public_key, transport.decrypt_available(), True, security_id
         )
 
     async def secure_send(data: bytes) -> None:
@@ -144,7 +144,6 @@ async def upgrade(
                 return plaintext
             transport.receive_data(await raw_receive())
 
-    security_id = agreed.protocol
     muxer = MultistreamDialer([yamux.PROTOCOL_ID]) if initiator else MultistreamListener([yamux.PROTOCOL_ID])
     agreed = await negotiate(muxer, secure_send, secure_receive)
     return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover, False, security_id)
