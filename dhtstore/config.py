@@ -2,7 +2,7 @@
 
 Layout of a data directory (default ``~/.dhtstore``)::
 
-    config.toml    listen addresses, mode, protocol, bootstrap peers, store URL
+    config.toml    listen addresses, mode, protocol, bootstrap peers, store URL, security
     identity.key   the node's Ed25519 private key (libp2p PrivateKey protobuf), mode 0600
     identities/    further named identities, NAME.key each (``--identity NAME``), for
                    several processes sharing this config and one PostgreSQL store
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .amino import LAN_PROTOCOL_ID, PROTOCOL_ID
 from .crypto.keys import KeyFormatError, PrivateKey
+from .network.api import DEFAULT_SECURITY, protocol_ids
 
 DEFAULT_DATA_DIR = Path("~/.dhtstore")
 CONFIG_FILE_NAME = "config.toml"
@@ -57,6 +58,7 @@ class Config:
     store: str = ""  # a database URL; empty means dhtstore.db in the data directory
     http: str = ""  # HOST:PORT of the Delegated Routing V1 HTTP API; empty: not served
     routing_table: str = "kbuckets"  # or "full": the whole network, crawled, in the store
+    security: tuple[str, ...] = DEFAULT_SECURITY  # proposed in this order when dialling; all accepted
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # sections other modules own
 
     def __post_init__(self) -> None:
@@ -71,6 +73,10 @@ class Config:
             parse_host_port(self.http, "http")
         if self.routing_table not in ROUTING_TABLES:
             raise ConfigError(f"routing_table = {self.routing_table!r}: use one of {', '.join(ROUTING_TABLES)}")
+        try:
+            protocol_ids(self.security)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
@@ -119,6 +125,10 @@ http = {_toml_str(config.http)}
 # network, crawled incrementally and kept in the store; lookups then take one hop.
 # --routing-table overrides it.
 routing_table = {_toml_str(config.routing_table)}
+# Connection security, in the order we propose it when dialling ("noise", "tls");
+# inbound connections may use any listed. Noise first saves a round trip with the many
+# js-libp2p peers that have no TLS; Kubo accepts either.
+security = {_toml_list(config.security)}
 """
 
 
@@ -130,7 +140,7 @@ def load(path: Path) -> Config:
         raise ConfigError(f"no config file at {path}: run `dhtstore init`") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    known = {"listen", "mode", "protocol", "bootstrap", "store", "http", "routing_table"}
+    known = {"listen", "mode", "protocol", "bootstrap", "store", "http", "routing_table", "security"}
     try:
         return Config(
             listen=tuple(data.get("listen", DEFAULT_LISTEN)),
@@ -140,12 +150,19 @@ def load(path: Path) -> Config:
             store=str(data.get("store", "")),
             http=str(data.get("http", "")),
             routing_table=str(data.get("routing_table", "kbuckets")),
+            security=_names(data.get("security", DEFAULT_SECURITY)),
             extra={k: v for k, v in data.items() if k not in known},
         )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except TypeError:
-        raise ConfigError(f"{path}: listen and bootstrap must be lists of strings") from None
+        raise ConfigError(f"{path}: listen, bootstrap and security must be lists of strings") from None
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError("not a list of strings")
+    return tuple(value)
 
 
 def identity_path(data_dir: Path, name: str | None) -> Path:

@@ -47,7 +47,7 @@ from .kadkey import Key
 from .metrics import Metrics, NodeStats
 from .network import api as network
 from .network import multiaddrs
-from .network.host import Host, HostLimits
+from .network.host import DEFAULT_SECURITY, Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .peerbook import PeerBook
 from .peerid import PeerId
@@ -97,6 +97,7 @@ class NodeOptions:
     ip_diversity: bool = True
     snapshot_interval: float = 300.0
     limits: HostLimits = field(default_factory=HostLimits)
+    security: Sequence[str] = DEFAULT_SECURITY  # "noise", "tls": proposed in this order, both accepted
     reprovide: bool = True  # run the reprovider on the store's provide list
     reprovide_interval: float = amino.REPROVIDE_INTERVAL.total_seconds()
     claim_lease: float = CLAIM_LEASE  # a dead process's share of a shared list waits this long
@@ -172,7 +173,7 @@ class Node:
             if options.store_url is not None:
                 engine = await open_store(options.store_url)
                 stack.push_async_callback(engine.dispose)
-            host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits))
+            host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits, security=options.security))
             node = cls(options, host, engine)
             if engine is not None:
                 node._reader = await stack.enter_async_context(open_reader(engine))

@@ -4,11 +4,12 @@ the same load generator (our client host) pointed at each.
 
     python scripts/bench_transport.py                       # ~2 minutes, prints a Markdown table
     python scripts/bench_transport.py --duration 1 --rounds 1   # a quick look
+    python scripts/bench_transport.py --security tls        # TLS 1.3 instead of Noise, on all three
 
 Figures, for each server (ours in a subprocess, js-libp2p 3.2 with kad-dht 16.2 in
 Node.js via tests/interop/js):
-- handshakes/s: TCP connect + multistream + Noise XX + yamux, one after another,
-  each connection closed again;
+- handshakes/s: TCP connect + multistream + Noise XX (or TLS 1.3, ``--security tls``)
+  + yamux, one after another, each connection closed again;
 - FIND_NODE round trips/s on one connection (one stream, one request at a time, as
   go's message sender does);
 - FIND_NODE round trips/s across 50 connections (50 client hosts, one loop each);
@@ -79,9 +80,9 @@ async def sink(stream: Stream) -> None:
     await stream.send(struct.pack(">Q", total))
 
 
-async def serve() -> None:
+async def serve(security: str) -> None:
     limits = HostLimits(max_connections=1024, high_water=1024, low_water=1024, max_pending_handshakes=256)
-    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as host:
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits, security=[security]) as host:
         # no rate limit: the benchmark is the flood
         KadServer(host, EmptyAnswers(), limiter=PeerRateLimiter(rate=1e9, burst=1e9)).start()
         host.set_handler(SINK_PROTOCOL, sink)
@@ -130,9 +131,11 @@ async def round_trips_one_connection(client: Host, target: PeerInfo, duration: f
     return await timed(duration, request)
 
 
-async def round_trips_many_connections(target: PeerInfo, duration: float) -> float:
+async def round_trips_many_connections(target: PeerInfo, duration: float, security: str) -> float:
     async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(CONNECTIONS)]
+        clients = [
+            await stack.enter_async_context(Host(PrivateKey.generate(), security=[security])) for _ in range(CONNECTIONS)
+        ]
         messengers = [LibP2PKadMessenger(c) for c in clients]
         for m in messengers:
             await m.request(target, find_node())
@@ -174,27 +177,27 @@ def peer_info(target: str) -> PeerInfo:
     return PeerInfo(peer, (transport.to_bytes(),))
 
 
-async def figure(name: str, target: str, duration: float) -> float:
+async def figure(name: str, target: str, duration: float, security: str) -> float:
     """One measurement of one figure against one server, from a fresh client."""
-    async with Host(PrivateKey.generate()) as client:
+    async with Host(PrivateKey.generate(), security=[security]) as client:
         if name == "handshakes/s":
             return await handshakes_per_second(client, target, duration)
         if name == "FIND_NODE/s, 1 connection":
             return await round_trips_one_connection(client, peer_info(target), duration)
         if name == f"FIND_NODE/s, {CONNECTIONS} connections":
-            return await round_trips_many_connections(peer_info(target), duration)
+            return await round_trips_many_connections(peer_info(target), duration, security)
         return await stream_megabytes_per_second(client, peer_info(target))
 
 
 FIGURES = ["handshakes/s", "FIND_NODE/s, 1 connection", f"FIND_NODE/s, {CONNECTIONS} connections", "MB/s, 1 stream"]
 
 
-async def run(duration: float, rounds: int) -> str:
+async def run(duration: float, rounds: int, security: str) -> str:
     from jspeer import ensure_node_modules, start_js_peer
 
     ensure_node_modules()
     node = os.environ.get("NODE", "node")
-    server = await anyio.open_process([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE)
+    server = await anyio.open_process([sys.executable, __file__, "--serve", "--security", security], stdin=subprocess.PIPE)
     try:
         assert server.stdout is not None
         line = b""
@@ -203,7 +206,9 @@ async def run(duration: float, rounds: int) -> str:
                 line += await server.stdout.receive(1)
         targets = {"ours": json.loads(line)["addr"]}
         js_limits = {"inboundConnectionThreshold": 1e9, "maxIncomingPendingConnections": 256, "maxConnections": 1024}
-        async with start_js_peer(node, sink_protocol=SINK_PROTOCOL, connection_manager=js_limits) as js:
+        async with start_js_peer(
+            node, sink_protocol=SINK_PROTOCOL, connection_manager=js_limits, security=(security,)
+        ) as js:
             targets["js"] = js.addr
             # Both servers run throughout; each figure alternates between them, round
             # after round, so a change in the machine's load hits both alike.
@@ -211,7 +216,7 @@ async def run(duration: float, rounds: int) -> str:
             for name in FIGURES:
                 for r in range(rounds):
                     for who in ("ours", "js") if r % 2 == 0 else ("js", "ours"):
-                        value = await figure(name, targets[who], duration)
+                        value = await figure(name, targets[who], duration, security)
                         samples[who].setdefault(name, []).append(value)
     finally:
         if server.stdin is not None:
@@ -222,10 +227,10 @@ async def run(duration: float, rounds: int) -> str:
             server.kill()
     ours = {k: statistics.median(v) for k, v in samples["ours"].items()}
     theirs = {k: statistics.median(v) for k, v in samples["js"].items()}
-    return report(ours, theirs, duration, rounds)
+    return report(ours, theirs, duration, rounds, security)
 
 
-def report(ours: dict[str, float], theirs: dict[str, float], duration: float, rounds: int) -> str:
+def report(ours: dict[str, float], theirs: dict[str, float], duration: float, rounds: int, security: str) -> str:
     version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     lines = [
         "| figure | dhtstore | js-libp2p 3.2 | ours / js |",
@@ -235,7 +240,7 @@ def report(ours: dict[str, float], theirs: dict[str, float], duration: float, ro
         lines.append(f"| {name} | {value:,.1f} | {theirs[name]:,.1f} | {value / theirs[name]:.2f}× |")
     lines.append("")
     lines.append(
-        f"Loopback, {os.cpu_count()} cores, Python {platform.python_version()}, Node {version}, "
+        f"Security {security}; loopback, {os.cpu_count()} cores, Python {platform.python_version()}, Node {version}, "
         f"median of {rounds} rounds alternating the two servers, {duration:g} s per measurement, "
         f"{STREAM_BYTES // 2**20} MiB through the stream; load average at the end {os.getloadavg()[0]:.1f}."
     )
@@ -246,12 +251,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per figure and server (default 3)")
+    parser.add_argument("--security", choices=["noise", "tls"], default="noise", help="what every connection uses (default noise)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server subprocess
     args = parser.parse_args()
     if args.serve:
-        anyio.run(serve)
+        anyio.run(serve, args.security)
         return
-    print(anyio.run(run, args.duration, args.rounds))
+    print(anyio.run(run, args.duration, args.rounds, args.security))
 
 
 if __name__ == "__main__":

@@ -121,3 +121,23 @@ def test_init_and_stats_on_postgresql(tmp_path: Path, pg_store_url: str) -> None
     assert load(tmp_path / "node" / "config.toml").store == pg_store_url
     code, out = invoke("db", "stats", env=env)
     assert code == 0 and "provider_records" in out and "bytes" in out
+
+
+def test_security_order_comes_from_the_config(tmp_path: Path) -> None:
+    from dhtstore.cli.common import Location
+    from dhtstore.cli.run import _node_options
+
+    data = tmp_path / "node"
+    assert invoke("init", "--data-dir", str(data))[0] == 0
+    config_file = data / "config.toml"
+    assert load(config_file).security == ("noise", "tls")  # the default init writes
+    text = config_file.read_text()
+    assert 'security = [\n  "noise",\n  "tls",\n]' in text
+    config_file.write_text(text.replace('security = [\n  "noise",\n  "tls",\n]', 'security = ["tls"]'))
+    where = Location(data, None)
+    options = _node_options(where, where.config(), listen=(), bootstrap=(), mode=None, lan=False, allow_private=None, store=False)
+    assert tuple(options.security) == ("tls",)
+    for bad in ('["tls", "ssh"]', "[]", '["noise", "noise"]', '"tls"'):
+        config_file.write_text(f"security = {bad}\n")
+        code, out = invoke("db", "stats", "--data-dir", str(data))
+        assert code == 1 and "security" in one_line_error(out), bad

@@ -16,7 +16,7 @@ from dhtstore.network import multiaddrs
 from dhtstore.network.connection import Connection, Stream
 from dhtstore.network.host import DialError, Host, HostLimits
 from dhtstore.network.identify import IdentifyInfo
-from dhtstore.network.noise import NoiseHandshake
+from dhtstore.network.security import SecureHandshake, start_handshake
 from dhtstore.peerid import PeerId
 from dhtstore.types import PeerInfo
 
@@ -414,11 +414,11 @@ async def test_yamux_is_agreed_in_the_noise_handshake_or_else_by_multistream(
     assert conn.early_muxer and (await accepted(b)).early_muxer  # one round trip saved
     # A dialer that offers no muxer in its handshake (an older peer): multistream picks yamux.
     def offering_none_when_dialing(
-        identity: PrivateKey, initiator: bool, expected_peer: PeerId | None = None, stream_muxers: Sequence[str] = ()
-    ) -> NoiseHandshake:
-        return NoiseHandshake(identity, initiator, expected_peer, stream_muxers=() if initiator else stream_muxers)
+        protocol: str, identity: PrivateKey, initiator: bool, expected_peer: PeerId | None, stream_muxers: Sequence[str]
+    ) -> SecureHandshake:
+        return start_handshake(protocol, identity, initiator, expected_peer, () if initiator else stream_muxers)
 
-    monkeypatch.setattr(connection, "NoiseHandshake", offering_none_when_dialing)
+    monkeypatch.setattr(connection, "start_handshake", offering_none_when_dialing)
     conn = await a.connect(addr_of(c))
     assert not conn.early_muxer and not (await accepted(c)).early_muxer
     stream = await a.new_stream(addr_of(c), [ECHO])

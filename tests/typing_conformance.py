@@ -13,6 +13,9 @@ from dhtstore.network import api as network
 from dhtstore.network.api import KadMessenger
 from dhtstore.network.host import Host
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
+from dhtstore.network.noise import NoiseHandshake, NoiseTransport
+from dhtstore.network.security import SecureHandshake, SecureTransport
+from dhtstore.network.tls import TlsHandshake, TlsTransport
 from dhtstore.provider.api import ClaimStore, ProvideList, Provider
 from dhtstore.provider.claims import SqlClaimStore
 from dhtstore.provider.memory import MemoryClaimStore, MemoryProvideList
@@ -49,6 +52,22 @@ def network_table(impl: FullTable) -> NetworkTable:
 
 
 def host(impl: Host) -> network.Host:
+    return impl
+
+
+def handshake_noise(impl: NoiseHandshake) -> SecureHandshake:
+    return impl
+
+
+def handshake_tls(impl: TlsHandshake) -> SecureHandshake:
+    return impl
+
+
+def transport_noise(impl: NoiseTransport) -> SecureTransport:
+    return impl
+
+
+def transport_tls(impl: TlsTransport) -> SecureTransport:
     return impl
 
 

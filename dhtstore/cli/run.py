@@ -75,6 +75,7 @@ def _node_options(
         allow_private_addrs=allow_private,
         ip_diversity=not allow_private,
         reprovide=reprovide,
+        security=config.security,
     )
 
 

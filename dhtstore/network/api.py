@@ -6,10 +6,13 @@
 - ``Host``: the libp2p host (``network.host.Host`` implements it): dials, streams,
   ping, the protocols we serve, and what identify tells us about peers.
 - ``Stream``: one negotiated libp2p stream, as a host hands it out.
+- The security protocols a host can speak, by name (``SECURITY_PROTOCOLS``), and the
+  default order it proposes them in (``DEFAULT_SECURITY``); ``protocol_ids`` checks a
+  list of names.
 - For a Kademlia server on a host's streams: the kad framing (``FrameDecoder``,
   ``encode_frame``, ``KadCodecError``) and the per-peer ``PeerRateLimiter``.
 
-Everything else of the module (Noise, yamux, multistream, the TCP transport) is
+Everything else of the module (Noise, TLS, yamux, multistream, the TCP transport) is
 internal to it.
 """
 
@@ -26,9 +29,11 @@ from .connection import CONNECTION_ERRORS
 from .identify import IdentifyInfo
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
 from .limits import DIAL_TIMEOUT, PeerRateLimiter
+from .security import DEFAULT_SECURITY, SECURITY_PROTOCOLS, protocol_ids
 
 __all__ = [
     "CONNECTION_ERRORS",
+    "DEFAULT_SECURITY",
     "DIAL_TIMEOUT",
     "FrameDecoder",
     "Host",
@@ -40,9 +45,11 @@ __all__ = [
     "PeerConnection",
     "PeerRateLimiter",
     "PeerTarget",
+    "SECURITY_PROTOCOLS",
     "Stream",
     "StreamHandler",
     "encode_frame",
+    "protocol_ids",
 ]
 
 # A peer to dial: its id (addresses from the host's address book), an id with

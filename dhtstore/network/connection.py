@@ -1,7 +1,8 @@
 """One secured, multiplexed libp2p connection over TCP, and its streams.
 
-The I/O around the sans-I/O machines: ``upgrade`` runs multistream-select, Noise and
-multistream-select again on a fresh socket; ``Connection.run`` then reads the socket,
+The I/O around the sans-I/O machines: ``upgrade`` runs multistream-select, the agreed
+security handshake (Noise or TLS, ``security.py``) and multistream-select again on a
+fresh socket; ``Connection.run`` then reads the socket,
 decrypts, feeds yamux and dispatches its events to ``Stream`` objects, which are anyio
 byte streams (``receive`` raises EndOfStream after the remote's FIN and
 BrokenResourceError after a reset or a lost connection).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -32,9 +33,8 @@ from .multistream import (
     NegotiationFailed,
     ProtocolAgreed,
 )
-from .noise import PROTOCOL_ID as NOISE_PROTOCOL
-from .noise import NoiseHandshake, NoiseTransport
 from .sansio import NEED_DATA
+from .security import DEFAULT_SECURITY, SecureTransport, protocol_ids, security_name, start_handshake
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +81,26 @@ async def negotiate(machine: MultistreamDialer | MultistreamListener, send: Send
 class Upgraded:
     """What ``upgrade`` hands to ``Connection``."""
 
-    transport: NoiseTransport
+    transport: SecureTransport
     remote_peer: PeerId
     remote_public_key: PublicKey
     plaintext: bytes  # decrypted bytes already received past the muxer negotiation
-    early_muxer: bool  # yamux was agreed in the Noise handshake, not by multistream
+    early_muxer: bool  # yamux was agreed in the security handshake, not by multistream
+    security: str  # the security protocol's id, /noise or /tls/1.0.0
 
 
 async def upgrade(
-    sock: anyio.abc.ByteStream, identity: PrivateKey, initiator: bool, expected_peer: PeerId | None
+    sock: anyio.abc.ByteStream,
+    identity: PrivateKey,
+    initiator: bool,
+    expected_peer: PeerId | None,
+    security: Sequence[str] = protocol_ids(DEFAULT_SECURITY),
 ) -> Upgraded:
-    """multistream(/noise) → Noise XX → multistream(/yamux/1.0.0) on a raw socket. When
-    both sides offer yamux in the Noise handshake's extensions (go-libp2p, js-libp2p and
-    us: connections/inlined-muxer-negotiation.md), the last multistream round is skipped,
-    one round trip less per connection.
+    """multistream(/noise or /tls/1.0.0) → that handshake → multistream(/yamux/1.0.0) on
+    a raw socket. ``security`` is what we propose, in order, when we dial; inbound we
+    accept any of them. When both sides offer yamux in the handshake (Noise extensions,
+    TLS ALPN; go-libp2p, js-libp2p and us: connections/inlined-muxer-negotiation.md),
+    the last multistream round is skipped, one round trip less per connection.
 
     Raises ProtocolViolation subclasses for bad input and the anyio/OS errors of the
     socket; the caller applies the handshake timeout.
@@ -103,10 +109,11 @@ async def upgrade(
     async def raw_receive() -> bytes:
         return await sock.receive(READ_SIZE)
 
-    security = MultistreamDialer([NOISE_PROTOCOL]) if initiator else MultistreamListener([NOISE_PROTOCOL])
-    agreed = await negotiate(security, sock.send, raw_receive)
+    chooser = MultistreamDialer(security) if initiator else MultistreamListener(security)
+    agreed = await negotiate(chooser, sock.send, raw_receive)
+    security_id, name = agreed.protocol, security_name(agreed.protocol)
 
-    handshake = NoiseHandshake(identity, initiator, expected_peer, stream_muxers=[yamux.PROTOCOL_ID])
+    handshake = start_handshake(agreed.protocol, identity, initiator, expected_peer, [yamux.PROTOCOL_ID])
     if agreed.leftover:
         handshake.receive_data(agreed.leftover)
     while True:
@@ -119,10 +126,13 @@ async def upgrade(
         try:
             handshake.receive_data(await raw_receive())
         except anyio.EndOfStream:
-            raise NegotiationError("remote closed during the Noise handshake") from None
+            raise NegotiationError(f"remote closed during the {name} handshake") from None
     transport = handshake.transport()
+    log.debug("secured with %s to %s (%s)", name, handshake.remote_peer, "outbound" if initiator else "inbound")
     if handshake.selected_muxer == yamux.PROTOCOL_ID:
-        return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, transport.decrypt_available(), True)
+        return Upgraded(
+            transport, handshake.remote_peer, handshake.remote_public_key, transport.decrypt_available(), True, security_id
+        )
 
     async def secure_send(data: bytes) -> None:
         await sock.send(transport.encrypt(data))
@@ -136,7 +146,7 @@ async def upgrade(
 
     muxer = MultistreamDialer([yamux.PROTOCOL_ID]) if initiator else MultistreamListener([yamux.PROTOCOL_ID])
     agreed = await negotiate(muxer, secure_send, secure_receive)
-    return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover, False)
+    return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover, False, security_id)
 
 
 class _Signal:
@@ -299,6 +309,7 @@ class Connection:
         self.remote_peer = upgraded.remote_peer
         self.remote_public_key = upgraded.remote_public_key
         self.early_muxer = upgraded.early_muxer
+        self.security = upgraded.security
         self.initiator = initiator
         self.local_addr = local_addr
         self.remote_addr = remote_addr

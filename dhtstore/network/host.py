@@ -17,6 +17,10 @@ that socket and is counted in ``host.stats``; a stream whose handler raises is r
 Limits (``HostLimits``): connections (refused past ``max_connections``, idle ones
 trimmed from ``high_water`` down to ``low_water``), handshakes in progress, streams
 per connection, and timeouts on handshakes, dials and stream negotiation.
+
+Security (``security``, names from ``security.SECURITY_PROTOCOLS``): the protocols a
+dial proposes, in that order, and inbound connections accept; ``stats`` counts each
+connection's as ``secured_noise`` / ``secured_tls``.
 """
 
 from __future__ import annotations
@@ -52,8 +56,9 @@ from .identify import IdentifyInfo
 from .identifyservice import IdentifyService
 from .limits import HostLimits
 from .multistream import MultistreamDialer, MultistreamListener
+from .security import DEFAULT_SECURITY, protocol_ids, security_name
 
-__all__ = ["AGENT_VERSION", "DialError", "Host", "HostLimits", "Stream", "StreamHandler"]
+__all__ = ["AGENT_VERSION", "DEFAULT_SECURITY", "DialError", "Host", "HostLimits", "Stream", "StreamHandler"]
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +96,10 @@ class Host:
         *,
         limits: HostLimits = HostLimits(),
         agent_version: str = AGENT_VERSION,
+        security: Sequence[str] = DEFAULT_SECURITY,
     ):
         self.identity = identity
+        self.security = protocol_ids(security)  # proposed in this order; accepted inbound
         self.peer_id = identity.peer_id()
         self.limits = limits
         self.agent_version = agent_version
@@ -300,7 +307,7 @@ class Host:
         try:
             with anyio.fail_after(self.limits.dial_timeout):
                 sock = await tcp.connect(host, port)
-                upgraded = await upgrade(sock, self.identity, True, peer)
+                upgraded = await upgrade(sock, self.identity, True, peer, self.security)
         except (TimeoutError, *CONNECTION_ERRORS) as exc:
             if sock is not None:
                 await _close_quietly(sock)
@@ -346,7 +353,7 @@ class Host:
         self._pending_handshakes += 1
         try:
             with anyio.fail_after(limits.handshake_timeout):
-                upgraded = await upgrade(sock, self.identity, False, None)
+                upgraded = await upgrade(sock, self.identity, False, None, self.security)
         except TimeoutError:
             self.stats["handshake_timeouts"] += 1
             log.debug("inbound handshake timed out")
@@ -398,6 +405,7 @@ class Host:
             self.start_soon(existing.close)
         self._connections[peer] = conn
         self.stats["connections_opened"] += 1
+        self.stats[f"secured_{security_name(conn.security)}"] += 1
         if len(self._connections) > self.limits.high_water and not self._trimming:
             self.start_soon(self.trim)
         return conn

@@ -1,7 +1,7 @@
 """Drive real js-libp2p Kademlia peers from Python tests.
 
-Each peer is a Node.js process running ``js/peer.mjs`` (libp2p 3.2 with TCP, Noise,
-yamux, identify, ping and kad-dht, versions pinned in ``js/package-lock.json``),
+Each peer is a Node.js process running ``js/peer.mjs`` (libp2p 3.2 with TCP, Noise
+and/or TLS, yamux, identify, ping and kad-dht, versions pinned in ``js/package-lock.json``),
 controlled with JSON lines on its stdin/stdout. Typical use::
 
     async with start_js_peer(node_bin, key_type="secp256k1") as js:
@@ -23,6 +23,8 @@ Options of a peer (see ``js/peer.mjs`` for the wire form):
                  ``{"inboundConnectionThreshold": 1000}`` (js's default accepts only 5
                  inbound connections per second from one host, and every test peer
                  dials from 127.0.0.1)
+  security       connection encrypters in order of preference, of "noise" and "tls"
+                 (default ("noise",); ("tls",) is a peer that speaks only TLS)
   sink_protocol  a protocol id served as a byte sink (reads to EOF, answers the count
                  as a big-endian uint64): scripts/bench_transport.py uses it
 
@@ -235,6 +237,7 @@ async def start_js_peer(
     permissive_namespaces: tuple[str, ...] = (),
     sink_protocol: str | None = None,
     connection_manager: dict[str, Any] | None = None,
+    security: tuple[str, ...] = ("noise",),
 ) -> AsyncIterator[JsPeer]:
     """Start one js peer; it is stopped (stdin closed, then killed) on exit."""
     options = {
@@ -245,6 +248,7 @@ async def start_js_peer(
         "permissiveNamespaces": list(permissive_namespaces),
         "sinkProtocol": sink_protocol,
         "connectionManager": connection_manager or {},
+        "security": list(security),
     }
     env = {**os.environ, "NODE_NO_WARNINGS": "1"}
     process = await anyio.open_process([node_bin, str(PEER_SCRIPT), json.dumps(options)], cwd=JS_DIR, env=env)

@@ -11,6 +11,8 @@
 //                         harness sets inboundConnectionThreshold to 1000 (js's default
 //                         of 5 inbound connections per second and host breaks tests
 //                         where every peer dials from 127.0.0.1)
+//            security     connection encrypters, in order of preference: "noise", "tls"
+//                         (default ["noise"]; ["tls"] makes a peer that speaks only TLS)
 //            sinkProtocol a protocol id to serve as a byte sink (for benchmarks): it reads
 //                         to the end of the stream, then answers the byte count as a
 //                         big-endian uint64 and closes
@@ -32,6 +34,7 @@ import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { tls } from '@libp2p/tls'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
@@ -40,6 +43,8 @@ import { fromString as bytesFromString, toString as bytesToString } from 'uint8a
 const options = JSON.parse(process.argv[2] ?? '{}')
 const keyType = options.keyType ?? 'Ed25519'
 const protocol = options.protocol ?? '/ipfs/kad/1.0.0'
+const encrypters = { noise, tls }
+const security = (options.security ?? ['noise']).map((name) => encrypters[name]())
 
 const hex = (bytes) => bytesToString(bytes, 'base16')
 const unhex = (text) => bytesFromString(text, 'base16')
@@ -60,7 +65,7 @@ const node = await createLibp2p({
   // connections per second from one host by default: lift that unless told otherwise.
   connectionManager: { inboundConnectionThreshold: 1000, ...(options.connectionManager ?? {}) },
   transports: [tcp()],
-  connectionEncrypters: [noise()],
+  connectionEncrypters: security,
   streamMuxers: [yamux()],
   services: {
     identify: identify(),
