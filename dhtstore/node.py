@@ -126,6 +126,7 @@ class Node:
         )
         self.upkeep.bootstrap_peers = list(options.bootstrap)
         host.on_identify(self.upkeep.on_identify)
+        host.protect_when(self.table.__contains__)  # routing-table members are never trimmed
         # Set in start(): they need the store's lifecycle.
         self.providers: ProviderStore
         self.values: ValueStore

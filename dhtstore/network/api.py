@@ -16,6 +16,7 @@ internal to it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from multiaddr import Multiaddr
@@ -158,4 +159,12 @@ class Host(Protocol):
     def on_disconnect(self, callback: PeerCallback) -> None:
         """``callback(peer_id)`` when the connection to a peer closes (not when a newer
         connection to the same peer replaces it)."""
+        ...
+
+    def protect_when(self, predicate: Callable[[PeerId], bool]) -> None:
+        """Never trim the connection to a peer for which ``predicate(peer)`` is true."""
+        ...
+
+    def busy(self, peer: PeerId) -> AbstractContextManager[None]:
+        """Work in flight with ``peer`` while entered: its connection is not trimmed."""
         ...

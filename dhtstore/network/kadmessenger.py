@@ -71,7 +71,8 @@ class LibP2PKadMessenger:
         frame = encode_frame(message)
         sender = self._senders.setdefault(peer.peer_id, _PeerSender())
         try:
-            return await self._exchange_locked(sender, peer, frame, message, expect_reply)
+            with self._host.busy(peer.peer_id):  # the connection manager spares it meanwhile
+                return await self._exchange_locked(sender, peer, frame, message, expect_reply)
         finally:
             # a peer we could not reach keeps no entry (the table stays bounded)
             if sender.stream is None and not sender.lock.statistics().tasks_waiting:
