@@ -390,6 +390,7 @@ class Node:
             events={**self.host.stats, **self.kadserver.stats},
             store_rows=dict(self.store_rows),
             store=self.store_state(),
+            resources=self.host.resource_usage(),
         )
 
     def status(self) -> dict[str, object]:

@@ -17,6 +17,7 @@ from typing import Any, cast
 import anyio
 import pytest
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import generate_latest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dhtstore import varint
@@ -96,12 +97,15 @@ async def test_512_connections_from_one_ip_holding_streams_leave_room_for_others
                 async with anyio.create_task_group() as tg:
                     for attacker in attackers[start : start + 64]:
                         tg.start_soon(attack, attacker)
+        await assert_answered(honest, node)  # while the attackers hold what they got
         per_ip = ResourceLimits().ip.inbound_connections
         assert len(held) <= per_ip and refused >= 512 - per_ip
         assert node.host.resources.usage("ip", "127.0.0.1")["inbound_connections"] <= per_ip
         stats = node.host.stats
         assert stats["limit_ip_inbound_connections"] + stats["limit_ip_handshakes"] >= 512 - per_ip
-        await assert_answered(honest, node)
+        scrape = generate_latest(node.metrics.registry).decode()  # the hits and the usage, as Prometheus sees them
+        assert 'event="limit_ip_inbound_connections"' in scrape
+        assert 'dhtstore_resource_usage{identity="default",peer_id="%s",resource="inbound_connections"}' % node.peer_id in scrape
 
 
 async def test_64_silent_sockets_neither_lock_out_others_nor_stay(node: Node, honest: Host) -> None:

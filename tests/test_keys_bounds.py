@@ -33,6 +33,7 @@ def test_rsa_keys_go_accepts_are_accepted(bits: int, exponent: int) -> None:
         (4096, 2**31 + 1, "exponent"),
         (4096, secrets.randbits(3064) | (1 << 3063) | 1, "exponent of 3064 bits"),
     ],
+    ids=["rsa-1024", "rsa-8200", "rsa-16384", "e=2^31+1", "e of 3064 bits"],
 )
 def test_rsa_keys_out_of_bounds_are_refused(bits: int, exponent: int, reason: str) -> None:
     with pytest.raises(KeyFormatError, match=reason):

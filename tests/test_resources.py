@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
+from dhtstore import config, varint
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.network.api import HostLimits
 from dhtstore.network.kadcodec import FrameDecoder
 from dhtstore.network.resources import (
     ResourceLimitExceeded,
@@ -15,7 +18,6 @@ from dhtstore.network.resources import (
     ScopeLimits,
     ip_group,
 )
-from dhtstore import varint
 
 PEER = PrivateKey.generate().peer_id()
 
@@ -154,3 +156,18 @@ def test_limits_come_from_the_config_limits_table() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             ResourceLimits.from_config(bad)
+
+
+def test_config_toml_carries_the_limits_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    written = tmp_path / "config.toml"
+    written.write_text(config.render(config.Config()))
+    assert config.load(written).limits == HostLimits()  # the defaults, written out
+    edited = config.render(config.Config()).replace("first_byte_timeout = 3.0", "first_byte_timeout = 1.5")
+    written.write_text(edited.replace("[limits.ip]\ninbound_connections = 8", "[limits.ip]\ninbound_connections = 32"))
+    loaded = config.load(written).limits
+    assert loaded.first_byte_timeout == 1.5 and loaded.resources.ip.inbound_connections == 32
+    assert loaded.resources.ip.handshakes == ResourceLimits().ip.handshakes
+    for bad, message in (("[limits]\nhigh_waters = 3\n", "no such key"), ("[limits]\nlow_water = 1.5\n", "integer")):
+        written.write_text(bad)
+        with pytest.raises(config.ConfigError, match=message):
+            config.load(written)

@@ -8,6 +8,8 @@
 - ``Stream``: one negotiated libp2p stream, as a host hands it out.
 - For a Kademlia server on a host's streams: the kad framing (``FrameDecoder``,
   ``encode_frame``, ``KadCodecError``) and the per-peer ``PeerRateLimiter``.
+- ``HostLimits`` (with its ``ResourceLimits`` of ``ScopeLimits``): a host's limits, as
+  config.toml's ``[limits]`` table gives them.
 
 Everything else of the module (Noise, yamux, multistream, the TCP transport) is
 internal to it.
@@ -26,13 +28,15 @@ from ..types import Message, PeerInfo
 from .connection import CONNECTION_ERRORS
 from .identify import IdentifyInfo
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
-from .limits import DIAL_TIMEOUT, PeerRateLimiter
+from .limits import DIAL_TIMEOUT, HostLimits, PeerRateLimiter
+from .resources import ResourceLimits, ScopeLimits
 
 __all__ = [
     "CONNECTION_ERRORS",
     "DIAL_TIMEOUT",
     "FrameDecoder",
     "Host",
+    "HostLimits",
     "IdentifyCallback",
     "IdentifyInfo",
     "KadCodecError",
@@ -41,6 +45,8 @@ __all__ = [
     "PeerConnection",
     "PeerRateLimiter",
     "PeerTarget",
+    "ResourceLimits",
+    "ScopeLimits",
     "Stream",
     "StreamHandler",
     "encode_frame",
@@ -163,6 +169,10 @@ class Host(Protocol):
 
     def protect_when(self, predicate: Callable[[PeerId], bool]) -> None:
         """Never trim the connection to a peer for which ``predicate(peer)`` is true."""
+        ...
+
+    def resource_usage(self) -> Mapping[str, int]:
+        """What the resource manager's system scope holds now, by resource."""
         ...
 
     def busy(self, peer: PeerId) -> AbstractContextManager[None]:

@@ -207,6 +207,9 @@ class Host:
             if not self._busy[peer]:
                 del self._busy[peer]
 
+    def resource_usage(self) -> dict[str, int]:
+        return self.resources.usage()
+
     def _protected(self, peer: PeerId) -> bool:
         return peer in self._busy or any(keep(peer) for keep in self._keep)
 

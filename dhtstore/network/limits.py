@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import anyio
 
 from .connection import KEEPALIVE_INTERVAL, WRITE_TIMEOUT
-from .resources import ResourceLimits
+from .resources import SCOPES, ResourceLimits
 
 # Seconds for one dial: TCP connect, then the Noise and muxer handshakes (go-libp2p's
 # swarm dial timeout).
@@ -41,6 +41,28 @@ class HostLimits:
     def __post_init__(self) -> None:
         if not 0 <= self.low_water <= self.high_water:
             raise ValueError("need 0 <= low_water <= high_water")
+
+    @classmethod
+    def from_config(cls, section: object) -> HostLimits:
+        """From config.toml's ``[limits]`` table: the keys above (but ``resources``), and
+        a table per resource scope (``[limits.ip]`` ...; see ``ResourceLimits.from_config``).
+        ValueError names what is wrong."""
+        if section is None:
+            return cls()
+        if not isinstance(section, dict):
+            raise ValueError("[limits] must be a table")
+        scalars = {f.name: f.type for f in fields(cls) if f.name != "resources"}
+        unknown = set(section) - set(scalars) - set(SCOPES)
+        if unknown:
+            raise ValueError(f"[limits]: no such key {sorted(unknown)} (use {', '.join(scalars)}, or a table per scope)")
+        given = {k: v for k, v in section.items() if k in scalars}
+        for key, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"[limits] {key} must be a number >= 0")
+            if scalars[key] == "int" and not isinstance(value, int):
+                raise ValueError(f"[limits] {key} must be an integer")
+        resources = ResourceLimits.from_config({k: v for k, v in section.items() if k in SCOPES})
+        return replace(cls(), **given, resources=resources)
 
 
 class PeerRateLimiter:
