@@ -119,7 +119,8 @@ async def test_64_silent_sockets_neither_lock_out_others_nor_stay(node: Node, ho
                     while True:
                         assert await sock.receive() == b""
     assert node.host.stats["silent_sockets_dropped"] >= 1
-    assert node.host.stats["limit_ip_handshakes"] >= 64 - ResourceLimits().ip.handshakes
+    stats, per_ip = node.host.stats, min(ResourceLimits().ip.handshakes, ResourceLimits().ip.inbound_connections)
+    assert stats["limit_ip_handshakes"] + stats["limit_ip_inbound_connections"] >= 64 - per_ip
 
 
 async def test_64_kad_streams_announcing_4_mib_frames_stay_within_the_memory_budget(node: Node, honest: Host) -> None:
@@ -328,3 +329,31 @@ async def test_a_quiet_honest_connection_answers_the_keepalive_and_stays(node: N
         conn = await quiet_peer.connect(target(node))
         await anyio.sleep(2.0)  # several keep-alive rounds
         assert quiet_peer.connection(node.peer_id) is conn and quiet_peer.stats["keepalive_timeouts"] == 0
+
+
+async def test_a_request_from_a_task_a_stream_handler_started_is_not_charged_to_that_stream(node: Node) -> None:
+    """Frame memory is reserved in the scope of the stream that carries the frame, never
+    in that of an inbound stream whose handler happened to start the task."""
+    trigger = "/test/trigger/1.0.0"
+    replies: list[Message] = []
+    stream_gone = anyio.Event()
+    async with Host(PrivateKey.generate(), [f"/ip4/{HONEST_IP}/tcp/0"]) as peer, Host(PrivateKey.generate()) as other:
+        messenger = LibP2PKadMessenger(peer)
+
+        async def later() -> None:
+            await stream_gone.wait()
+            replies.append(await messenger.request(target(node), Message(MessageType.FIND_NODE, key=b"k" * 32)))
+
+        async def handle(stream: Stream) -> None:
+            peer.start_soon(later)
+
+        peer.set_handler(trigger, handle)
+        stream = await other.new_stream(PeerInfo(peer.peer_id, tuple(peer.advertised_addrs())), [trigger])
+        with anyio.fail_after(WAIT):
+            with pytest.raises(anyio.EndOfStream):
+                await stream.receive()  # the handler returned and its stream closed
+            await stream.aclose()
+            stream_gone.set()
+            while not replies:
+                await anyio.sleep(0.01)
+        assert replies[0].type is MessageType.FIND_NODE

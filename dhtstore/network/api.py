@@ -29,7 +29,7 @@ from .connection import CONNECTION_ERRORS
 from .identify import IdentifyInfo
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
 from .limits import DIAL_TIMEOUT, HostLimits, PeerRateLimiter
-from .resources import ResourceLimits, ScopeLimits
+from .resources import ResourceLimits, ScopeLimits, StreamScope
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -84,6 +84,11 @@ class Stream(Protocol):
 
     @property
     def remote_peer(self) -> PeerId: ...
+
+    @property
+    def resources(self) -> StreamScope:
+        """What the stream holds of the host's resource limits (frame memory reserves here)."""
+        ...
 
     async def receive(self, max_bytes: int = ...) -> bytes: ...
 

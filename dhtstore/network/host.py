@@ -563,6 +563,7 @@ class Host:
             self._tg.start_soon(self._guarded, func, *args)
 
     async def _guarded(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        current_stream_scope.set(None)  # started from a stream's handler, it does not belong to that stream
         try:
             await func(*args)
         except Exception as exc:

@@ -12,9 +12,11 @@ Decoding is strict where a mistake would hurt and forgiving where go is:
 
 ``FrameDecoder`` is sans-I/O: bytes in, messages out. A length prefix over the limit
 is refused as soon as the varint is complete, before any body is buffered; within the
-limit, the body's length is reserved from the stream's resource scope first (inside an
-inbound stream handler, the scope the host set for it), and a reservation over budget
-raises ``ResourceLimitExceeded``: the caller resets the stream.
+limit, the body's length is reserved from the stream's resource scope first, and a
+reservation over budget raises ``ResourceLimitExceeded``: the caller resets the stream.
+The scope is the one given, or else, for a decoder made by an inbound stream's handler
+itself, that stream's (the host sets it for the handler's task; a task the handler
+starts inherits it, so code that may run there passes its own stream's scope).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class ResourceLimits:
         streams=6144,
         memory=128 * MiB,
     )
-    ip: ScopeLimits = ScopeLimits(inbound_connections=8, handshakes=4, inbound_streams=512, memory=16 * MiB)
+    ip: ScopeLimits = ScopeLimits(inbound_connections=8, handshakes=8, inbound_streams=512, memory=16 * MiB)
     peer: ScopeLimits = ScopeLimits(
         connections=8, inbound_streams=256, outbound_streams=256, streams=512, memory=16 * MiB
     )
