@@ -15,7 +15,8 @@ yamux ping goes out, and a pong must come back within ``write_timeout``; a write
 buffer that stays over its limit for ``write_timeout`` (a peer that stopped reading)
 closes the connection too. Bytes are queued on the socket as soon as yamux produces
 them, in that order, and only a sender of stream data waits for the socket to drain:
-the read loop never waits on a peer that does not read.
+the read loop never waits on a peer that does not read (unless a MiB of its own
+replies piles up unread).
 
 Resources: each stream has a ``StreamScope`` in the connection's scope (the host's
 resource manager); an inbound stream the scope refuses is reset at once.
@@ -64,6 +65,9 @@ CONNECTION_ERRORS = (
 )
 KEEPALIVE_INTERVAL = 30.0  # go-yamux KeepAliveInterval
 WRITE_TIMEOUT = 10.0  # go-yamux ConnectionWriteTimeout: a pong, or a stalled write
+# Unsent bytes past which the read loop waits for the peer to read: acks and pongs for
+# a peer that sends but never reads would otherwise pile up until the write timeout.
+MAX_UNSENT = 1024 * 1024
 
 
 class NegotiationError(ProtocolViolation):
@@ -426,7 +430,9 @@ class Connection:
         self._muxer.receive_data(plaintext)
         while (event := self._muxer.next_event()) is not NEED_DATA:
             self._dispatch(event)
-        self._write_pending()  # acks, window updates, pongs: never wait for the peer to read
+        self._write_pending()  # acks, window updates, pongs: no waiting for the peer to read ...
+        if self._sock.write_buffer_size() > MAX_UNSENT:  # ... unless it has not read a MiB of them
+            await self._sock.drain()
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, yamux.StreamData):

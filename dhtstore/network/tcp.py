@@ -128,6 +128,9 @@ class TcpStream(anyio.abc.ByteStream):
             if p.lost:
                 raise anyio.BrokenResourceError
 
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
     def write_stalled_for(self, now: float) -> float:
         """Seconds the write buffer has been over its limit (0 when it is not)."""
         since = self._protocol.write_paused_at
