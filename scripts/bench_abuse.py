@@ -140,11 +140,12 @@ async def _big_frames(target: PeerInfo, host: str, port: int) -> None:
             except (NetworkError, *CONNECTION_ERRORS):
                 await anyio.sleep(0.2)
 
-    async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
-        for _ in range(8):
-            attacker = await stack.enter_async_context(Host(PrivateKey.generate()))
-            for _ in range(64):
-                tg.start_soon(stream_loop, attacker)
+    async with AsyncExitStack() as stack:
+        attackers = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(8)]
+        async with anyio.create_task_group() as tg:
+            for attacker in attackers:
+                for _ in range(64):
+                    tg.start_soon(stream_loop, attacker)
 
 
 class _ForgedIdentity:
@@ -209,6 +210,11 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
@@ -241,11 +247,13 @@ async def honest_phase(clients: list[Host], target: PeerInfo, duration: float, s
             peak_rss = max(peak_rss, rss_mb(server_pid))
             await anyio.sleep(0.2)
 
+    cpu_before = cpu_seconds(server_pid)
     async with anyio.create_task_group() as tg:
         tg.start_soon(sample_rss)
         for i, client in enumerate(clients):
             tg.start_soon(client_loop, client, i)
     return {
+        "server_cpu_per_s": (cpu_seconds(server_pid) - cpu_before) / duration,
         "rps": done / duration,
         "p99_find_node_ms": p99(latencies["FIND_NODE"]) * 1000,
         "p99_get_providers_ms": p99(latencies["GET_PROVIDERS"]) * 1000,
@@ -296,8 +304,8 @@ def report(results: list[tuple[str, dict[str, float], dict[str, float]]], comman
     lines = [
         f"`{command}`, {time.strftime('%Y-%m-%d')}, commit {_commit()}, load average {os.getloadavg()[0]:.1f} at the end",
         "",
-        "| attack | honest req/s (ratio to baseline) | p99 FIND_NODE ms (ratio) | p99 GET_PROVIDERS ms (ratio) | server RSS MB, peak | targets met |",
-        "|---|---|---|---|---|---|",
+        "| attack | honest req/s (ratio to baseline) | p99 FIND_NODE ms (ratio) | p99 GET_PROVIDERS ms (ratio) | server RSS MB, peak | server CPU s/s (baseline) | targets met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, base, hit in results:
         fn, gp = hit["p99_find_node_ms"] / base["p99_find_node_ms"], hit["p99_get_providers_ms"] / base["p99_get_providers_ms"]
@@ -306,7 +314,8 @@ def report(results: list[tuple[str, dict[str, float], dict[str, float]]], comman
             f"| {name} | {hit['rps']:.0f} of {base['rps']:.0f} ({hit['rps'] / base['rps']:.2f}) "
             f"| {hit['p99_find_node_ms']:.1f} of {base['p99_find_node_ms']:.1f} ({fn:.2f}) "
             f"| {hit['p99_get_providers_ms']:.1f} of {base['p99_get_providers_ms']:.1f} ({gp:.2f}) "
-            f"| {hit['rss_mb']:.0f} (baseline {base['rss_mb']:.0f}) | {'yes' if met else 'no'} |"
+            f"| {hit['rss_mb']:.0f} (baseline {base['rss_mb']:.0f}) "
+            f"| {hit['server_cpu_per_s']:.2f} ({base['server_cpu_per_s']:.2f}) | {'yes' if met else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
