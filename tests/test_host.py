@@ -426,3 +426,23 @@ async def test_yamux_is_agreed_in_the_noise_handshake_or_else_by_multistream(
     stream = await a.new_stream(addr_of(c), [ECHO])
     await stream.send(b"either way")
     assert await stream.receive() == b"either way"
+
+
+async def test_trimming_closes_connections_with_open_streams_but_spares_protected_and_busy_peers() -> None:
+    # the grace lets all four connect and open their streams before any is trimmed
+    limits = HostLimits(high_water=2, low_water=2, idle_grace=1.0, trim_interval=0.05)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        server.set_handler(ECHO, echo)
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(4)]
+            kept, busy = clients[0].peer_id, clients[1].peer_id
+            server.protect_when(lambda peer: peer == kept)
+            stack.enter_context(server.busy(busy))
+            streams = [await c.new_stream(addr_of(server), [ECHO]) for c in clients]  # each holds a stream open
+            with anyio.fail_after(5):
+                while len(server.connected_peers()) > limits.low_water:
+                    await anyio.sleep(0.01)
+            assert set(server.connected_peers()) == {kept, busy}
+            assert server.stats["trimmed_connections"] == 2
+            await streams[0].send(b"still here")
+            assert await streams[0].receive() == b"still here"
