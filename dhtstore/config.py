@@ -11,6 +11,7 @@ Layout of a data directory (default ``~/.dhtstore``)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .amino import LAN_PROTOCOL_ID, PROTOCOL_ID
 from .crypto.keys import KeyFormatError, PrivateKey
-from .network.api import DEFAULT_SECURITY, protocol_ids
+from .network.api import DEFAULT_SECURITY, HostLimits, ScopeLimits, protocol_ids
 
 DEFAULT_DATA_DIR = Path("~/.dhtstore")
 CONFIG_FILE_NAME = "config.toml"
@@ -59,6 +60,7 @@ class Config:
     http: str = ""  # HOST:PORT of the Delegated Routing V1 HTTP API; empty: not served
     routing_table: str = "kbuckets"  # or "full": the whole network, crawled, in the store
     security: tuple[str, ...] = DEFAULT_SECURITY  # proposed in this order when dialling; all accepted
+    limits: HostLimits = HostLimits()  # [limits]: README "Limits"
     extra: dict[str, object] = field(default_factory=dict, compare=False)  # sections other modules own
 
     def __post_init__(self) -> None:
@@ -95,6 +97,23 @@ def _toml_list(values: tuple[str, ...]) -> str:
     return "[\n" + "".join(f"  {_toml_str(v)},\n" for v in values) + "]"
 
 
+UNLIMITED_SCOPE = ScopeLimits()
+
+
+def _render_limits(limits: HostLimits) -> str:
+    scalars = [f"{f.name} = {getattr(limits, f.name)!r}" for f in dataclasses.fields(limits) if f.name != "resources"]
+    out = "[limits]\n" + "\n".join(scalars) + "\n"
+    for scope in dataclasses.fields(limits.resources):
+        values: ScopeLimits = getattr(limits.resources, scope.name)
+        given = [
+            f"{f.name} = {getattr(values, f.name)}"
+            for f in dataclasses.fields(values)
+            if getattr(values, f.name) != getattr(UNLIMITED_SCOPE, f.name)
+        ]
+        out += f"\n[limits.{scope.name}]\n" + "".join(line + "\n" for line in given)
+    return out
+
+
 def render(config: Config) -> str:
     """The config file text; ``load`` reads it back to an equal Config."""
     return f"""# dhtstore node configuration (TOML).
@@ -129,7 +148,10 @@ routing_table = {_toml_str(config.routing_table)}
 # inbound connections may use any listed. Noise first saves a round trip with the many
 # js-libp2p peers that have no TLS; Kubo accepts either.
 security = {_toml_list(config.security)}
-"""
+# Limits (README "Limits"): the connection manager and timeouts (seconds), then the
+# resource manager's limits per scope; a limit not listed in a scope is unlimited.
+# No address is exempt, loopback included.
+{_render_limits(config.limits)}"""
 
 
 def load(path: Path) -> Config:
@@ -140,7 +162,11 @@ def load(path: Path) -> Config:
         raise ConfigError(f"no config file at {path}: run `dhtstore init`") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
-    known = {"listen", "mode", "protocol", "bootstrap", "store", "http", "routing_table", "security"}
+    known = {"listen", "mode", "protocol", "bootstrap", "store", "http", "routing_table", "security", "limits"}
+    try:
+        limits = HostLimits.from_config(data.get("limits"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         return Config(
             listen=tuple(data.get("listen", DEFAULT_LISTEN)),
@@ -151,6 +177,7 @@ def load(path: Path) -> Config:
             http=str(data.get("http", "")),
             routing_table=str(data.get("routing_table", "kbuckets")),
             security=_names(data.get("security", DEFAULT_SECURITY)),
+            limits=limits,
             extra={k: v for k, v in data.items() if k not in known},
         )
     except ConfigError as exc:

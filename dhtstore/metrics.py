@@ -1,7 +1,8 @@
 """Prometheus metrics for a running node, served on ``--metrics HOST:PORT``.
 
 Counters the node already keeps (requests by type and outcome, host and server
-refusals, lookups) are read at scrape time by a collector, so no second set of
+refusals, lookups; a resource limit hit is the event ``limit_<scope>_<resource>``)
+are read at scrape time by a collector, so no second set of
 counters has to be kept in step. Lookup durations go into a histogram as lookups end.
 Every sample carries the peer id and the identity name (``--identity``), so the
 processes sharing one store tell themselves apart. Store sizes are the node's
@@ -13,7 +14,7 @@ is down.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -32,6 +33,7 @@ class NodeStats:
     events: Mapping[str, int]  # host and kad-server refusals and failures
     store_rows: Mapping[str, int]  # table -> rows, as last counted
     store: str  # "up", "down" (failed, not answering yet) or "memory"
+    resources: Mapping[str, int] = field(default_factory=dict)  # what the host's resource manager holds
 
 
 class NodeCollector(Collector):
@@ -59,6 +61,14 @@ class NodeCollector(Collector):
         for event, n in sorted(stats.events.items()):
             refused.add_metric([*who, event], n)
         yield refused
+        usage = GaugeMetricFamily(
+            "dhtstore_resource_usage",
+            "What the host's resource manager holds, all scopes (connections, streams, bytes of frames)",
+            labels=["peer_id", "identity", "resource"],
+        )
+        for resource, n in sorted(stats.resources.items()):
+            usage.add_metric([*who, resource], n)
+        yield usage
         sizes = GaugeMetricFamily("dhtstore_store_rows", "Rows in the store, by table", labels=["peer_id", "identity", "table"])
         for name, n in sorted(stats.store_rows.items()):
             sizes.add_metric([*who, name], n)

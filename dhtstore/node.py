@@ -153,6 +153,7 @@ class Node:
             self.metrics.registry.register(CrawlerCollector(self.crawler.counters, str(self.peer_id), options.identity_name))
             table = self.full_table
             host.on_identify(lambda peer, info: table.note_identify(peer, info.agent_version or "", tuple(info.protocols)))
+        host.protect_when(self.table.__contains__)  # routing-table members are never trimmed
         # Set in start(): they need the store's lifecycle.
         self.providers: ProviderStore
         self._reader: Reader | None = None
@@ -431,6 +432,7 @@ class Node:
             events={**self.host.stats, **self.kadserver.stats},
             store_rows=dict(self.store_rows),
             store=self.store_state(),
+            resources=self.host.resource_usage(),
         )
 
     def status(self) -> dict[str, object]:

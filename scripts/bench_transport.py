@@ -49,6 +49,7 @@ from dhtstore.network.connection import Stream  # noqa: E402
 from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadmessenger import LibP2PKadMessenger  # noqa: E402
 from dhtstore.network.limits import HostLimits, PeerRateLimiter  # noqa: E402
+from dhtstore.network.resources import ResourceLimits, ScopeLimits  # noqa: E402
 from dhtstore.server.api import RequestHandler  # noqa: E402
 from dhtstore.server.kadserver import KadServer  # noqa: E402
 from dhtstore.types import Message, MessageType, PeerInfo  # noqa: E402
@@ -81,7 +82,8 @@ async def sink(stream: Stream) -> None:
 
 
 async def serve(security: str) -> None:
-    limits = HostLimits(max_connections=1024, high_water=1024, low_water=1024, max_pending_handshakes=256)
+    unlimited = ScopeLimits()  # every client dials from 127.0.0.1
+    limits = HostLimits(high_water=1024, low_water=1024, resources=ResourceLimits(system=unlimited, ip=unlimited, peer=unlimited))
     async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits, security=[security]) as host:
         # no rate limit: the benchmark is the flood
         KadServer(host, EmptyAnswers(), limiter=PeerRateLimiter(rate=1e9, burst=1e9)).start()

@@ -17,6 +17,7 @@ from dhtstore.network.connection import Connection, Stream
 from dhtstore.network.host import DialError, Host, HostLimits
 from dhtstore.network.identify import IdentifyInfo
 from dhtstore.network.security import SecureHandshake, start_handshake
+from dhtstore.network.resources import ResourceLimits, ScopeLimits
 from dhtstore.peerid import PeerId
 from dhtstore.types import PeerInfo
 
@@ -233,7 +234,7 @@ async def test_streams_past_the_limit_are_refused() -> None:
 
 
 async def test_connections_past_the_limit_are_refused() -> None:
-    limits = HostLimits(max_connections=1, high_water=1, low_water=1)
+    limits = HostLimits(high_water=1, low_water=1, resources=ResourceLimits(system=ScopeLimits(inbound_connections=1)))
     async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
         async with Host(PrivateKey.generate()) as first, Host(PrivateKey.generate()) as second:
             await first.connect(addr_of(server))
@@ -243,7 +244,7 @@ async def test_connections_past_the_limit_are_refused() -> None:
 
 
 async def test_idle_connections_are_trimmed_to_the_low_water_mark() -> None:
-    limits = HostLimits(max_connections=10, high_water=2, low_water=1, idle_grace=0.0, trim_interval=0.05)
+    limits = HostLimits(high_water=2, low_water=1, idle_grace=0.0, trim_interval=0.05)
     async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
         async with AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(3)]
@@ -257,17 +258,18 @@ async def test_idle_connections_are_trimmed_to_the_low_water_mark() -> None:
             assert len(server.connected_peers()) == 1
 
 
-async def test_a_stalled_handshake_is_dropped_after_its_timeout() -> None:
-    limits = HostLimits(handshake_timeout=0.2)
+async def test_a_silent_socket_is_dropped_after_the_first_byte_timeout() -> None:
+    limits = HostLimits(first_byte_timeout=0.2)
     async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
         host, port = multiaddrs.tcp_endpoint(server.listen_addrs[0])
         async with await anyio.connect_tcp(host, port) as sock:
             with anyio.fail_after(5):
                 data = b""
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
-                    while True:  # the multistream header, then the close
+                    while True:  # the close, with nothing sent
                         data += await sock.receive()
-        assert server.stats["handshake_timeouts"] == 1
+        assert data == b""
+        assert server.stats["silent_sockets_dropped"] == 1
 
 
 async def test_after_1000_garbage_connections_a_real_peer_is_served(caplog: pytest.LogCaptureFixture) -> None:
@@ -424,3 +426,23 @@ async def test_yamux_is_agreed_in_the_noise_handshake_or_else_by_multistream(
     stream = await a.new_stream(addr_of(c), [ECHO])
     await stream.send(b"either way")
     assert await stream.receive() == b"either way"
+
+
+async def test_trimming_closes_connections_with_open_streams_but_spares_protected_and_busy_peers() -> None:
+    # the grace lets all four connect and open their streams before any is trimmed
+    limits = HostLimits(high_water=2, low_water=2, idle_grace=1.0, trim_interval=0.05)
+    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"], limits=limits) as server:
+        server.set_handler(ECHO, echo)
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(Host(PrivateKey.generate())) for _ in range(4)]
+            kept, busy = clients[0].peer_id, clients[1].peer_id
+            server.protect_when(lambda peer: peer == kept)
+            stack.enter_context(server.busy(busy))
+            streams = [await c.new_stream(addr_of(server), [ECHO]) for c in clients]  # each holds a stream open
+            with anyio.fail_after(5):
+                while len(server.connected_peers()) > limits.low_water:
+                    await anyio.sleep(0.01)
+            assert set(server.connected_peers()) == {kept, busy}
+            assert server.stats["trimmed_connections"] == 2
+            await streams[0].send(b"still here")
+            assert await streams[0].receive() == b"still here"

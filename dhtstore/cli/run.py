@@ -74,6 +74,7 @@ def _node_options(
         protocol=protocol,
         allow_private_addrs=allow_private,
         ip_diversity=not allow_private,
+        limits=config.limits,
         reprovide=reprovide,
         security=config.security,
     )

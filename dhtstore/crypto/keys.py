@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -25,7 +25,14 @@ from .. import varint
 from ..peerid import PeerId
 
 MAX_KEY_DATA = 8 * 1024  # an RSA-16384 PKIX key is ~2 KiB; anything far larger is abuse
-MIN_RSA_BITS = 2048  # go-libp2p refuses smaller RSA keys
+MIN_RSA_BITS = 2048  # go-libp2p's MinRsaKeyBits
+MAX_RSA_BITS = 8192  # go-libp2p's maxRsaKeyBits: verification cost grows with the square
+# Public exponents: odd, 3 to 2^31-1, as Go's crypto/rsa takes them (a 3064-bit exponent
+# made one verification cost ~90 times as much as e = 65537).
+MIN_RSA_EXPONENT = 3
+MAX_RSA_EXPONENT = 2**31 - 1
+# The curves go-libp2p's ECDSA keys can be on (x509.ParsePKIXPublicKey's NIST curves).
+ECDSA_CURVES = (ec.SECP224R1, ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 
 class KeyType(enum.IntEnum):
@@ -69,6 +76,18 @@ def _decode(blob: bytes) -> tuple[KeyType, bytes]:
         raise KeyFormatError(f"unknown key type {type_value}") from None
 
 
+def _check_rsa(bits: int, exponent: int) -> None:
+    if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+        raise KeyFormatError(f"RSA key of {bits} bits is outside {MIN_RSA_BITS}-{MAX_RSA_BITS}")
+    if not (MIN_RSA_EXPONENT <= exponent <= MAX_RSA_EXPONENT and exponent % 2):
+        raise KeyFormatError(f"RSA public exponent of {exponent.bit_length()} bits is not an odd number in 3..2^31-1")
+
+
+def _check_curve(curve: ec.EllipticCurve) -> None:
+    if not isinstance(curve, ECDSA_CURVES):
+        raise KeyFormatError(f"ECDSA key on {curve.name}, not one of P-224, P-256, P-384, P-521")
+
+
 @dataclass(frozen=True, eq=False)
 class PublicKey:
     key_type: KeyType
@@ -90,17 +109,17 @@ class PublicKey:
                 key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), data)
             else:
                 loaded = serialization.load_der_public_key(data)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise KeyFormatError(f"invalid {key_type.name} public key: {exc}") from None
         if key_type is KeyType.RSA:
             if not isinstance(loaded, rsa.RSAPublicKey):
                 raise KeyFormatError("RSA key data is not an RSA key")
-            if loaded.key_size < MIN_RSA_BITS:
-                raise KeyFormatError(f"RSA key of {loaded.key_size} bits is below {MIN_RSA_BITS}")
+            _check_rsa(loaded.key_size, loaded.public_numbers().e)
             key = loaded
         elif key_type is KeyType.ECDSA:
             if not isinstance(loaded, ec.EllipticCurvePublicKey):
                 raise KeyFormatError("ECDSA key data is not an EC key")
+            _check_curve(loaded.curve)
             key = loaded
         return cls(key_type, data, key)
 
@@ -159,15 +178,17 @@ class PrivateKey:
                 key = ec.derive_private_key(int.from_bytes(data, "big"), ec.SECP256K1())
             else:
                 loaded = serialization.load_der_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise KeyFormatError(f"invalid {key_type.name} private key: {exc}") from None
         if key_type is KeyType.RSA:
             if not isinstance(loaded, rsa.RSAPrivateKey):
                 raise KeyFormatError("RSA key data is not an RSA key")
+            _check_rsa(loaded.key_size, loaded.private_numbers().public_numbers.e)
             key = loaded
         elif key_type is KeyType.ECDSA:
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):
                 raise KeyFormatError("ECDSA key data is not an EC key")
+            _check_curve(loaded.curve)
             key = loaded
         return cls(key_type, key)
 

@@ -11,6 +11,8 @@
   list of names.
 - For a Kademlia server on a host's streams: the kad framing (``FrameDecoder``,
   ``encode_frame``, ``KadCodecError``) and the per-peer ``PeerRateLimiter``.
+- ``HostLimits`` (with its ``ResourceLimits`` of ``ScopeLimits``): a host's limits, as
+  config.toml's ``[limits]`` table gives them.
 
 Everything else of the module (Noise, TLS, yamux, multistream, the TCP transport) is
 internal to it.
@@ -19,6 +21,7 @@ internal to it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, TypeAlias, runtime_checkable
 
 from multiaddr import Multiaddr
@@ -28,7 +31,8 @@ from ..types import Message, PeerInfo
 from .connection import CONNECTION_ERRORS
 from .identify import IdentifyInfo
 from .kadcodec import FrameDecoder, KadCodecError, encode_frame
-from .limits import DIAL_TIMEOUT, PeerRateLimiter
+from .limits import DIAL_TIMEOUT, HostLimits, PeerRateLimiter
+from .resources import ResourceLimits, ScopeLimits, StreamScope
 from .security import DEFAULT_SECURITY, SECURITY_PROTOCOLS, protocol_ids
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "DIAL_TIMEOUT",
     "FrameDecoder",
     "Host",
+    "HostLimits",
     "IdentifyCallback",
     "IdentifyInfo",
     "KadCodecError",
@@ -46,6 +51,8 @@ __all__ = [
     "PeerRateLimiter",
     "PeerTarget",
     "SECURITY_PROTOCOLS",
+    "ResourceLimits",
+    "ScopeLimits",
     "Stream",
     "StreamHandler",
     "encode_frame",
@@ -84,6 +91,11 @@ class Stream(Protocol):
 
     @property
     def remote_peer(self) -> PeerId: ...
+
+    @property
+    def resources(self) -> StreamScope:
+        """What the stream holds of the host's resource limits (frame memory reserves here)."""
+        ...
 
     async def receive(self, max_bytes: int = ...) -> bytes: ...
 
@@ -165,4 +177,16 @@ class Host(Protocol):
     def on_disconnect(self, callback: PeerCallback) -> None:
         """``callback(peer_id)`` when the connection to a peer closes (not when a newer
         connection to the same peer replaces it)."""
+        ...
+
+    def protect_when(self, predicate: Callable[[PeerId], bool]) -> None:
+        """Never trim the connection to a peer for which ``predicate(peer)`` is true."""
+        ...
+
+    def resource_usage(self) -> Mapping[str, int]:
+        """What the resource manager's system scope holds now, by resource."""
+        ...
+
+    def busy(self, peer: PeerId) -> AbstractContextManager[None]:
+        """Work in flight with ``peer`` while entered: its connection is not trimmed."""
         ...

@@ -10,6 +10,17 @@ BrokenResourceError after a reset or a lost connection).
 Flow control: a stream's receive window is given back to the remote (``consume``)
 only as the application reads, and ``send`` waits for window when the remote's is
 exhausted, so neither side buffers more than one window per stream.
+
+Liveness (as go-yamux): after ``keepalive_interval`` seconds with nothing received, a
+yamux ping goes out, and a pong must come back within ``write_timeout``; a write
+buffer that stays over its limit for ``write_timeout`` (a peer that stopped reading)
+closes the connection too. Bytes are queued on the socket as soon as yamux produces
+them, in that order, and only a sender of stream data waits for the socket to drain:
+the read loop never waits on a peer that does not read (unless a MiB of its own
+replies piles up unread).
+
+Resources: each stream has a ``StreamScope`` in the connection's scope (the host's
+resource manager); an inbound stream the scope refuses is reset at once.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from ..crypto.keys import PrivateKey, PublicKey
 from ..errors import NetworkError, ProtocolViolation
 from ..peerid import PeerId
 from . import yamux
+from .resources import ConnectionScope, ResourceLimitExceeded, StreamScope
 from .multistream import (
     MultistreamDialer,
     MultistreamListener,
@@ -35,6 +47,7 @@ from .multistream import (
 )
 from .sansio import NEED_DATA
 from .security import DEFAULT_SECURITY, SecureTransport, protocol_ids, security_name, start_handshake
+from .tcp import TcpStream
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +61,13 @@ CONNECTION_ERRORS = (
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
     ProtocolViolation,
+    ResourceLimitExceeded,
 )
+KEEPALIVE_INTERVAL = 30.0  # go-yamux KeepAliveInterval
+WRITE_TIMEOUT = 10.0  # go-yamux ConnectionWriteTimeout: a pong, or a stalled write
+# Unsent bytes past which the read loop waits for the peer to read: acks and pongs for
+# a peer that sends but never reads would otherwise pile up until the write timeout.
+MAX_UNSENT = 1024 * 1024
 
 
 class NegotiationError(ProtocolViolation):
@@ -172,10 +191,11 @@ class _Signal:
 class Stream(anyio.abc.ByteStream):
     """One yamux stream, after (or during) protocol negotiation."""
 
-    def __init__(self, connection: Connection, stream_id: int, initiator: bool):
+    def __init__(self, connection: Connection, stream_id: int, initiator: bool, resources: StreamScope):
         self.connection = connection
         self.stream_id = stream_id
         self.initiator = initiator
+        self.resources = resources
         self.protocol = ""  # set once negotiated
         self._buffer = bytearray()
         self._readable = _Signal()
@@ -294,7 +314,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: anyio.abc.ByteStream,
+        sock: TcpStream,
         upgraded: Upgraded,
         *,
         initiator: bool,
@@ -302,8 +322,14 @@ class Connection:
         remote_addr: Multiaddr,
         max_streams: int,
         on_inbound_stream: InboundStreamTask,
+        resources: ConnectionScope,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        write_timeout: float = WRITE_TIMEOUT,
     ):
         self._sock = sock
+        self.resources = resources
+        self._keepalive_interval = keepalive_interval
+        self._write_timeout = write_timeout
         self._transport = upgraded.transport
         self._muxer = yamux.YamuxConnection(is_client=initiator, max_streams=max_streams)
         self.remote_peer = upgraded.remote_peer
@@ -314,15 +340,17 @@ class Connection:
         self.local_addr = local_addr
         self.remote_addr = remote_addr
         self.opened_at = time.monotonic()
-        self.last_active = self.opened_at
+        self.last_active = self.opened_at  # last byte received, or stream opened by us
+        self.last_received = self.opened_at
+        self._ping_sent_at: float | None = None  # the keep-alive ping awaiting its pong
         self.closed = False
         self._on_inbound_stream = on_inbound_stream
         self._streams: dict[int, Stream] = {}
-        self._send_lock = anyio.Lock(fast_acquire=True)  # no yield when uncontended
         self._closed_event = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._pending_plaintext = upgraded.plaintext
         self.protocol_errors = 0
+        self.liveness_failure = ""  # "keepalive_timeouts" or "write_stalls" once it closed for that
 
     @property
     def num_streams(self) -> int:
@@ -338,6 +366,7 @@ class Connection:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
+                tg.start_soon(self._watch_liveness)
                 try:
                     await self._process(self._pending_plaintext + self._transport.decrypt_available())
                     while not self.closed:
@@ -356,15 +385,42 @@ class Connection:
         finally:
             self._closed_event.set()
 
+    async def _watch_liveness(self) -> None:
+        tick = min(self._keepalive_interval, self._write_timeout) / 2
+        while not self.closed:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            if self._sock.write_stalled_for(now) > self._write_timeout:
+                self.liveness_failure = "write_stalls"
+            elif self._ping_sent_at is not None:
+                if now - self._ping_sent_at > self._write_timeout:
+                    self.liveness_failure = "keepalive_timeouts"
+            elif now - self.last_received >= self._keepalive_interval:
+                self._muxer.ping()
+                self._ping_sent_at = now
+                try:
+                    self._write_pending()
+                except CONNECTION_ERRORS:
+                    return  # the read loop sees the socket's end too
+            if self.liveness_failure:
+                log.debug("%r: closing: %s", self, self.liveness_failure)
+                await self._shutdown()
+                return
+
     async def open_stream(self) -> Stream:
         """A new outbound stream; NetworkError when yamux's stream limits are reached."""
         if self.closed:
             raise anyio.BrokenResourceError
         try:
+            resources = self.resources.open_stream(inbound=False)
+        except ResourceLimitExceeded as exc:
+            raise NetworkError(f"cannot open a stream to {self.remote_peer}: {exc}") from None
+        try:
             stream_id = self._muxer.open_stream()
         except yamux.StreamLimitError as exc:
+            resources.close()
             raise NetworkError(f"cannot open a stream to {self.remote_peer}: {exc}") from None
-        stream = Stream(self, stream_id, initiator=True)
+        stream = Stream(self, stream_id, initiator=True, resources=resources)
         self._streams[stream_id] = stream
         self.last_active = time.monotonic()
         await self._flush()
@@ -381,11 +437,13 @@ class Connection:
     async def _process(self, plaintext: bytes) -> None:
         if not plaintext:
             return
-        self.last_active = time.monotonic()
+        self.last_active = self.last_received = time.monotonic()
         self._muxer.receive_data(plaintext)
         while (event := self._muxer.next_event()) is not NEED_DATA:
             self._dispatch(event)
-        await self._flush()
+        self._write_pending()  # acks, window updates, pongs: no waiting for the peer to read ...
+        if self._sock.write_buffer_size() > MAX_UNSENT:  # ... unless it has not read a MiB of them
+            await self._sock.drain()
 
     def _dispatch(self, event: object) -> None:
         if isinstance(event, yamux.StreamData):
@@ -405,6 +463,8 @@ class Connection:
         elif isinstance(event, yamux.StreamWritable):
             if (stream := self._streams.get(event.stream_id)) is not None:
                 stream._writable.fire()
+        elif isinstance(event, yamux.PongReceived):
+            self._ping_sent_at = None
         elif isinstance(event, yamux.GoAwayReceived):
             log.debug("%r: remote went away (code %s)", self, event.code)
             self.closed = True  # no new streams; run() ends and closes the socket
@@ -412,19 +472,28 @@ class Connection:
     def _accept_stream(self, stream_id: int) -> None:
         # yamux itself resets inbound streams past its max_streams
         assert self._task_group is not None
-        stream = Stream(self, stream_id, initiator=False)
+        try:
+            resources = self.resources.open_stream(inbound=True)
+        except ResourceLimitExceeded:
+            self._muxer.reset_stream(stream_id)
+            return
+        stream = Stream(self, stream_id, initiator=False, resources=resources)
         self._streams[stream_id] = stream
         self._task_group.start_soon(self._on_inbound_stream, stream)
 
-    async def _flush(self) -> None:
-        # Bytes are taken from yamux in call order and the lock is FIFO, so frames
-        # are encrypted and sent in the order yamux produced them.
+    def _write_pending(self) -> None:
+        # Taken from yamux, encrypted and queued with no await in between, so frames
+        # leave in the order yamux produced them.
         out = self._muxer.data_to_send()
-        if not out or self.closed:
-            return
-        async with self._send_lock:
-            if not self.closed:
-                await self._sock.send(self._transport.encrypt(out))
+        if out and not self.closed:
+            self._sock.write(self._transport.encrypt(out))
+
+    async def _flush(self) -> None:
+        """Queue what yamux has to send, then wait while the socket's buffer is full
+        (the liveness watch closes the connection if it stays full)."""
+        self._write_pending()
+        if not self.closed:
+            await self._sock.drain()
 
     async def _consume(self, stream_id: int, n: int) -> None:
         if self.closed:
@@ -435,6 +504,7 @@ class Connection:
     def _forget(self, stream: Stream) -> None:
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+        stream.resources.close()
 
     def _forget_if_done(self, stream: Stream) -> None:
         if stream._local_closed and stream._remote_closed:
@@ -454,6 +524,7 @@ class Connection:
         self.closed = True
         for stream in list(self._streams.values()):
             stream._mark_reset()
+        self.resources.close()
         with anyio.CancelScope(shield=True):
             try:
                 await self._sock.aclose()

@@ -14,9 +14,14 @@ closes every connection (yamux go-away, then the socket) and every listener.
 
 Bad input never escapes: a handshake that fails or stalls past its timeout closes
 that socket and is counted in ``host.stats``; a stream whose handler raises is reset.
-Limits (``HostLimits``): connections (refused past ``max_connections``, idle ones
-trimmed from ``high_water`` down to ``low_water``), handshakes in progress, streams
-per connection, and timeouts on handshakes, dials and stream negotiation.
+
+Limits (``HostLimits``): the resource manager's (``network.resources``: connections,
+handshakes, streams and frame memory per system, IP, peer, protocol, connection and
+stream), the connection manager's (past ``high_water`` connections, the lowest scored
+are closed down to ``low_water``, whatever streams they have open, sparing young
+connections, protected peers and peers we have requests in flight with), streams per
+connection, an inbound socket silent past ``first_byte_timeout`` dropped, and timeouts
+on handshakes, dials and stream negotiation.
 
 Security (``security``, names from ``security.SECURITY_PROTOCOLS``): the protocols a
 dial proposes, in that order, and inbound connections accept; ``stats`` counts each
@@ -26,11 +31,12 @@ connection's as ``secured_noise`` / ``secured_tls``.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 import anyio
@@ -49,6 +55,7 @@ from .connection import (
     Connection,
     Stream,
     StreamHandler,
+    Upgraded,
     negotiate,
     upgrade,
 )
@@ -56,6 +63,7 @@ from .identify import IdentifyInfo
 from .identifyservice import IdentifyService
 from .limits import HostLimits
 from .multistream import MultistreamDialer, MultistreamListener
+from .resources import ConnectionScope, ResourceLimitExceeded, ResourceManager, current_stream_scope
 from .security import DEFAULT_SECURITY, protocol_ids, security_name
 
 __all__ = ["AGENT_VERSION", "DEFAULT_SECURITY", "DialError", "Host", "HostLimits", "Stream", "StreamHandler"]
@@ -112,7 +120,9 @@ class Host:
         self._address_book: collections.OrderedDict[PeerId, tuple[bytes, ...]] = collections.OrderedDict()
         self._on_identify: list[IdentifyCallback] = []
         self._on_disconnect: list[PeerCallback] = []
-        self._pending_handshakes = 0
+        self.resources = ResourceManager(limits.resources, self.stats)
+        self._busy: collections.Counter[PeerId] = collections.Counter()  # requests in flight per peer
+        self._keep: list[Callable[[PeerId], bool]] = []  # predicates of protected peers
         self._trimming = False
         self._closing = False
         self._stack: AsyncExitStack | None = None
@@ -187,6 +197,30 @@ class Host:
     def on_disconnect(self, callback: PeerCallback) -> None:
         self._on_disconnect.append(callback)
 
+    # -- connection manager ------------------------------------------------------
+
+    def protect_when(self, predicate: Callable[[PeerId], bool]) -> None:
+        """Never trim the connection to a peer for which ``predicate(peer)`` is true
+        (the node protects its routing table's members)."""
+        self._keep.append(predicate)
+
+    @contextmanager
+    def busy(self, peer: PeerId) -> Iterator[None]:
+        """Work in flight with ``peer``: its connection is not trimmed meanwhile."""
+        self._busy[peer] += 1
+        try:
+            yield
+        finally:
+            self._busy[peer] -= 1
+            if not self._busy[peer]:
+                del self._busy[peer]
+
+    def resource_usage(self) -> dict[str, int]:
+        return self.resources.usage()
+
+    def _protected(self, peer: PeerId) -> bool:
+        return peer in self._busy or any(keep(peer) for keep in self._keep)
+
     # -- peers -------------------------------------------------------------------
 
     def connection(self, peer: PeerId) -> Connection | None:
@@ -240,7 +274,8 @@ class Host:
 
     async def new_stream(self, target: PeerTarget, protocols: Sequence[str]) -> Stream:
         """A new stream to the peer, speaking the first of ``protocols`` it accepts.
-        Raises NetworkError (DialError if the peer cannot be reached)."""
+        Raises NetworkError (DialError if the peer cannot be reached, and
+        ResourceLimitExceeded when our own limits refuse the stream)."""
         conn = await self.connect(target)
         try:
             stream = await conn.open_stream()
@@ -256,6 +291,11 @@ class Host:
         except (TimeoutError, *CONNECTION_ERRORS) as exc:
             await stream.reset()
             raise NetworkError(f"{conn.remote_peer} did not accept {list(protocols)}: {_describe(exc)}") from None
+        try:
+            stream.resources.set_protocol(agreed.protocol)
+        except ResourceLimitExceeded:
+            await stream.reset()
+            raise
         stream.protocol = agreed.protocol
         stream.unread(agreed.leftover)
         return stream
@@ -305,22 +345,20 @@ class Host:
         host, port = multiaddrs.tcp_endpoint(addr)
         sock: tcp.TcpStream | None = None
         try:
+            scope = self.resources.open_outbound()
+        except ResourceLimitExceeded as exc:
+            raise DialError(f"{addr}: {exc}") from None
+        try:
             with anyio.fail_after(self.limits.dial_timeout):
-                sock = await tcp.connect(host, port)
+                sock = await tcp.connect(host, port, self._source_host(host))
                 upgraded = await upgrade(sock, self.identity, True, peer, self.security)
+            scope.secured(upgraded.remote_peer)
         except (TimeoutError, *CONNECTION_ERRORS) as exc:
+            scope.close()
             if sock is not None:
                 await _close_quietly(sock)
             raise DialError(f"{addr}: {_describe(exc)}") from None
-        conn = Connection(
-            sock,
-            upgraded,
-            initiator=True,
-            local_addr=multiaddrs.from_tcp_endpoint(*sock.local_address),
-            remote_addr=addr,
-            max_streams=self.limits.max_streams_per_connection,
-            on_inbound_stream=self._on_inbound_stream,
-        )
+        conn = self._connection(sock, upgraded, scope, initiator=True, remote_addr=addr)
         kept = self._add_connection(conn)
         if kept is conn:
             self.start_soon(self._run_connection, conn)
@@ -343,44 +381,82 @@ class Host:
 
     async def _accept_connection(self, sock: tcp.TcpStream) -> None:
         limits = self.limits
-        if (
-            self._closing
-            or len(self._connections) >= limits.max_connections
-            or self._pending_handshakes >= limits.max_pending_handshakes
-        ):
+        if self._closing:
             self.stats["refused_connections"] += 1
             return
-        self._pending_handshakes += 1
         try:
-            with anyio.fail_after(limits.handshake_timeout):
-                upgraded = await upgrade(sock, self.identity, False, None, self.security)
-        except TimeoutError:
-            self.stats["handshake_timeouts"] += 1
-            log.debug("inbound handshake timed out")
+            scope = self.resources.open_inbound(sock.remote_address[0])
+        except ResourceLimitExceeded:
+            self.stats["refused_connections"] += 1
             return
-        except CONNECTION_ERRORS as exc:
-            self.stats["handshake_failures"] += 1
-            log.debug("inbound handshake failed: %s: %s", type(exc).__name__, exc)
-            return
+        conn: Connection | None = None  # once made, it gives the scope back when it closes
+        try:
+            with anyio.move_on_after(limits.first_byte_timeout) as first_byte:
+                await sock.wait_readable()
+            if first_byte.cancelled_caught:
+                self.stats["silent_sockets_dropped"] += 1
+                log.debug("inbound socket sent nothing in %.1f s", limits.first_byte_timeout)
+                return
+            try:
+                with anyio.fail_after(limits.handshake_timeout):
+                    upgraded = await upgrade(sock, self.identity, False, None, self.security)
+            except TimeoutError:
+                self.stats["handshake_timeouts"] += 1
+                log.debug("inbound handshake timed out")
+                return
+            except CONNECTION_ERRORS as exc:
+                self.stats["handshake_failures"] += 1
+                log.debug("inbound handshake failed: %s: %s", type(exc).__name__, exc)
+                return
+            if upgraded.remote_peer == self.peer_id:
+                self.stats["handshake_failures"] += 1
+                log.debug("inbound connection from our own peer id refused")
+                return
+            try:
+                scope.secured(upgraded.remote_peer)
+            except ResourceLimitExceeded:
+                self.stats["refused_connections"] += 1
+                return
+            remote_addr = multiaddrs.from_tcp_endpoint(*sock.remote_address)
+            conn = self._connection(sock, upgraded, scope, initiator=False, remote_addr=remote_addr)
         finally:
-            self._pending_handshakes -= 1
-        if upgraded.remote_peer == self.peer_id:
-            self.stats["handshake_failures"] += 1
-            log.debug("inbound connection from our own peer id refused")
-            return
-        conn = Connection(
-            sock,
-            upgraded,
-            initiator=False,
-            local_addr=multiaddrs.from_tcp_endpoint(*sock.local_address),
-            remote_addr=multiaddrs.from_tcp_endpoint(*sock.remote_address),
-            max_streams=limits.max_streams_per_connection,
-            on_inbound_stream=self._on_inbound_stream,
-        )
+            if conn is None:
+                scope.close()
         if self._add_connection(conn) is conn:
             await self._run_connection(conn)
         else:
             await conn.close()
+
+    def _connection(
+        self, sock: tcp.TcpStream, upgraded: Upgraded, scope: ConnectionScope, *, initiator: bool, remote_addr: Multiaddr
+    ) -> Connection:
+        return Connection(
+            sock,
+            upgraded,
+            initiator=initiator,
+            local_addr=multiaddrs.from_tcp_endpoint(*sock.local_address),
+            remote_addr=remote_addr,
+            max_streams=self.limits.max_streams_per_connection,
+            on_inbound_stream=self._on_inbound_stream,
+            resources=scope,
+            keepalive_interval=self.limits.keepalive_interval,
+            write_timeout=self.limits.write_timeout,
+        )
+
+    def _source_host(self, destination: str) -> str | None:
+        """The address to dial ``destination`` from: our listen address of the same
+        family and reach (loopback or not), as go's reuseport dialer picks it, so the
+        remote sees the address we listen on; None to let the system choose."""
+        try:
+            dest = ipaddress.ip_address(destination)
+        except ValueError:
+            return None
+        for addr in self.listen_addrs:
+            host, _ = multiaddrs.tcp_endpoint(addr)
+            ip = ipaddress.ip_address(host)
+            if ip.version == dest.version and not ip.is_unspecified and ip.is_loopback == dest.is_loopback:
+                return host
+        return None
 
     # -- connection table --------------------------------------------------------
 
@@ -416,24 +492,33 @@ class Host:
         try:
             await conn.run()
         finally:
+            if conn.liveness_failure:
+                self.stats[conn.liveness_failure] += 1
             if self._connections.get(peer) is conn:
                 del self._connections[peer]
                 _notify(self._on_disconnect, peer)
 
     async def trim(self) -> None:
-        """Close idle connections, least recently active first, down to ``low_water``,
-        if there are more than ``high_water``. Busy or young connections stay."""
+        """If there are more than ``high_water`` connections, close the lowest scored
+        down to ``low_water``, in both directions and whatever streams they have open.
+        Connections younger than ``idle_grace`` and those to protected or busy peers
+        stay. The score: connections we dialled (we chose those peers) above inbound
+        ones, then the most recently active first."""
         if self._trimming or len(self._connections) <= self.limits.high_water:
             return
         self._trimming = True
         try:
             now = time.monotonic()
-            idle = sorted(
-                (c for c in self._connections.values() if c.num_streams == 0 and now - c.opened_at > self.limits.idle_grace),
-                key=lambda c: c.last_active,
+            candidates = sorted(
+                (
+                    c
+                    for c in self._connections.values()
+                    if now - c.opened_at > self.limits.idle_grace and not self._protected(c.remote_peer)
+                ),
+                key=lambda c: (c.initiator, c.last_active),
             )
             excess = len(self._connections) - self.limits.low_water
-            for conn in idle[:excess]:
+            for conn in candidates[:excess]:
                 self.stats["trimmed_connections"] += 1
                 await conn.close()
         finally:
@@ -447,6 +532,7 @@ class Host:
     # -- inbound streams ---------------------------------------------------------
 
     async def _on_inbound_stream(self, stream: Stream) -> None:
+        current_stream_scope.set(stream.resources)  # this task's: frame decoders reserve from it
         try:
             with anyio.fail_after(self.limits.negotiate_timeout):
                 agreed = await negotiate(
@@ -456,6 +542,7 @@ class Host:
             if handler is None:  # removed while we negotiated
                 await stream.reset()
                 return
+            stream.resources.set_protocol(agreed.protocol)
             stream.protocol = agreed.protocol
             stream.unread(agreed.leftover)
             await handler(stream)
@@ -485,6 +572,7 @@ class Host:
             self._tg.start_soon(self._guarded, func, *args)
 
     async def _guarded(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        current_stream_scope.set(None)  # started from a stream's handler, it does not belong to that stream
         try:
             await func(*args)
         except Exception as exc:

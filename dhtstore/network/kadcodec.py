@@ -11,7 +11,12 @@ Decoding is strict where a mistake would hurt and forgiving where go is:
   (go ``pb/message.go``), on encode and decode alike.
 
 ``FrameDecoder`` is sans-I/O: bytes in, messages out. A length prefix over the limit
-is refused as soon as the varint is complete, before any body is buffered.
+is refused as soon as the varint is complete, before any body is buffered; within the
+limit, the body's length is reserved from the stream's resource scope first, and a
+reservation over budget raises ``ResourceLimitExceeded``: the caller resets the stream.
+The scope is the one given, or else, for a decoder made by an inbound stream's handler
+itself, that stream's (the host sets it for the handler's task; a task the handler
+starts inherits it, so code that may run there passes its own stream's scope).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..pb import dht_pb2
 from ..peerid import PeerId, PeerIdError
 from ..types import ConnectionType, Message, MessageType, PeerInfo, Record
 from . import multiaddrs
+from .resources import StreamScope, current_stream_scope
 
 _PEER_OVERHEAD = 8  # field tags and length prefixes around a peer's id and addresses
 
@@ -139,8 +145,9 @@ def encode_frame(message: Message) -> bytes:
 class FrameDecoder:
     """Splits a kad stream's bytes into messages."""
 
-    def __init__(self, max_size: int = MAX_MESSAGE_SIZE):
+    def __init__(self, max_size: int = MAX_MESSAGE_SIZE, memory: StreamScope | None = None):
         self._max_size = max_size
+        self._memory = memory if memory is not None else current_stream_scope.get()
         self._buffer = bytearray()
         self._body_length: int | None = None  # known once the prefix is complete
 
@@ -156,7 +163,8 @@ class FrameDecoder:
         """The next complete message, or None until more bytes arrive.
 
         Raises MessageTooLarge for a length over the limit (as soon as the prefix is
-        read) and KadCodecError for a malformed prefix or body.
+        read), ResourceLimitExceeded when the body's memory cannot be reserved, and
+        KadCodecError for a malformed prefix or body.
         """
         if self._body_length is None:
             try:
@@ -168,11 +176,16 @@ class FrameDecoder:
             length, offset = decoded
             if length > self._max_size:
                 raise MessageTooLarge(f"frame of {length} bytes is over {self._max_size}")
+            if self._memory is not None:
+                self._memory.reserve_memory(length)
             del self._buffer[:offset]
             self._body_length = length
         if len(self._buffer) < self._body_length:
             return None
-        body = bytes(self._buffer[: self._body_length])
-        del self._buffer[: self._body_length]
+        length = self._body_length
+        body = bytes(self._buffer[:length])
+        del self._buffer[:length]
         self._body_length = None
+        if self._memory is not None:
+            self._memory.release_memory(length)
         return decode_message(body)

@@ -33,12 +33,15 @@ class _PeerSender:
     def __init__(self) -> None:
         self.lock = anyio.Lock()
         self.stream: Stream | None = None
-        self.decoder = FrameDecoder()
+        self.decoder: FrameDecoder | None = None  # the stream's: replies reserve its memory
         self.uses = 0  # requests sent on the current stream
 
+    def use(self, stream: Stream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder(memory=stream.resources)
+
     async def drop(self) -> None:
-        stream, self.stream = self.stream, None
-        self.decoder = FrameDecoder()
+        stream, self.stream, self.decoder = self.stream, None, None
         self.uses = 0
         if stream is not None:
             await stream.reset()
@@ -71,7 +74,8 @@ class LibP2PKadMessenger:
         frame = encode_frame(message)
         sender = self._senders.setdefault(peer.peer_id, _PeerSender())
         try:
-            return await self._exchange_locked(sender, peer, frame, message, expect_reply)
+            with self._host.busy(peer.peer_id):  # the connection manager spares it meanwhile
+                return await self._exchange_locked(sender, peer, frame, message, expect_reply)
         finally:
             # a peer we could not reach keeps no entry (the table stays bounded)
             if sender.stream is None and not sender.lock.statistics().tasks_waiting:
@@ -85,7 +89,7 @@ class LibP2PKadMessenger:
             for attempt in range(2):
                 fresh = sender.stream is None
                 if fresh:
-                    sender.stream = await self._host.new_stream(peer, self._protocols)
+                    sender.use(await self._host.new_stream(peer, self._protocols))
                 try:
                     return await self._on_stream(sender, frame, message, expect_reply)
                 except TimeoutError:
@@ -104,15 +108,15 @@ class LibP2PKadMessenger:
         raise AssertionError("unreachable")
 
     async def _on_stream(self, sender: _PeerSender, frame: bytes, message: Message, expect_reply: bool) -> Message | None:
-        stream = sender.stream
-        assert stream is not None
+        stream, decoder = sender.stream, sender.decoder
+        assert stream is not None and decoder is not None
         with anyio.fail_after(self._timeout):
             await stream.send(frame)
             sender.uses += 1
             if not expect_reply:
                 return None
-            while (reply := sender.decoder.next_message()) is None:
-                sender.decoder.receive_data(await stream.receive())
+            while (reply := decoder.next_message()) is None:
+                decoder.receive_data(await stream.receive())
         if reply.type != message.type:
             raise KadCodecError(f"reply of type {reply.type.name} to a {message.type.name}")
         return reply

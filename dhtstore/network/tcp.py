@@ -12,6 +12,7 @@ interface, and anyio still runs the tasks (asyncio backend, as the node requires
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -33,6 +34,7 @@ class _Protocol(asyncio.Protocol):
         self.readable = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
+        self.write_paused_at: float | None = None  # since when the write buffer is over its limit
         self.eof = False
         self.lost = False
         self.error: Exception | None = None
@@ -65,9 +67,11 @@ class _Protocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writable.clear()
+        self.write_paused_at = time.monotonic()
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self.write_paused_at = None
 
 
 class TcpStream(anyio.abc.ByteStream):
@@ -101,17 +105,41 @@ class TcpStream(anyio.abc.ByteStream):
             self._transport.resume_reading()
         return chunk
 
-    async def send(self, item: bytes) -> None:
+    async def wait_readable(self) -> None:
+        """Return once a byte, the end of stream or an error has arrived."""
+        p = self._protocol
+        while not (p.chunks or p.eof or p.lost or self._closed):
+            p.readable.clear()
+            await p.readable.wait()
+
+    def write(self, item: bytes) -> None:
+        """Queue ``item`` without waiting for the peer to read (``drain`` waits)."""
         p = self._protocol
         if self._closed:
             raise anyio.ClosedResourceError
         if p.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError
         self._transport.write(item)
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its limit again."""
+        p = self._protocol
         if not p.writable.is_set():
             await p.writable.wait()
             if p.lost:
                 raise anyio.BrokenResourceError
+
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def write_stalled_for(self, now: float) -> float:
+        """Seconds the write buffer has been over its limit (0 when it is not)."""
+        since = self._protocol.write_paused_at
+        return 0.0 if since is None else now - since
+
+    async def send(self, item: bytes) -> None:
+        self.write(item)
+        await self.drain()
 
     async def send_eof(self) -> None:
         try:
@@ -136,10 +164,11 @@ class TcpStream(anyio.abc.ByteStream):
         await anyio.lowlevel.checkpoint()
 
 
-async def connect(host: str, port: int) -> TcpStream:
-    """A TCP connection; OSError when it cannot be made."""
+async def connect(host: str, port: int, source_host: str | None = None) -> TcpStream:
+    """A TCP connection, from ``source_host`` if given; OSError when it cannot be made."""
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_connection(_Protocol, host, port)
+    local = (source_host, 0) if source_host is not None else None
+    transport, protocol = await loop.create_connection(_Protocol, host, port, local_addr=local)
     return TcpStream(transport, protocol)
 
 
