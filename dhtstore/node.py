@@ -111,8 +111,11 @@ class Node:
         self.table: RoutingTable = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
         self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
+        # The address rule of the DHT we are on: public addresses only on the public
+        # DHT, every address on the LAN DHT (and with private addresses allowed).
+        self.addr_rule: multiaddrs.AddrRule = multiaddrs.any_addr if options.allow_private_addrs else multiaddrs.public_only
         self.router: Router = KademliaRouter(
-            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe
+            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe, addr_rule=self.addr_rule
         )
         self.upkeep = TableUpkeep(
             self.table,
@@ -123,6 +126,7 @@ class Node:
             ping=host.ping,
             connect=self._connect,
             allow_private_addrs=options.allow_private_addrs,
+            remote_addr=self._remote_addr,
         )
         self.upkeep.bootstrap_peers = list(options.bootstrap)
         host.on_identify(self.upkeep.on_identify)
@@ -159,8 +163,9 @@ class Node:
                 node.providers,
                 node.values,
                 node.validator,
-                address_book=host.peer_addrs,
+                address_book=node._served_addrs,
                 own_provides=node.provides,
+                addr_rule=node.addr_rule,
             )
             node.kadserver = KadServer(host, node.handler, [options.protocol])
             if node.serves_dht:
@@ -244,6 +249,19 @@ class Node:
 
     # -- routing table ---------------------------------------------------------------
 
+    def _remote_addr(self, peer: PeerId) -> bytes | None:
+        conn = self.host.connection(peer)
+        return conn.remote_addr.to_bytes() if conn is not None else None
+
+    def _served_addrs(self, peer: PeerId) -> tuple[bytes, ...]:
+        """The addresses of ``peer`` we hand to others. On the public DHT only the ones
+        its connection vouches for (its real IP); without a connection none, and the
+        server falls back to the table's, checked the same way at admission."""
+        addrs = self.addr_rule(self.host.peer_addrs(peer))
+        if self.options.allow_private_addrs:
+            return addrs
+        return multiaddrs.same_ip(addrs, self._remote_addr(peer))
+
     def _observe(self, stats: LookupStats) -> None:
         self.lookups[stats.operation] += 1
         self.metrics.lookup_seconds.labels(stats.operation).observe(stats.duration)
@@ -284,11 +302,17 @@ class Node:
                 log.info("value-record sweep removed %d records older than %s", removed, amino.MAX_RECORD_AGE)
 
     async def _restore_snapshot(self) -> None:
-        """Re-check the peers of the newest snapshot: each is dialled, and identify
-        decides (as for any peer) whether it enters the table."""
+        """Re-check the peers of the newest snapshot: each is dialled (at an address the
+        address rule allows), and identify decides (as for any peer) whether it enters
+        the table."""
         if self.engine is None:
             return
-        peers = await load_latest_snapshot(self.engine, self.peer_id)
+        loaded = await load_latest_snapshot(self.engine, self.peer_id)
+        # A snapshot is only as honest as the table it was taken of (or the store it sits
+        # in): its addresses pass the address rule before anything is dialled.
+        peers = [PeerInfo(p.peer_id, addrs) for p in loaded if (addrs := self.addr_rule(p.addrs))]
+        if len(peers) < len(loaded):
+            log.info("dropped %d snapshot peers with no usable address", len(loaded) - len(peers))
         for peer in peers:
             self.host.add_addrs(peer.peer_id, peer.addrs)
         self.upkeep.bootstrap_peers.extend(

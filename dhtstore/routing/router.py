@@ -38,6 +38,7 @@ from ..dht import (
 )
 from ..kadkey import Key
 from ..network.api import KadMessenger
+from ..network.multiaddrs import AddrRule
 from ..peerid import PeerId
 from ..records.api import Validator
 from ..routingtable.api import RoutingTable
@@ -63,6 +64,7 @@ class KademliaRouter:
         put_timeout: float = amino.PUT_OPERATION_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         on_lookup: LookupObserver | None = None,
+        addr_rule: AddrRule | None = None,
     ):
         self.local = local
         self.table = table
@@ -73,6 +75,7 @@ class KademliaRouter:
         self.put_timeout = put_timeout
         self.clock = clock  # the time given to the routing table's mark_useful
         self.on_lookup = on_lookup
+        self.addr_rule = addr_rule  # filters every address a reply names (multiaddrs.AddrRule)
 
     # -- network.api.KadMessenger (dht.KadClient) --------------------------------
 
@@ -225,6 +228,7 @@ class KademliaRouter:
             timeout=self.request_timeout,
             deadline=deadline,
             reporter=self._mark,
+            addr_rule=self.addr_rule,
         )
 
     def _mark(self, peer: PeerInfo, responded: bool) -> None:

@@ -3,6 +3,12 @@
 One ``handle`` call per decoded request: the reply, None for ADD_PROVIDER (go sends
 none and go clients wait for none), or InvalidRequest, on which the network layer
 resets the stream. Every request is counted by type and outcome in ``counters``.
+
+Every address the handler stores or hands out passes ``addr_rule`` (go-libp2p-kad-dht
+dual's address filter; ``network.multiaddrs.public_only`` on the public DHT): closer
+peers and a FIND_NODE target, a provider's addresses when an ADD_PROVIDER is stored and
+again when GET_PROVIDERS serves them (a record stored before, or by another process of
+a shared store, is filtered too).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Awaitable, Callable
 from .. import amino, multihash
 from ..errors import StoreError
 from ..kadkey import Key
+from ..network.multiaddrs import AddrRule, any_addr
 from ..peerid import PeerId, PeerIdError
 from ..providerstore.api import ProviderStore
 from ..records.api import RecordError, Validator, ValueStore
@@ -50,6 +57,7 @@ class KademliaHandler:
         *,
         address_book: AddressBook = _no_addresses,
         own_provides: OwnProvides | None = None,
+        addr_rule: AddrRule = any_addr,
         k: int = amino.BUCKET_SIZE,
         max_message_size: int = amino.MAX_MESSAGE_SIZE,
         rng: random.Random | None = None,
@@ -61,6 +69,7 @@ class KademliaHandler:
         self.validator = validator
         self.address_book = address_book
         self.own_provides = own_provides
+        self.addr_rule = addr_rule
         self.k = k
         self.max_message_size = max_message_size
         self._rng = rng or random.Random()
@@ -139,7 +148,11 @@ class KademliaHandler:
             self.counters[("ADD_PROVIDER", "foreign_provider_ignored")] += foreign
         if not own:
             raise InvalidRequest("ADD_PROVIDER with no entry for the sender that carries addresses")
-        addrs = tuple(dict.fromkeys(a for p in own for a in p.addrs))
+        # go stores the provider even when no address passes the filter (it checks the
+        # length first): a requester then looks its addresses up itself.
+        addrs = self.addr_rule(dict.fromkeys(a for p in own for a in p.addrs))
+        if not addrs:
+            self.counters[("ADD_PROVIDER", "addrs_filtered")] += 1
         try:
             await self.providers.add_provider(request.key, sender.peer_id, addrs)
         except ValueError as exc:
@@ -153,7 +166,8 @@ class KademliaHandler:
             records = await self.providers.get_providers(request.key)
         except ValueError as exc:  # not a multihash
             raise InvalidRequest(f"GET_PROVIDERS key: {exc}") from None
-        found = [r.provider for r in records if r.provider.peer_id != self.local.peer_id]
+        rule = self.addr_rule
+        found = [PeerInfo(r.provider.peer_id, rule(r.provider.addrs)) for r in records if r.provider.peer_id != self.local.peer_id]
         self._rng.shuffle(found)
         if self.own_provides is not None and await self.own_provides(request.key):
             # Our provide list answers for us at once, and never expires while listed.
@@ -189,11 +203,11 @@ class KademliaHandler:
         for peer in self.table.local_closest_peers(target, self.k + 1):
             if peer.peer_id == requester or peer.peer_id == self.local.peer_id:
                 continue
-            addrs = self.address_book(peer.peer_id)
-            if addrs and addrs != peer.addrs:
-                peer = PeerInfo(peer.peer_id, addrs)
-            if peer.addrs:
-                closer.append(peer)
+            addrs = self.addr_rule(self.address_book(peer.peer_id) or peer.addrs)
+            if not addrs:
+                addrs = self.addr_rule(peer.addrs)
+            if addrs:
+                closer.append(peer if addrs == peer.addrs else PeerInfo(peer.peer_id, addrs))
         return closer[: self.k]
 
     def _known_target(self, key: bytes, sender: PeerInfo) -> PeerInfo | None:
@@ -205,10 +219,10 @@ class KademliaHandler:
             return None
         if target == self.local.peer_id:
             return self.local
-        if target == sender.peer_id and sender.addrs:
-            return sender
+        if target == sender.peer_id and (addrs := self.addr_rule(sender.addrs)):
+            return sender if addrs == sender.addrs else PeerInfo(target, addrs)
         known = self.table.get(target)
-        addrs = known.addrs if known is not None and known.addrs else self.address_book(target)
+        addrs = self.addr_rule(known.addrs if known is not None and known.addrs else self.address_book(target))
         return PeerInfo(target, addrs) if addrs else None
 
 
