@@ -28,6 +28,7 @@ from .caches import ProviderCaches
 from .health import NOT_TRANSIENT, StoreHealth
 from .keyfilter import KeyFilter
 from .pending import PendingRecord
+from .quotas import QuotaCounts
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class GroupCommit:
         max_batch: int,
         retry_delays: tuple[float, ...],
         key_filter: KeyFilter | None = None,
+        quotas: QuotaCounts | None = None,
     ):
         self._path = path
         self._caches = caches
@@ -69,6 +71,7 @@ class GroupCommit:
         self._max_batch = max_batch
         self._retry_delays = retry_delays
         self._key_filter = key_filter
+        self._quotas = quotas
         self._pending: dict[tuple[bytes, bytes], PendingRecord] = {}
         self._wake = anyio.Event()
         self.closing = False  # no more records are taken
@@ -84,6 +87,8 @@ class GroupCommit:
             pending.addrs = addrs or pending.addrs
         self._wake.set()
         await pending.done.wait()
+        if pending.refused is not None:
+            raise pending.refused
         if pending.error is not None:
             raise StoreUnavailable(f"provider record not stored: {first_line(pending.error)}") from None
 
@@ -119,6 +124,27 @@ class GroupCommit:
             if len(self._pending) == before or len(self._pending) >= self._max_batch:
                 return
 
+    async def _within_quotas(self, batch: list[PendingRecord]) -> list[PendingRecord]:
+        """The batch's announcements within the quotas; the refused ones' callers are
+        woken (``quotas``). A batch whose providers cannot be read fails, as its write would."""
+        assert self._quotas is not None
+        now = max(p.received_at for p in batch)
+        maybe_known = [p.key for p in batch if self._key_filter is None or self._key_filter.may_contain(p.key)]
+        try:
+            existing = await self._quotas.existing(maybe_known, now)
+        except OPEN_ERRORS as exc:
+            self._health.failed(exc)
+            self._counters["write_errors"] += 1
+            for p in batch:
+                p.error = exc
+                p.done.set()
+            return []
+        accepted = self._quotas.admit(batch, existing)
+        for p in batch:
+            if p.refused is not None:
+                p.done.set()
+        return accepted
+
     def _take(self, n: int) -> list[PendingRecord]:
         keys = list(self._pending)[:n]
         return [self._pending.pop(k) for k in keys]
@@ -126,6 +152,10 @@ class GroupCommit:
     async def _commit(self, batch: list[PendingRecord]) -> None:
         # One order for all writers (us and other processes) so PostgreSQL cannot deadlock.
         batch.sort(key=lambda p: (p.key, p.peer))
+        if self._quotas is not None:
+            batch = await self._within_quotas(batch)
+            if not batch:
+                return
         keys = [p.key for p in batch]
         if self._key_filter is not None:  # before any reader can see the records (``keyfilter``)
             self._key_filter.add(keys)

@@ -1,5 +1,6 @@
 """An in-memory ProviderStore with the SQL store's semantics, for simulations and tests.
 
+Quotas as the SQL store's, counted exactly (records expired but not yet swept count).
 Time comes from an injectable clock (seconds since the epoch), so a simulation can run
 48 hours of expiry in no time.
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
 from ..data.stats import EXPIRING_WINDOW
 from ..peerid import PeerId
-from .api import ProviderRecord, ProviderStoreStats
+from .api import ProviderQuotas, ProviderRecord, ProviderStoreStats, QuotaExceeded
 from .validation import (
     PROVIDER_ADDR_TTL_S,
     check_addrs,
@@ -25,8 +27,13 @@ from .validation import (
 
 
 class MemoryProviderStore:
-    def __init__(self, clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+    def __init__(
+        self, clock: Callable[[], float] = time.time, rng: random.Random | None = None, quotas: ProviderQuotas = ProviderQuotas()
+    ):
         self._clock = clock
+        self.quotas = quotas
+        self._per_peer: Counter[bytes] = Counter()
+        self._total = 0
         self._rng = rng or random.Random()
         self._records: dict[bytes, dict[bytes, tuple[int, int]]] = {}  # key -> peer -> (received, expires)
         self._addrs: dict[bytes, tuple[tuple[bytes, ...], int]] = {}  # peer -> (addrs, expire_at)
@@ -44,7 +51,18 @@ class MemoryProviderStore:
     ) -> None:
         key, peer, addrs, lifetime = check_key(key), check_provider(provider), check_addrs(addrs), check_ttl(ttl)
         now = self._now()
-        self._records.setdefault(key, {})[peer] = (now, now + lifetime)
+        providers = self._records.setdefault(key, {})
+        if peer not in providers:  # new: within the quotas, or refused (re-announcements always pass)
+            q = self.quotas
+            if len(providers) >= q.per_key:
+                raise QuotaExceeded("key", q.per_key)
+            if self._per_peer[peer] >= q.per_provider:
+                raise QuotaExceeded("provider", q.per_provider)
+            if self._total >= q.total:
+                raise QuotaExceeded("total", q.total)
+            self._per_peer[peer] += 1
+            self._total += 1
+        providers[peer] = (now, now + lifetime)
         if addrs:
             self._addrs[peer] = (addrs, now + PROVIDER_ADDR_TTL_S)
 
@@ -70,9 +88,12 @@ class MemoryProviderStore:
             peers = self._records[key]
             for peer in [p for p, (_, expires) in peers.items() if expires <= now]:
                 del peers[peer]
+                self._per_peer[peer] -= 1
                 deleted += 1
             if not peers:
                 del self._records[key]
+        self._total -= deleted
+        self._per_peer = +self._per_peer  # drop the zeros
         for peer in [p for p, (_, expire_at) in self._addrs.items() if expire_at <= now]:
             del self._addrs[peer]
         return deleted

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .api import QuotaExceeded
 from .validation import base58btc
 
 
@@ -20,7 +21,8 @@ class PendingRecord:
     received_at: int
     expires_at: int
     done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
+    error: BaseException | None = None  # the store failed: maybe not stored
+    refused: QuotaExceeded | None = None  # over a quota: not stored
 
 
 def record_rows(batch: list[PendingRecord]) -> list[tuple[bytes, bytes, str, int, int]]:

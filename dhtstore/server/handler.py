@@ -23,7 +23,7 @@ from ..errors import StoreError
 from ..kadkey import Key
 from ..network.multiaddrs import AddrRule, any_addr
 from ..peerid import PeerId, PeerIdError
-from ..providerstore.api import ProviderStore
+from ..providerstore.api import ProviderStore, QuotaExceeded
 from ..records.api import RecordError, Validator, ValueStore
 from ..routingtable.api import RoutingTable
 from ..types import Message, MessageType, PeerInfo, Record
@@ -40,6 +40,14 @@ OwnProvides = Callable[[bytes], Awaitable[bool]]
 # Bytes of a GET_PROVIDERS reply that are not provider entries: header, key, closer
 # peers are measured exactly; this is the margin for protobuf framing.
 _FRAMING_MARGIN = 1024
+
+
+class _Dropped(Exception):
+    """A request taken but not acted on (no reply, no reset), counted as ``outcome``."""
+
+    def __init__(self, outcome: str):
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 def _no_addresses(_peer: PeerId) -> tuple[bytes, ...]:
@@ -84,6 +92,10 @@ class KademliaHandler:
         handler = self._handlers[kind]
         try:
             reply = await handler(self, sender, request)
+        except _Dropped as exc:
+            self.counters[(kind.name, exc.outcome)] += 1
+            log.debug("%s from %s dropped: %s", kind.name, sender.peer_id, exc.outcome)
+            return None
         except InvalidRequest as exc:
             self.counters[(kind.name, "invalid")] += 1
             log.debug("invalid %s from %s: %s", kind.name, sender.peer_id, exc)
@@ -155,6 +167,10 @@ class KademliaHandler:
             self.counters[("ADD_PROVIDER", "addrs_filtered")] += 1
         try:
             await self.providers.add_provider(request.key, sender.peer_id, addrs)
+        except QuotaExceeded as exc:
+            # Dropped, not reset: ADD_PROVIDER gets no reply, and the sender's stream
+            # may carry its next, acceptable, request (ipfs/specs PR #537 rejection).
+            raise _Dropped(f"quota_{exc.reason}") from None
         except ValueError as exc:
             raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
         return None
