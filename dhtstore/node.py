@@ -55,7 +55,7 @@ from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
 from .provider.service import ProvideListService
-from .providerstore.api import ProviderStore
+from .providerstore.api import ProviderQuotas, ProviderStore
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
 from .records.api import ValueStore
@@ -91,6 +91,7 @@ class NodeOptions:
     ip_diversity: bool = True
     snapshot_interval: float = 300.0
     limits: HostLimits = field(default_factory=HostLimits)
+    provider_quotas: ProviderQuotas = field(default_factory=ProviderQuotas)
     reprovide: bool = True  # run the reprovider on the store's provide list
     reprovide_interval: float = amino.REPROVIDE_INTERVAL.total_seconds()
     claim_lease: float = CLAIM_LEASE  # a dead process's share of a shared list waits this long
@@ -152,10 +153,10 @@ class Node:
             host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits))
             node = cls(options, host, engine)
             if engine is not None:
-                node.providers = await stack.enter_async_context(SqlProviderStore(engine))
+                node.providers = await stack.enter_async_context(SqlProviderStore(engine, quotas=options.provider_quotas))
                 node.values = SqlValueStore(engine, node.validator)
             else:
-                node.providers = MemoryProviderStore()
+                node.providers = MemoryProviderStore(quotas=options.provider_quotas)
                 node.values = MemoryValueStore(node.validator)
             node.handler = KademliaHandler(
                 node.local,
