@@ -21,13 +21,13 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
-from dhtstore import multihash
+from dhtstore import multihash, varint
 from dhtstore.amino import PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
-from dhtstore.data.models import PeerRow, ProviderRecordRow
+from dhtstore.data.models import PeerRow
 from dhtstore.errors import NetworkError
 from dhtstore.network import multiaddrs
 from dhtstore.network.connection import Stream
@@ -43,7 +43,6 @@ from dhtstore.peerid import PeerId
 from dhtstore.providerstore.api import ProviderQuotas
 from dhtstore.routing.api import RoutingError
 from dhtstore.routingtable.snapshots import save_snapshot
-from dhtstore import varint
 from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = pytest.mark.anyio
