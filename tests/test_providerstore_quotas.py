@@ -146,3 +146,16 @@ async def test_the_memory_store_keeps_the_same_quotas() -> None:
     clock.now += 3 * 24 * 3600
     assert await store.sweep_expired() == 5
     assert await refused(store, mh(20), PEERS[3]) is None
+
+
+def test_config_toml_sets_the_quotas() -> None:
+    import click
+
+    from dhtstore.cli.run import _provider_quotas
+    from dhtstore.config import Config
+
+    assert _provider_quotas(Config()) == ProviderQuotas()
+    assert _provider_quotas(Config(extra={"provider_quotas": {"per_key": 50}})) == ProviderQuotas(per_key=50)
+    for bad in ({"per_key": 0}, {"per_key": "5"}, {"per_kye": 5}, {"total": True}):
+        with pytest.raises(click.ClickException, match="provider_quotas"):
+            _provider_quotas(Config(extra={"provider_quotas": bad}))
