@@ -384,3 +384,42 @@ async def test_a_poisoned_snapshot_is_filtered_before_anything_is_dialled(public
             assert node.upkeep.bootstrap_peers == []
             assert all(node.host.peer_addrs(p.peer_id) == () for p in poisoned)
         assert accepted == []  # every one was dialled at start before
+
+
+# -- the address rules ----------------------------------------------------------------
+
+PEER_SUFFIX = "/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+@pytest.mark.parametrize(
+    ("text", "public"),
+    [
+        ("/ip4/8.8.8.8/tcp/4001", True),
+        ("/ip4/8.8.8.8/tcp/4001" + PEER_SUFFIX, True),
+        ("/ip6/2606:4700::1111/tcp/4001", True),
+        ("/ip4/127.0.0.1/tcp/4001", False),
+        ("/ip4/10.1.2.3/tcp/4001", False),
+        ("/ip4/100.64.0.1/tcp/4001", False),  # carrier-grade NAT
+        ("/ip4/169.254.169.254/tcp/80", False),
+        ("/ip6/::1/tcp/4001", False),
+        ("/ip6/fe80::1/tcp/4001", False),
+        ("/ip4/8.8.8.8/udp/4001/quic-v1", False),  # not TCP: nothing we dial
+        ("/ip4/8.8.8.8/tcp/4001/ws", False),
+        ("/dns4/example.com/tcp/4001", False),
+    ],
+)
+def test_is_public_addr_reads_the_bytes_as_the_multiaddr_package_does(text: str, public: bool) -> None:
+    raw = multiaddrs.parse(text).to_bytes()
+    assert multiaddrs.is_public_addr(raw) is public
+    assert multiaddrs.tcp_ip(raw[:-1]) is None  # truncated
+
+
+def test_claimed_addresses_are_kept_as_the_connection_allows() -> None:
+    loopback, lan, public, other = ip4(127, 0, 0, 1), ip4(192, 168, 1, 5), ip4(8, 8, 8, 8), ip4(9, 9, 9, 9)
+    claimed = (loopback, lan, public, other)
+    assert multiaddrs.for_remote(claimed, ip4(127, 0, 0, 1, 50000)) == claimed
+    assert multiaddrs.for_remote(claimed, ip4(192, 168, 1, 5, 50000)) == (lan, public, other)
+    assert multiaddrs.for_remote(claimed, ip4(8, 8, 8, 8, 50000)) == (public, other)
+    # Handed on only at the IP the connection comes from.
+    assert multiaddrs.same_ip(claimed, ip4(8, 8, 8, 8, 50000)) == (public,)
+    assert multiaddrs.same_ip(claimed, None) == ()

@@ -17,7 +17,8 @@ identify: the listen addresses kept are those that make sense for the connection
 real remote address (``multiaddrs.for_remote``), at most 500 while connected and 20
 once the peer is gone; pushes are rate-limited per peer (a token bucket of
 ``PUSH_BURST`` refilled at ``PUSH_RATE`` a second: go's identify limit per /24); a push
-over it is reset unread and counted in the host's ``identify_push_limited``.
+over it is reset unread and counted in the host's ``identify_push_limited`` (it spends
+a token all the same: a peer that keeps pushing stays refused until it slows down).
 """
 
 from __future__ import annotations
