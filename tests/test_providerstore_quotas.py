@@ -159,3 +159,51 @@ def test_config_toml_sets_the_quotas() -> None:
     for bad in ({"per_key": 0}, {"per_key": "5"}, {"per_kye": 5}, {"total": True}):
         with pytest.raises(click.ClickException, match="provider_quotas"):
             _provider_quotas(Config(extra={"provider_quotas": bad}))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    from dhtstore.data.engine import default_store_url
+
+    if request.param == "sqlite":
+        return default_store_url(tmp_path)
+    return str(request.getfixturevalue("pg_empty_database_url"))
+
+
+async def test_revision_0003_adds_the_views_to_a_filled_store_and_drops_them_on_downgrade(empty_url: str) -> None:
+    from dhtstore.data.schema import downgrade, upgrade
+
+    engine = make_engine(empty_url)
+    try:
+        await upgrade(engine, "0002")
+        async with engine.begin() as conn:  # a store filled at the previous revision
+            for i, p in enumerate(PEERS[:2]):
+                await conn.execute(
+                    text(
+                        "INSERT INTO peers (peer_id, peer_id_text, addrs, addrs_expire_at, protocols, agent,"
+                        " first_seen_at, last_seen_at) VALUES (:p, :t, :a, 0, '', '', 0, 0)"
+                    ),
+                    {"p": p.to_bytes(), "t": p.to_base58(), "a": b""},
+                )
+                for k in range(i + 1):
+                    await conn.execute(
+                        text(
+                            "INSERT INTO provider_records (key_mh, peer_id, key_b58, received_at, expires_at)"
+                            " VALUES (:k, :p, 'Qm', 0, 4000000000)"
+                        ),
+                        {"k": mh(k), "p": p.to_bytes()},
+                    )
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            usage = dict((await conn.execute(text("SELECT peer_id, records FROM v_provider_usage"))).all())
+            keys = sorted((await conn.execute(text("SELECT providers FROM v_key_providers"))).scalars().all())
+            rows = (await conn.execute(text("SELECT count(*) FROM provider_records"))).scalar_one()
+        assert usage == {PEERS[0].to_base58(): 1, PEERS[1].to_base58(): 2} and keys == [1, 2] and rows == 3
+        await downgrade(engine, "0002")
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM provider_records"))).scalar_one() == 3
+            with pytest.raises(Exception, match="v_provider_usage"):
+                await conn.execute(text("SELECT * FROM v_provider_usage"))
+    finally:
+        await downgrade(engine, "base")  # leave the session's PG database empty for the next test
+        await engine.dispose()

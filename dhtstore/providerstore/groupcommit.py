@@ -124,27 +124,6 @@ class GroupCommit:
             if len(self._pending) == before or len(self._pending) >= self._max_batch:
                 return
 
-    async def _within_quotas(self, batch: list[PendingRecord]) -> list[PendingRecord]:
-        """The batch's announcements within the quotas; the refused ones' callers are
-        woken (``quotas``). A batch whose providers cannot be read fails, as its write would."""
-        assert self._quotas is not None
-        now = max(p.received_at for p in batch)
-        maybe_known = [p.key for p in batch if self._key_filter is None or self._key_filter.may_contain(p.key)]
-        try:
-            existing = await self._quotas.existing(maybe_known, now)
-        except OPEN_ERRORS as exc:
-            self._health.failed(exc)
-            self._counters["write_errors"] += 1
-            for p in batch:
-                p.error = exc
-                p.done.set()
-            return []
-        accepted = self._quotas.admit(batch, existing)
-        for p in batch:
-            if p.refused is not None:
-                p.done.set()
-        return accepted
-
     def _take(self, n: int) -> list[PendingRecord]:
         keys = list(self._pending)[:n]
         return [self._pending.pop(k) for k in keys]
@@ -152,21 +131,26 @@ class GroupCommit:
     async def _commit(self, batch: list[PendingRecord]) -> None:
         # One order for all writers (us and other processes) so PostgreSQL cannot deadlock.
         batch.sort(key=lambda p: (p.key, p.peer))
-        if self._quotas is not None:
-            batch = await self._within_quotas(batch)
-            if not batch:
-                return
         keys = [p.key for p in batch]
+        # The keys whose providers the quotas must read: not those the filter knows are new.
+        quota_keys = None if self._quotas is None else [k for k in keys if self._may_be_stored(k)]
         if self._key_filter is not None:  # before any reader can see the records (``keyfilter``)
             self._key_filter.add(keys)
         with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
             delays = iter((*self._retry_delays, None))
             while True:
                 reused = self._path.holds_connection
+                writing = False
                 try:
+                    if quota_keys is not None:  # once, before the first write attempt
+                        batch = await self._within_quotas(batch, quota_keys)
+                        quota_keys = None
+                        if not batch:
+                            break
+                    writing = True
                     await self._path.write(batch)
                 except OPEN_ERRORS as exc:
-                    if reused and not isinstance(exc, NOT_TRANSIENT):
+                    if writing and reused and not isinstance(exc, NOT_TRANSIENT):
                         continue  # once, at once, on a new connection, as the pool's pre-ping would
                     self._health.failed(exc)
                     retry_delay = next(delays)
@@ -188,3 +172,17 @@ class GroupCommit:
             self._key_filter.add(keys)
         for p in batch:
             p.done.set()
+
+    def _may_be_stored(self, key: bytes) -> bool:
+        return self._key_filter is None or self._key_filter.may_contain(key)
+
+    async def _within_quotas(self, batch: list[PendingRecord], keys: list[bytes]) -> list[PendingRecord]:
+        """The batch's announcements within the quotas (``quotas``): the live providers of
+        ``keys`` are read (OPEN_ERRORS as the write's), and the refused callers woken."""
+        assert self._quotas is not None
+        existing = await self._quotas.existing(keys, max(p.received_at for p in batch))
+        accepted = self._quotas.admit(batch, existing)
+        for p in batch:
+            if p.refused is not None:
+                p.done.set()
+        return accepted
