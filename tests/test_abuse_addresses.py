@@ -419,6 +419,8 @@ def test_claimed_addresses_are_kept_as_the_connection_allows() -> None:
     claimed = (loopback, lan, public, other)
     assert multiaddrs.for_remote(claimed, ip4(127, 0, 0, 1, 50000)) == claimed
     assert multiaddrs.for_remote(claimed, ip4(192, 168, 1, 5, 50000)) == (lan, public, other)
+    quic_loopback = multiaddrs.parse("/ip4/127.0.0.1/udp/4001/quic-v1").to_bytes()
+    assert multiaddrs.for_remote((quic_loopback, lan), ip4(10, 0, 0, 7, 50000)) == (lan,)
     assert multiaddrs.for_remote(claimed, ip4(8, 8, 8, 8, 50000)) == (public, other)
     # Handed on only at the IP the connection comes from.
     assert multiaddrs.same_ip(claimed, ip4(8, 8, 8, 8, 50000)) == (public,)

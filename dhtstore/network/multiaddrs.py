@@ -132,17 +132,26 @@ def printable(addrs: Iterable[bytes]) -> list[str]:
 _IP4_CODE, _IP6_CODE, _TCP_CODE = 4, 0x29, 6
 
 
+def leading_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a binary multiaddr starts with (``/ip4/…`` or ``/ip6/…``, whatever follows), else None."""
+    code = addr[0] if addr else None  # both codes are one-byte varints
+    size = 4 if code == _IP4_CODE else 16 if code == _IP6_CODE else 0
+    if not size or len(addr) < 1 + size:
+        return None
+    raw = addr[1 : 1 + size]
+    return ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw)
+
+
 def tcp_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP of a binary ``/ip4|ip6/<ip>/tcp/<port>[/p2p/<id>]``, else None.
 
     Read straight from the bytes (no Multiaddr object): it runs for every address a
-    peer claims, and a hostile identify claims thousands."""
-    if len(addr) < 7:
+    peer claims, and a hostile identify claims hundreds."""
+    ip = leading_ip(addr)
+    if ip is None:
         return None
-    code = addr[0]  # both codes are one-byte varints
-    size = 4 if code == _IP4_CODE else 16 if code == _IP6_CODE else 0
-    end = 1 + size + 3  # the IP, then the tcp code and its 2-byte port
-    if not size or len(addr) < end or addr[1 + size] != _TCP_CODE:
+    end = 1 + len(ip.packed) + 3  # the IP, then the tcp code and its 2-byte port
+    if len(addr) < end or addr[end - 3] != _TCP_CODE:
         return None
     if len(addr) > end:  # only a /p2p/<id> may follow
         try:
@@ -154,8 +163,7 @@ def tcp_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
             return None
         if length is None or length[1] + length[0] != len(addr):
             return None
-    raw = addr[1 : 1 + size]
-    return ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw)
+    return ip
 
 
 @functools.lru_cache(maxsize=65_536)  # ~1 µs saved per address a reply carries: the same ones recur
@@ -186,11 +194,11 @@ def for_remote(addrs: Iterable[bytes], remote: bytes | None) -> tuple[bytes, ...
     identify's filterAddrs): over loopback, all; from a private network, all but
     loopback; from a public address, only public ones. A peer on the Internet cannot
     make us hand out, or dial, our own LAN or loopback."""
-    ip = tcp_ip(remote) if remote is not None else None
+    ip = leading_ip(remote) if remote is not None else None
     if ip is None or ip.is_loopback:
         return tuple(addrs)
     if not ip.is_global:
-        return tuple(a for a in addrs if (b := tcp_ip(a)) is None or not b.is_loopback)
+        return tuple(a for a in addrs if (b := leading_ip(a)) is None or not b.is_loopback)
     return public_only(addrs)
 
 
