@@ -48,6 +48,10 @@ class WritePath(Protocol):
         """Commit the batch (sorted by key and provider), or raise the database's error."""
         ...
 
+    async def live_providers(self, keys: list[bytes], now: int) -> list[tuple[bytes, bytes]]:
+        """(key, provider) of the unexpired records of ``keys`` (for the quotas)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -140,17 +144,15 @@ class GroupCommit:
             delays = iter((*self._retry_delays, None))
             while True:
                 reused = self._path.holds_connection
-                writing = False
                 try:
                     if quota_keys is not None:  # once, before the first write attempt
                         batch = await self._within_quotas(batch, quota_keys)
                         quota_keys = None
                         if not batch:
                             break
-                    writing = True
                     await self._path.write(batch)
                 except OPEN_ERRORS as exc:
-                    if writing and reused and not isinstance(exc, NOT_TRANSIENT):
+                    if reused and not isinstance(exc, NOT_TRANSIENT):
                         continue  # once, at once, on a new connection, as the pool's pre-ping would
                     self._health.failed(exc)
                     retry_delay = next(delays)
@@ -180,8 +182,8 @@ class GroupCommit:
         """The batch's announcements within the quotas (``quotas``): the live providers of
         ``keys`` are read (OPEN_ERRORS as the write's), and the refused callers woken."""
         assert self._quotas is not None
-        existing = await self._quotas.existing(keys, max(p.received_at for p in batch))
-        accepted = self._quotas.admit(batch, existing)
+        live = await self._path.live_providers(keys, max(p.received_at for p in batch)) if keys else []
+        accepted = self._quotas.admit(batch, live)
         for p in batch:
             if p.refused is not None:
                 p.done.set()
