@@ -57,7 +57,7 @@ from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
 from .provider.service import ProvideListService
-from .providerstore.api import ProviderStore
+from .providerstore.api import ProviderQuotas, ProviderStore
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
 from .records.api import ValueStore
@@ -98,6 +98,7 @@ class NodeOptions:
     snapshot_interval: float = 300.0
     limits: HostLimits = field(default_factory=HostLimits)
     security: Sequence[str] = DEFAULT_SECURITY  # "noise", "tls": proposed in this order, both accepted
+    provider_quotas: ProviderQuotas = field(default_factory=ProviderQuotas)
     reprovide: bool = True  # run the reprovider on the store's provide list
     reprovide_interval: float = amino.REPROVIDE_INTERVAL.total_seconds()
     claim_lease: float = CLAIM_LEASE  # a dead process's share of a shared list waits this long
@@ -127,8 +128,11 @@ class Node:
             self.table: RoutingTable = self.full_table
         else:
             self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
+        # The address rule of the DHT we are on: public addresses only on the public
+        # DHT, every address on the LAN DHT (and with private addresses allowed).
+        self.addr_rule: multiaddrs.AddrRule = multiaddrs.any_addr if options.allow_private_addrs else multiaddrs.public_only
         self.router: Router = KademliaRouter(
-            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe,
+            self.local, self.table, self.messenger, self.validator, on_lookup=self._observe, addr_rule=self.addr_rule,
             one_hop_min_peers=amino.BUCKET_SIZE if self.full_table is not None else None,
         )
         self.upkeep = TableUpkeep(
@@ -142,6 +146,7 @@ class Node:
             allow_private_addrs=options.allow_private_addrs,
             # the crawler keeps a full table fresh: no k-bucket refresh (it would ping every peer)
             refresh_interval=math.inf if self.full_table is not None else amino.REFRESH_INTERVAL.total_seconds(),
+            remote_addr=self._remote_addr,
         )
         self.upkeep.bootstrap_peers = list(options.bootstrap)
         host.on_identify(self.upkeep.on_identify)
@@ -178,10 +183,12 @@ class Node:
             node = cls(options, host, engine)
             if engine is not None:
                 node._reader = await stack.enter_async_context(open_reader(engine))
-                node.providers = await stack.enter_async_context(SqlProviderStore(engine, reader=node._reader))
+                node.providers = await stack.enter_async_context(
+                    SqlProviderStore(engine, reader=node._reader, quotas=options.provider_quotas)
+                )
                 node.values = SqlValueStore(engine, node.validator)
             else:
-                node.providers = MemoryProviderStore()
+                node.providers = MemoryProviderStore(quotas=options.provider_quotas)
                 node.values = MemoryValueStore(node.validator)
             node.handler = KademliaHandler(
                 node.local,
@@ -189,8 +196,9 @@ class Node:
                 node.providers,
                 node.values,
                 node.validator,
-                address_book=host.peer_addrs,
+                address_book=node._served_addrs,
                 own_provides=node.provides,
+                addr_rule=node.addr_rule,
             )
             node.kadserver = KadServer(host, node.handler, [options.protocol])
             if node.serves_dht:
@@ -287,6 +295,19 @@ class Node:
 
     # -- routing table ---------------------------------------------------------------
 
+    def _remote_addr(self, peer: PeerId) -> bytes | None:
+        conn = self.host.connection(peer)
+        return conn.remote_addr.to_bytes() if conn is not None else None
+
+    def _served_addrs(self, peer: PeerId) -> tuple[bytes, ...]:
+        """The addresses of ``peer`` we hand to others. On the public DHT only the ones
+        its connection vouches for (its real IP); without a connection none, and the
+        server falls back to the table's, checked the same way at admission."""
+        addrs = self.addr_rule(self.host.peer_addrs(peer))
+        if self.options.allow_private_addrs:
+            return addrs
+        return multiaddrs.same_ip(addrs, self._remote_addr(peer))
+
     def _observe(self, stats: LookupStats) -> None:
         self.lookups[stats.operation] += 1
         self.metrics.lookup_seconds.labels(stats.operation).observe(stats.duration)
@@ -327,11 +348,17 @@ class Node:
                 log.info("value-record sweep removed %d records older than %s", removed, amino.MAX_RECORD_AGE)
 
     async def _restore_snapshot(self) -> None:
-        """Re-check the peers of the newest snapshot: each is dialled, and identify
-        decides (as for any peer) whether it enters the table."""
+        """Re-check the peers of the newest snapshot: each is dialled (at an address the
+        address rule allows), and identify decides (as for any peer) whether it enters
+        the table."""
         if self.engine is None:
             return
-        peers = await load_latest_snapshot(self.engine, self.peer_id)
+        loaded = await load_latest_snapshot(self.engine, self.peer_id)
+        # A snapshot is only as honest as the table it was taken of (or the store it sits
+        # in): its addresses pass the address rule before anything is dialled.
+        peers = [PeerInfo(p.peer_id, addrs) for p in loaded if (addrs := self.addr_rule(p.addrs))]
+        if len(peers) < len(loaded):
+            log.info("dropped %d snapshot peers with no usable address", len(loaded) - len(peers))
         for peer in peers:
             self.host.add_addrs(peer.peer_id, peer.addrs)
         self.upkeep.bootstrap_peers.extend(

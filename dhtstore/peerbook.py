@@ -6,8 +6,12 @@ per peer in memory (bounded) and writes it in one transaction every ``FLUSH_INTE
 It updates protocols, agent and last-seen time; addresses are written only for a peer
 new to the table, since the provider store owns a provider's announced addresses and
 their 24 h expiry. Rows of peers not seen for ``FORGET_AFTER`` that provide nothing are
-deleted in batches, so the table does not grow without bound. A database failure
-raises StoreUnavailable (``data.failures``).
+deleted in batches, so the table does not grow without bound. Each row is bounded
+too, whatever a peer claims: at most ``MAX_ROW_ADDRS`` addresses (go keeps 20 for a peer
+no longer connected, and the row outlives the connection) of at most
+``MAX_ROW_ADDR_BYTES`` in all, protocols up to ``MAX_ROW_PROTOCOL_BYTES`` and an agent
+of ``MAX_AGENT_CHARS``: a row stays under ~7 KiB. A database failure raises
+StoreUnavailable (``data.failures``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ MAX_PENDING = 10_000  # peers waiting to be written; the oldest updates are drop
 FORGET_AFTER = 7 * 24 * 3600
 PRUNE_BATCH = 1000
 MAX_PRUNE_BATCHES = 1000  # bounds one prune run
+MAX_ROW_ADDRS = 20  # go-libp2p identify recentlyConnectedPeerMaxAddrs
+MAX_ROW_ADDR_BYTES = 2048
+MAX_ROW_PROTOCOL_BYTES = 4096  # a Kubo node lists ~30 protocols in ~1 KiB
+MAX_AGENT_CHARS = 256
 
 
 class PeerBook:
@@ -62,10 +70,10 @@ class PeerBook:
             {
                 "peer_id": peer.to_bytes(),
                 "peer_id_text": peer.to_base58(),
-                "addrs": pack_addrs(info.listen_addrs),
-                "addrs_expire_at": seen + int(PROVIDER_ADDR_TTL.total_seconds()) if info.listen_addrs else 0,
-                "protocols": "\n".join(info.protocols),
-                "agent": info.agent_version or "",
+                "addrs": pack_addrs(addrs := _bounded_addrs(info.listen_addrs)),
+                "addrs_expire_at": seen + int(PROVIDER_ADDR_TTL.total_seconds()) if addrs else 0,
+                "protocols": _bounded_protocols(info.protocols),
+                "agent": (info.agent_version or "")[:MAX_AGENT_CHARS],
                 "first_seen_at": seen,
                 "last_seen_at": seen,
             }
@@ -117,3 +125,27 @@ class PeerBook:
                     await self.flush()
                 except StoreError as exc:
                     log.warning("peer book not written at shutdown: %s", exc)
+
+
+def _bounded_addrs(addrs: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The first addresses, up to MAX_ROW_ADDRS and MAX_ROW_ADDR_BYTES in all."""
+    kept: list[bytes] = []
+    size = 0
+    for addr in addrs[:MAX_ROW_ADDRS]:
+        size += len(addr)
+        if size > MAX_ROW_ADDR_BYTES:
+            break
+        kept.append(addr)
+    return tuple(kept)
+
+
+def _bounded_protocols(protocols: tuple[str, ...]) -> str:
+    """The protocols, one a line, the whole ones that fit in MAX_ROW_PROTOCOL_BYTES."""
+    kept: list[str] = []
+    size = 0
+    for protocol in protocols:
+        size += len(protocol.encode()) + 1
+        if size > MAX_ROW_PROTOCOL_BYTES:
+            break
+        kept.append(protocol)
+    return "\n".join(kept)

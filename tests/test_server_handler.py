@@ -10,6 +10,7 @@ from dhtstore import amino
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.kadkey import Key
 from dhtstore.peerid import PeerId
+from dhtstore.providerstore.api import ProviderQuotas
 from dhtstore.providerstore.memory import MemoryProviderStore
 from dhtstore.records import ipns, pk
 from dhtstore.records.memory import MemoryValueStore
@@ -252,6 +253,7 @@ async def test_a_trimmed_get_providers_reply_encodes_within_4_mib() -> None:
     from dhtstore.network.kadcodec import encode_message
 
     node = Node(table_size=40)
+    node.providers.quotas = ProviderQuotas(per_key=16_000)  # more providers of one key than the default takes
     addrs = tuple(bytes([0x04, 10, 0, i, 1, 0x06, 0x0F, 0xA1]) + b"\xa5\x03" + bytes(22) for i in range(10))
     for _ in range(16_000):
         await node.providers.add_provider(MH, PeerId(PREFIX + rng.randbytes(32)), addrs)

@@ -76,11 +76,11 @@ def test_the_wheel_runs_outside_the_checkout(installed: Path, tmp_path: Path) ->
     dd = ("--data-dir", str(data))
     _dhtstore(installed, tmp_path, "init", *dd)
     head = _dhtstore(installed, tmp_path, "db", "current", *dd)
-    assert head_revision() in head, head
+    assert f"revision {head_revision()} (head)" in head, head  # the wheel carries every migration
     _dhtstore(installed, tmp_path, "db", "downgrade", "0001", *dd)
     assert "0001" in _dhtstore(installed, tmp_path, "db", "current", *dd)
     _dhtstore(installed, tmp_path, "db", "upgrade", *dd)
-    assert head_revision() in _dhtstore(installed, tmp_path, "db", "current", *dd)
+    assert f"revision {head_revision()} (head)" in _dhtstore(installed, tmp_path, "db", "current", *dd)
     cid = cid_string(b"\x12\x20" + hashlib.sha256(b"from the wheel").digest())
     _dhtstore(installed, tmp_path, "provide", "add", cid, *dd)
     assert cid in _dhtstore(installed, tmp_path, "provide", "ls", *dd)

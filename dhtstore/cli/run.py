@@ -23,6 +23,7 @@ from ..crypto.keys import PrivateKey
 from ..network import multiaddrs
 from ..node import Mode, Node, NodeOptions, RoutingTableKind
 from ..peerid import PeerId, PeerIdError
+from ..providerstore.api import ProviderQuotas
 from ..records.api import RecordError, key_text
 from ..routing.api import LookupTimeout, NotFound, QuorumFailed, RoutingError
 from ..types import PeerInfo
@@ -44,6 +45,19 @@ def _is_private_bootstrap(addrs: Sequence[str]) -> bool:
         except multiaddrs.MultiaddrFormatError:
             continue
     return False
+
+
+def _provider_quotas(config: Config) -> ProviderQuotas:
+    """``[provider_quotas]`` of config.toml: ``per_key``, ``per_provider``, ``total``
+    (positive integers; the ones left out keep ProviderQuotas' defaults)."""
+    section = config.extra.get("provider_quotas", {})
+    names = {f.name for f in dataclasses.fields(ProviderQuotas)}
+    if not isinstance(section, dict) or not set(section) <= names:
+        raise fail(f"config.toml: [provider_quotas] takes {', '.join(sorted(names))}")
+    for name, value in section.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise fail(f"config.toml: provider_quotas.{name} must be a positive integer, not {value!r}")
+    return ProviderQuotas(**section)
 
 
 def _node_options(
@@ -77,6 +91,7 @@ def _node_options(
         limits=config.limits,
         reprovide=reprovide,
         security=config.security,
+        provider_quotas=_provider_quotas(config),
     )
 
 

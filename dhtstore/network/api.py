@@ -119,6 +119,12 @@ class PeerConnection(Protocol):
     @property
     def remote_peer(self) -> PeerId: ...
 
+    @property
+    def remote_addr(self) -> Multiaddr:
+        """Where the peer really is: the address dialled, or the socket's remote end of
+        an inbound connection (not what the peer claims)."""
+        ...
+
 
 class Host(Protocol):
     """A libp2p host: one secured, multiplexed connection per peer, streams on it
@@ -150,6 +156,10 @@ class Host(Protocol):
         ...
 
     def connected_peers(self) -> list[PeerId]: ...
+
+    def connection(self, peer: PeerId) -> PeerConnection | None:
+        """The open connection to ``peer``, or None."""
+        ...
 
     async def connect(self, target: PeerTarget) -> PeerConnection:
         """The connection to the peer, dialling it if needed. Raises NetworkError."""

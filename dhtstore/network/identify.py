@@ -12,6 +12,9 @@ do not fit.
 The identify service reads the whole stream (at most ``MAX_STREAM_BYTES``) and calls
 ``parse_identify(data, remote_peer)``. Invalid listen addresses, an invalid observed
 address, invalid protocol ids and versions that are not UTF-8 are skipped and counted in ``IdentifyInfo.skipped``;
+so are the listen addresses past ``MAX_LISTEN_ADDRS`` and the protocols past
+``MAX_PROTOCOLS`` (go's caps), counted without being looked at: the work per message is
+bounded by the caps, not by how much a peer crams into its 80 KiB;
 a public key that does not parse or is not the connection's peer, an oversized or
 malformed message raise ``IdentifyError``.
 
@@ -42,8 +45,12 @@ MAX_MESSAGES = 10  # go-libp2p maxMessages
 MAX_OWN_MESSAGE_SIZE = 4 * 1024  # go-libp2p maxOwnIdentifyMsgSize, for rust-libp2p
 MAX_STREAM_BYTES = MAX_MESSAGES * (MAX_MESSAGE_SIZE + 2)  # each prefix is a 2-byte varint
 MAX_PROTOCOL_ID_LENGTH = 1024  # a longer id could never be negotiated by multistream
+MAX_LISTEN_ADDRS = 500  # go-libp2p identify connectedPeerMaxAddrs
+MAX_PROTOCOLS = 1024  # go-libp2p identify maxPeerProtocols
 
 __all__ = [
+    "MAX_LISTEN_ADDRS",
+    "MAX_PROTOCOLS",
     "MAX_STREAM_BYTES",
     "PROTOCOL_ID",
     "PUSH_PROTOCOL_ID",
@@ -132,7 +139,8 @@ def parse_identify(data: bytes, remote_peer: PeerId | None = None) -> IdentifyIn
             raise IdentifyError(f"identify public key is {peer_id}, not the connection's {remote_peer}")
 
     listen_addrs = []
-    for addr in message.listenAddrs:
+    skipped += max(0, len(message.listenAddrs) - MAX_LISTEN_ADDRS) + max(0, len(message.protocols) - MAX_PROTOCOLS)
+    for addr in message.listenAddrs[:MAX_LISTEN_ADDRS]:
         if multiaddrs.is_valid(addr):
             listen_addrs.append(bytes(addr))
         else:
@@ -144,7 +152,7 @@ def parse_identify(data: bytes, remote_peer: PeerId | None = None) -> IdentifyIn
         else:
             skipped += 1
     protocols = []
-    for protocol in message.protocols:
+    for protocol in message.protocols[:MAX_PROTOCOLS]:
         # proto2 hands back invalid UTF-8 as bytes rather than failing the parse.
         if isinstance(protocol, str) and 0 < len(protocol) <= MAX_PROTOCOL_ID_LENGTH and "\n" not in protocol:
             protocols.append(protocol)

@@ -12,12 +12,19 @@ passes it on to its ``on_identify`` subscribers, from which the node learns a pe
 protocols (is it a DHT server?) and listen addresses.
 
 Framing and limits are ``network.identify``'s: we read a stream to its end (at most
-``MAX_STREAM_BYTES``) and hand it all to ``parse_identify``.
+``MAX_STREAM_BYTES``) and hand it all to ``parse_identify``. Bounds, as go-libp2p's
+identify: the listen addresses kept are those that make sense for the connection's
+real remote address (``multiaddrs.for_remote``), at most 500 while connected and 20
+once the peer is gone; pushes are rate-limited per peer (a token bucket of
+``PUSH_BURST`` refilled at ``PUSH_RATE`` a second: go's identify limit per /24); a push
+over it is reset unread and counted in the host's ``identify_push_limited`` (it spends
+a token all the same: a peer that keeps pushing stays refused until it slows down).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -27,6 +34,7 @@ import anyio
 from ..crypto.keys import PrivateKey
 from ..errors import NetworkError
 from ..peerid import PeerId
+from . import multiaddrs
 from .connection import CONNECTION_ERRORS, Connection, Stream, StreamHandler
 from .identify import (
     DEFAULT_PROTOCOL_VERSION,
@@ -38,11 +46,15 @@ from .identify import (
     build_identify,
     parse_identify,
 )
+from .limits import PeerRateLimiter
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0  # seconds for one identify exchange
 PUSH_DEBOUNCE = 0.05  # seconds: several handler changes in a row make one push
+PUSH_RATE = 0.2  # pushes a second per peer, sustained (go: 0.2/s per IPv4 /24)
+PUSH_BURST = 10.0
+DISCONNECTED_MAX_ADDRS = 20  # go-libp2p identify recentlyConnectedPeerMaxAddrs
 
 
 class IdentifyHost(Protocol):
@@ -70,6 +82,8 @@ class IdentifyHost(Protocol):
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
 
+    def add_addrs(self, peer: PeerId, addrs: Sequence[bytes]) -> None: ...
+
     def on_disconnect(self, callback: Callable[[PeerId], object]) -> None: ...
 
 
@@ -83,6 +97,7 @@ class IdentifyService:
         self._on_identified = on_identified
         self._infos: dict[PeerId, IdentifyInfo] = {}
         self._push_scheduled = False
+        self._push_limit = PeerRateLimiter(rate=PUSH_RATE, burst=PUSH_BURST)
         host.on_disconnect(self._forget)
 
     def handlers(self) -> dict[str, StreamHandler]:
@@ -94,7 +109,9 @@ class IdentifyService:
         return self._infos.get(peer)
 
     def _forget(self, peer: PeerId) -> None:
-        self._infos.pop(peer, None)
+        info = self._infos.pop(peer, None)
+        if info is not None and len(info.listen_addrs) > DISCONNECTED_MAX_ADDRS:
+            self._host.add_addrs(peer, info.listen_addrs[:DISCONNECTED_MAX_ADDRS])
 
     def our_message(self, conn: Connection) -> bytes:
         host = self._host
@@ -157,6 +174,10 @@ class IdentifyService:
 
     async def _handle_push(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        if self._push_limit.delay(peer) > 0:
+            self._host.stats["identify_push_limited"] += 1
+            await stream.reset()
+            return
         with anyio.fail_after(TIMEOUT):
             data = await _read_messages(stream)
         pushed = parse_identify(data, peer)
@@ -164,8 +185,12 @@ class IdentifyService:
         self._store(peer, previous.updated_by(pushed) if previous is not None else pushed)
 
     def _store(self, peer: PeerId, info: IdentifyInfo) -> None:
-        if self._host.connection(peer) is None:
+        conn = self._host.connection(peer)
+        if conn is None:
             return  # gone meanwhile
+        addrs = multiaddrs.for_remote(info.listen_addrs, conn.remote_addr.to_bytes())
+        if len(addrs) != len(info.listen_addrs):
+            info = dataclasses.replace(info, listen_addrs=addrs)
         self._infos[peer] = info
         self._on_identified(peer, info)
 

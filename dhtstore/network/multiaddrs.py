@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from multiaddr import Multiaddr, protocols
 from multiaddr.exceptions import Error as MultiaddrError
@@ -129,10 +129,84 @@ def printable(addrs: Iterable[bytes]) -> list[str]:
     return out
 
 
+_IP4_CODE, _IP6_CODE, _TCP_CODE = 4, 0x29, 6
+
+
+def leading_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a binary multiaddr starts with (``/ip4/…`` or ``/ip6/…``, whatever follows), else None."""
+    code = addr[0] if addr else None  # both codes are one-byte varints
+    size = 4 if code == _IP4_CODE else 16 if code == _IP6_CODE else 0
+    if not size or len(addr) < 1 + size:
+        return None
+    raw = addr[1 : 1 + size]
+    return ipaddress.IPv4Address(raw) if size == 4 else ipaddress.IPv6Address(raw)
+
+
+def tcp_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP of a binary ``/ip4|ip6/<ip>/tcp/<port>[/p2p/<id>]``, else None.
+
+    Read straight from the bytes (no Multiaddr object): it runs for every address a
+    peer claims, and a hostile identify claims hundreds."""
+    ip = leading_ip(addr)
+    if ip is None:
+        return None
+    end = 1 + len(ip.packed) + 3  # the IP, then the tcp code and its 2-byte port
+    if len(addr) < end or addr[end - 3] != _TCP_CODE:
+        return None
+    if len(addr) > end:  # only a /p2p/<id> may follow
+        try:
+            decoded = varint.decode(addr, end)
+            if decoded is None or decoded[0] != P2P_CODE:
+                return None
+            length = varint.decode(addr, decoded[1])
+        except varint.VarintError:
+            return None
+        if length is None or length[1] + length[0] != len(addr):
+            return None
+    return ip
+
+
+@functools.lru_cache(maxsize=65_536)  # ~1 µs saved per address a reply carries: the same ones recur
 def is_public_addr(addr: bytes) -> bool:
     """True for an /ip4 or /ip6 TCP address that is globally routable."""
-    try:
-        host, _ = tcp_endpoint(split_peer_id(parse(addr))[0])
-        return ipaddress.ip_address(host).is_global
-    except (MultiaddrFormatError, ValueError):
-        return False
+    ip = tcp_ip(addr)
+    return ip is not None and ip.is_global
+
+
+AddrRule = Callable[[Iterable[bytes]], tuple[bytes, ...]]
+"""Which of a peer's addresses may be stored, served and dialled: ``public_only`` on
+the public DHT, ``any_addr`` on the LAN DHT (go-libp2p-kad-dht dual's filters)."""
+
+
+def public_only(addrs: Iterable[bytes]) -> tuple[bytes, ...]:
+    """The public-DHT rule (go-libp2p-kad-dht's WAN address filter): only globally
+    routable addresses are stored, served or dialled."""
+    return tuple(a for a in addrs if is_public_addr(a))
+
+
+def any_addr(addrs: Iterable[bytes]) -> tuple[bytes, ...]:
+    """The LAN-DHT rule (and tests on loopback): every address is usable."""
+    return tuple(addrs)
+
+
+def for_remote(addrs: Iterable[bytes], remote: bytes | None) -> tuple[bytes, ...]:
+    """The claimed ``addrs`` that make sense for a peer seen at ``remote`` (go-libp2p
+    identify's filterAddrs): over loopback, all; from a private network, all but
+    loopback; from a public address, only public ones. A peer on the Internet cannot
+    make us hand out, or dial, our own LAN or loopback."""
+    ip = leading_ip(remote) if remote is not None else None
+    if ip is None or ip.is_loopback:
+        return tuple(addrs)
+    if not ip.is_global:
+        return tuple(a for a in addrs if (b := leading_ip(a)) is None or not b.is_loopback)
+    return public_only(addrs)
+
+
+def same_ip(addrs: Iterable[bytes], remote: bytes | None) -> tuple[bytes, ...]:
+    """The claimed ``addrs`` on the IP we are connected to the peer at: the ones its
+    connection vouches for. A claim of another IP is unverified (it may be anyone's,
+    a scan or reflection target), so it is not handed on."""
+    ip = tcp_ip(remote) if remote is not None else None
+    if ip is None:
+        return ()
+    return tuple(a for a in addrs if tcp_ip(a) == ip)

@@ -23,6 +23,7 @@ from ..data.models import ProviderRecordRow
 from ..errors import StoreUnavailable
 from .caches import ProviderCaches
 from .health import StoreHealth
+from .quotas import QuotaCounts
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class ExpirySweep:
         *,
         interval: float,
         batch: int,
+        quotas: QuotaCounts | None = None,
     ):
         self._engine = engine
         self._clock = clock
@@ -48,17 +50,23 @@ class ExpirySweep:
         self._counters = counters  # "swept", "sweeps_skipped"
         self._interval = interval
         self._batch = batch
+        self._quotas = quotas  # recounted after each sweep, ours or another process's
 
     async def sweep_expired(self) -> int:
         """Delete expired records; return how many (0 when another process is sweeping)."""
         with unavailable("provider store: expiry sweep", self._health.failed):
             if not is_postgresql(self._engine):
-                return await self._sweep_batches()
-            async with try_advisory_lock(self._engine, SWEEP_LOCK) as lock:
-                if lock is None:
-                    self._counters["sweeps_skipped"] += 1
-                    return 0
-                return await self._sweep_batches()
+                deleted = await self._sweep_batches()
+            else:
+                async with try_advisory_lock(self._engine, SWEEP_LOCK) as lock:
+                    if lock is None:
+                        self._counters["sweeps_skipped"] += 1
+                        deleted = 0
+                    else:
+                        deleted = await self._sweep_batches()
+            if self._quotas is not None:
+                await self._quotas.recount(int(self._clock()))
+            return deleted
 
     async def _sweep_batches(self) -> int:
         deleted = 0

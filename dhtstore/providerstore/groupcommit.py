@@ -25,10 +25,12 @@ import anyio
 from ..data.engine import OPEN_ERRORS
 from ..data.failures import first_line
 from ..errors import StoreUnavailable
+from .api import QuotaExceeded
 from .caches import ProviderCaches
 from .health import NOT_TRANSIENT, StoreHealth
 from .keyfilter import KeyFilter
 from .pending import PendingRecord, Waiter
+from .quotas import QuotaCounts
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ class WritePath(Protocol):
         """Commit the batch (sorted by key and provider), or raise the database's error."""
         ...
 
+    async def live_providers(self, keys: list[bytes], now: int) -> list[tuple[bytes, bytes]]:
+        """(key, provider) of the unexpired records of ``keys`` (for the quotas)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -64,6 +70,7 @@ class GroupCommit:
         max_batch: int,
         retry_delays: tuple[float, ...],
         key_filter: KeyFilter | None = None,
+        quotas: QuotaCounts | None = None,
     ):
         self._path = path
         self._caches = caches
@@ -72,29 +79,31 @@ class GroupCommit:
         self._max_batch = max_batch
         self._retry_delays = retry_delays
         self._key_filter = key_filter
+        self._quotas = quotas
         self._pending: dict[tuple[bytes, bytes], PendingRecord] = {}
         self._wake = anyio.Event()
         self.closing = False  # no more records are taken
         self._stopped = anyio.Event()
 
-    async def add(self, records: Sequence[Queued], now: int, lifetime: int) -> None:
-        """Queue the records and return once all are committed; StoreUnavailable if one
-        was not."""
+    async def add(self, records: Sequence[Queued], now: int, lifetime: int) -> list[QuotaExceeded | None]:
+        """Queue the records and return once all are committed or refused: per record,
+        None (stored) or the quota that refused it. StoreUnavailable if one failed."""
         if not records:
-            return
+            return []
         waiter = Waiter(len(records))
-        for key, peer, peer_text, addrs in records:
+        for index, (key, peer, peer_text, addrs) in enumerate(records):
             pending = self._pending.get((key, peer))
             if pending is None:
                 pending = self._pending[(key, peer)] = PendingRecord(key, peer, peer_text, addrs, now, now + lifetime)
             else:  # a re-announce while the first is queued: one row, the later times and addresses
                 pending.received_at, pending.expires_at = now, now + lifetime
                 pending.addrs = addrs or pending.addrs
-            pending.waiters.append(waiter)
+            pending.waiters.append((waiter, index))
         self._wake.set()
         await waiter.done.wait()
         if waiter.error is not None:
             raise StoreUnavailable(f"provider record not stored: {first_line(waiter.error)}") from None
+        return waiter.refused
 
     async def run(self) -> None:
         """The writer task, until ``close``."""
@@ -137,6 +146,8 @@ class GroupCommit:
         batch.sort(key=lambda p: (p.key, p.peer))
         keys = [p.key for p in batch]
         builds = 0
+        # The keys whose providers the quotas must read: not those the filter knows are new.
+        quota_keys = None if self._quotas is None else [k for k in keys if self._may_be_stored(k)]
         if self._key_filter is not None:  # before any reader can see the records (``keyfilter``)
             builds = self._key_filter.add(keys)
         with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
@@ -144,6 +155,11 @@ class GroupCommit:
             while True:
                 reused = self._path.holds_connection
                 try:
+                    if quota_keys is not None:  # once, before the first write attempt
+                        batch = await self._within_quotas(batch, quota_keys)
+                        quota_keys = None
+                        if not batch:
+                            break
                     await self._path.write(batch)
                 except OPEN_ERRORS as exc:
                     if reused and not isinstance(exc, NOT_TRANSIENT):
@@ -168,3 +184,17 @@ class GroupCommit:
             self._key_filter.added_during(keys, builds)
         for p in batch:
             p.finish()
+
+    def _may_be_stored(self, key: bytes) -> bool:
+        return self._key_filter is None or self._key_filter.may_contain(key)
+
+    async def _within_quotas(self, batch: list[PendingRecord], keys: list[bytes]) -> list[PendingRecord]:
+        """The batch's announcements within the quotas (``quotas``): the live providers of
+        ``keys`` are read (OPEN_ERRORS as the write's), and the refused callers told."""
+        assert self._quotas is not None
+        live = await self._path.live_providers(keys, max(p.received_at for p in batch)) if keys else []
+        accepted = self._quotas.admit(batch, live)
+        for p in batch:
+            if p.refused is not None:
+                p.finish()
+        return accepted

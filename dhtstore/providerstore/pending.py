@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .api import QuotaExceeded
 from .validation import base58btc
 
 
@@ -22,28 +23,31 @@ class PendingRecord:
     addrs: tuple[bytes, ...]
     received_at: int
     expires_at: int
-    waiters: list[Waiter] = field(default_factory=list)  # one entry per queueing of this record
-    error: BaseException | None = None
+    waiters: list[tuple[Waiter, int]] = field(default_factory=list)  # (caller, its record's index), per queueing
+    error: BaseException | None = None  # the store failed: maybe not stored
+    refused: QuotaExceeded | None = None  # over a quota: not stored
 
     def finish(self) -> None:
-        """Committed (``error`` None) or failed: tell every caller waiting for it."""
-        for waiter in self.waiters:
-            waiter.finished(self.error)
+        """Committed, refused or failed: tell every caller waiting for it."""
+        for waiter, index in self.waiters:
+            waiter.finished(index, self.error, self.refused)
 
 
 class Waiter:
     """One caller's wait for the records it queued."""
 
-    __slots__ = ("done", "error", "remaining")
+    __slots__ = ("done", "error", "refused", "remaining")
 
     def __init__(self, records: int):
         self.remaining = records
         self.done = anyio.Event()
         self.error: BaseException | None = None  # the first failure among its records
+        self.refused: list[QuotaExceeded | None] = [None] * records  # per record, in the caller's order
 
-    def finished(self, error: BaseException | None) -> None:
+    def finished(self, index: int, error: BaseException | None, refused: QuotaExceeded | None) -> None:
         if error is not None and self.error is None:
             self.error = error
+        self.refused[index] = refused
         self.remaining -= 1
         if self.remaining == 0:
             self.done.set()

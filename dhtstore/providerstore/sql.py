@@ -10,6 +10,8 @@ It is composed of:
   committed data;
 - ``expiry``: a background sweep of expired records (reads skip them already);
 - ``health``: ``available``, False from a failed operation until the store answers;
+- ``quotas``: providers per key, records per provider and in total (``ProviderQuotas``),
+  counted without a COUNT per announcement;
 - ``keyfilter``: a Bloom filter of the stored keys, so a lookup of a key with no record
   (most GET_PROVIDERS) is answered without a query; on a store with a single writer
   process only (not ``shared``), where the writer keeps it exact.
@@ -54,7 +56,7 @@ from ..data.schema import open_store
 from ..data.stats import EXPIRING_WINDOW
 from ..errors import StoreError, StoreUnavailable
 from ..peerid import PeerId
-from .api import Announcement, ProviderRecord, ProviderStoreStats
+from .api import Announcement, ProviderQuotas, ProviderRecord, ProviderStoreStats, QuotaExceeded
 from .caches import ProviderCaches, Providers
 from .expiry import ExpirySweep
 from .groupcommit import RETRY_DELAYS, GroupCommit, WritePath
@@ -62,6 +64,7 @@ from .health import StoreHealth
 from .keyfilter import KeyFilter
 from .peerrows import PeerRows
 from .postgreswrite import PostgresWritePath
+from .quotas import QuotaCounts
 from .sqlitewrite import SqliteWritePath
 from .validation import (
     base58btc,
@@ -111,6 +114,7 @@ class SqlProviderStore:
         shared_cache_ttl: float = SHARED_CACHE_TTL,
         retry_delays: tuple[float, ...] | None = None,
         reader: Reader | None = None,
+        quotas: ProviderQuotas = ProviderQuotas(),
     ):
         self._engine = engine
         self._reader = reader
@@ -121,6 +125,7 @@ class SqlProviderStore:
             "records_written": 0, "transactions": 0, "write_errors": 0, "rejected": 0, "swept": 0,
             "write_retries": 0, "read_errors": 0, "store_down": 0, "sweeps_skipped": 0, "stale_reads": 0,
             "key_filter_builds": 0, "filtered_misses": 0,
+            "quota_refused_key": 0, "quota_refused_provider": 0, "quota_refused_total": 0,
         }
         self._health = StoreHealth(engine, self.counters)
         self._caches = ProviderCaches(cache_size, addr_cache_size, shared_cache_ttl if self.shared else None)
@@ -129,13 +134,14 @@ class SqlProviderStore:
         if retry_delays is None:
             retry_delays = RETRY_DELAYS if postgresql else ()
         self._key_filter = None if self.shared else KeyFilter(engine, self.counters)
+        self.quotas = QuotaCounts(engine, quotas, self.counters)
         self._writes = GroupCommit(
             path, self._caches, self._health, self.counters,
-            max_batch=max_batch, retry_delays=retry_delays, key_filter=self._key_filter,
+            max_batch=max_batch, retry_delays=retry_delays, key_filter=self._key_filter, quotas=self.quotas,
         )
         self._expiry = ExpirySweep(
             engine, clock, self._caches, self._health, self.counters,
-            interval=sweep_interval.total_seconds(), batch=sweep_batch,
+            interval=sweep_interval.total_seconds(), batch=sweep_batch, quotas=self.quotas,
         )
         self._peer_text: LRUCache[bytes, str] = LRUCache(addr_cache_size)  # validated peer id -> base58
         self._task_group: TaskGroup | None = None
@@ -150,6 +156,10 @@ class SqlProviderStore:
     async def __aenter__(self) -> SqlProviderStore:
         if self._task_group is not None:
             raise RuntimeError("provider store already started")
+        try:
+            await self.quotas.recount(int(self._clock()))
+        except OPEN_ERRORS as exc:  # the store may be down: the next sweep recounts
+            self._health.failed(exc)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._writes.run)
@@ -172,9 +182,11 @@ class SqlProviderStore:
     async def add_provider(
         self, key: bytes, provider: PeerId, addrs: tuple[bytes, ...] = (), *, ttl: timedelta | None = None
     ) -> None:
-        await self.add_providers([(key, provider, addrs)], ttl=ttl)
+        (refused,) = await self.add_providers([(key, provider, addrs)], ttl=ttl)
+        if refused is not None:
+            raise refused
 
-    async def add_providers(self, records: Sequence[Announcement], *, ttl: timedelta | None = None) -> None:
+    async def add_providers(self, records: Sequence[Announcement], *, ttl: timedelta | None = None) -> list[QuotaExceeded | None]:
         try:
             lifetime = check_ttl(ttl)
             queued = [(check_key(key), *self._checked_peer(provider), check_addrs(addrs)) for key, provider, addrs in records]
@@ -183,7 +195,7 @@ class SqlProviderStore:
             raise
         if self._task_group is None or self._writes.closing:
             raise StoreError("provider store is not running (use it inside `async with`)")
-        await self._writes.add(queued, int(self._clock()), lifetime)
+        return await self._writes.add(queued, int(self._clock()), lifetime)
 
     def _checked_peer(self, provider: PeerId) -> tuple[bytes, str]:
         """check_provider, and the peer id's text, remembered: a server sees the same

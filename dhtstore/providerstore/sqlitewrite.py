@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..data.addrs import pack_addrs
@@ -52,6 +53,12 @@ class SqliteWritePath:
                 await conn.execute(self._upsert_peer_seen, without)
             await conn.exec_driver_sql(self._upsert_records_sql, rows)
         self._peer_rows.committed(written)
+
+    async def live_providers(self, keys: list[bytes], now: int) -> list[tuple[bytes, bytes]]:
+        r = ProviderRecordRow  # expired rows left out here, not by an index: see postgreswrite
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(r.key_mh, r.peer_id, r.expires_at).where(r.key_mh.in_(keys)))).all()
+        return [(bytes(k), bytes(p)) for k, p, expires_at in rows if expires_at > now]
 
     async def close(self) -> None:
         pass

@@ -18,6 +18,7 @@ of provider and value placement at the cost of a few more requests.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
 import logging
 import math
@@ -32,6 +33,7 @@ from ..dht import ReplyHandler, is_valid_peer_id
 from ..errors import NetworkError
 from ..kadkey import Key
 from ..network.api import KadMessenger
+from ..network.multiaddrs import AddrRule
 from ..peerid import PeerId
 from ..types import Message, PeerInfo
 from .api import LookupStats, NoPeersError
@@ -216,10 +218,13 @@ async def run_query(
     timeout: float = amino.READ_MESSAGE_TIMEOUT,
     deadline: float = math.inf,
     reporter: PeerReporter | None = None,
+    addr_rule: AddrRule | None = None,
 ) -> QueryOutcome:
     """Drive ``state`` to its end, or until ``deadline`` (anyio clock: then the stats say
     ``timed_out`` and the requests in flight are dropped unreported); raise NoPeersError
-    at once when it has no seed. ``timeout`` bounds each request."""
+    at once when it has no seed. ``timeout`` bounds each request. ``addr_rule`` filters
+    the addresses of every peer a reply names before anything sees them: a closer peer
+    left with none is skipped, so the lookup never dials an address the rule refuses."""
     if not state.has_candidates:
         raise NoPeersError()
     started = anyio.current_time()
@@ -249,6 +254,8 @@ async def run_query(
                     state.on_failure(peer.peer_id)
                 else:
                     responded += 1
+                    if addr_rule is not None:
+                        reply = _with_addr_rule(reply, addr_rule)
                     state.skipped_peers += reply.skipped_peers
                     state.on_response(peer.peer_id, reply.closer_peers)
                     if on_reply is not None and on_reply(peer, reply):
@@ -273,3 +280,25 @@ async def run_query(
         timed_out=limit.cancelled_caught,
     )
     return QueryOutcome(state, stats)
+
+
+def _with_addr_rule(reply: Message, rule: AddrRule) -> Message:
+    """The reply with each named peer's addresses filtered by ``rule``; closer peers left
+    without an address are dropped (counted as skipped). Providers stay, address-less:
+    a lookup never dials them."""
+    closer = []
+    dropped = 0
+    for info in reply.closer_peers:
+        if isinstance(info, PeerInfo):
+            addrs = rule(info.addrs)
+            if not addrs:
+                dropped += 1
+                continue
+            info = PeerInfo(info.peer_id, addrs) if addrs != info.addrs else info
+        closer.append(info)
+    providers = tuple(
+        PeerInfo(p.peer_id, rule(p.addrs)) if isinstance(p, PeerInfo) else p for p in reply.provider_peers
+    )
+    return dataclasses.replace(
+        reply, closer_peers=tuple(closer), provider_peers=providers, skipped_peers=reply.skipped_peers + dropped
+    )

@@ -46,6 +46,7 @@ from ..dht import (
 )
 from ..kadkey import Key
 from ..network.api import KadMessenger
+from ..network.multiaddrs import AddrRule
 from ..peerid import PeerId
 from ..records.api import Validator
 from ..routingtable.api import RoutingTable
@@ -72,6 +73,7 @@ class KademliaRouter:
         clock: Callable[[], float] = time.monotonic,
         on_lookup: LookupObserver | None = None,
         one_hop_min_peers: int | None = None,
+        addr_rule: AddrRule | None = None,
     ):
         self.local = local
         self.table = table
@@ -83,6 +85,7 @@ class KademliaRouter:
         self.clock = clock  # the time given to the routing table's mark_useful
         self.on_lookup = on_lookup
         self.one_hop_min_peers = one_hop_min_peers
+        self.addr_rule = addr_rule  # filters every address a reply names (multiaddrs.AddrRule)
 
     # -- network.api.KadMessenger (dht.KadClient) --------------------------------
 
@@ -238,6 +241,7 @@ class KademliaRouter:
             timeout=self.request_timeout,
             deadline=deadline,
             reporter=self._mark,
+            addr_rule=self.addr_rule,
         )
 
     def _mark(self, peer: PeerInfo, responded: bool) -> None:

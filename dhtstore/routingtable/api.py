@@ -3,7 +3,10 @@
 A table holds DHT *servers* only; which peers qualify (identify says they serve the
 kad protocol, the lookup check passes) is the node's decision, not the table's. The
 table decides where a peer fits: k-buckets by common prefix length with our own key,
-seniority (a full bucket keeps its live peers), an optional IP-diversity limit.
+seniority (a full bucket keeps its live peers), an optional IP-diversity limit. The
+diversity limit counts the IP the peer was really seen at (``seen_from``: the
+connection's remote address, as go's rtPeerIPGroupFilter counts its connections'
+remote addresses), never the addresses it claims: claiming costs nothing.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ class RoutingTable(Protocol):
         """The ``n`` known peers closest to ``key``, closest first (exact)."""
         ...
 
-    def add(self, peer: PeerInfo, now: float) -> bool:
-        """Insert or refresh ``peer``; False when it does not fit (full bucket, IP limit)."""
+    def add(self, peer: PeerInfo, now: float, *, seen_from: bytes | None = None) -> bool:
+        """Insert or refresh ``peer``; False when it does not fit (full bucket, IP limit).
+        ``seen_from``: the binary multiaddr we are connected to it at, whose IP group the
+        diversity limit counts; without it (a peer we are not connected to: the
+        simulation, tests) its claimed addresses are counted instead."""
         ...
 
     def remove(self, peer_id: PeerId) -> bool:

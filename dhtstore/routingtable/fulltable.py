@@ -117,7 +117,9 @@ class FullTable:
         keys, entries = self._sorted_keys, self._sorted_entries
         return [entries[bisect.bisect_left(keys, k)].info for k in closest_keys(keys, key.value, n)]
 
-    def add(self, peer: PeerInfo, now: float) -> bool:
+    def add(self, peer: PeerInfo, now: float, *, seen_from: bytes | None = None) -> bool:
+        # ``seen_from`` is not used: the full table holds every server the crawl found
+        # and applies no IP-diversity limit (a known gap: issue 15's note).
         pid = peer.peer_id.to_bytes()
         entry = self._entries.get(pid)
         if entry is None:

@@ -1,5 +1,10 @@
 """IP groups for the routing table's diversity filter (ipfs/specs kad-dht, go's
-``peerdiversity``): IPv4 grouped by /16, IPv6 by /32.
+``peerdiversity``): IPv4 grouped by /16, IPv6 by /32; at most
+``amino.MAX_PEERS_PER_IP_GROUP`` (3) peers of a group in the table and
+``MAX_PEERS_PER_IP_GROUP_PER_CPL`` (2) in one bucket, as go-libp2p-kad-dht's
+rtPeerIPGroupFilter. The address grouped is the connection's remote address when
+there is one. Loopback is not exempt: a test on one machine sees what a public server
+sees of many peers behind one IP.
 
 Go groups IPv6 by the announcing ASN; without an ASN database a /32 (the usual size
 of one provider's allocation) is the closest stand-in we can compute offline.

@@ -78,7 +78,7 @@ class KBucketTable:
     def peers(self) -> list[PeerInfo]:
         return [e.info for e in self._entries.values()]
 
-    def add(self, peer: PeerInfo, now: float) -> bool:
+    def add(self, peer: PeerInfo, now: float, *, seen_from: bytes | None = None) -> bool:
         entry = self._entries.get(peer.peer_id)
         if entry is not None:
             if peer.addrs and peer.addrs != entry.info.addrs:
@@ -89,7 +89,7 @@ class KBucketTable:
             return False
         cpl = BITS - (key ^ self._local).bit_length()
         bucket = self._buckets[cpl] if cpl < len(self._buckets) else {}
-        groups = ip_groups(peer.addrs) if self._ip_diversity else frozenset()
+        groups = ip_groups((seen_from,) if seen_from is not None else peer.addrs) if self._ip_diversity else frozenset()
         evicted = None
         if len(bucket) >= self._k:
             evicted = next((e for e in bucket.values() if e.failed), None)

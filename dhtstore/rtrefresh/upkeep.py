@@ -3,7 +3,11 @@
 The rules are go-libp2p-kad-dht's (``rtrefresh``, ``dht.go``) and the libp2p kad-dht spec's:
 - A peer enters when identify says it serves our kad protocol and it has a usable
   address (public ones only, unless private addresses are allowed, as on a LAN or in
-  tests). Once the table holds k peers, a newcomer must first answer a FIND_NODE for
+  tests). On the public DHT a claimed address is usable only on the IP we are
+  connected to it at (``multiaddrs.same_ip``): the table hands its addresses to
+  others, and a claim of someone else's IP would make us a scanner's reflector. The
+  IP-diversity limit counts that real remote address too (``RoutingTable.add``'s
+  ``seen_from``). Once the table holds k peers, a newcomer must first answer a FIND_NODE for
   its own id with at least one peer (go's lookupCheck, from the 2023 unresponsive-
   nodes incident). A peer that stops advertising the protocol leaves.
 - Refresh every 10 minutes: ping peers not heard from in the last 5 minutes and drop
@@ -46,6 +50,11 @@ ADMISSION_WAIT = 5.0  # seconds a bootstrap waits for identify to admit a dialle
 
 Pinger = Callable[[PeerInfo], Awaitable[float]]
 Connector = Callable[[str], Awaitable[PeerId]]  # dials a multiaddr, returns who answered
+RemoteAddr = Callable[[PeerId], bytes | None]  # the binary multiaddr we are connected to a peer at
+
+
+def _not_connected(_peer: PeerId) -> bytes | None:
+    return None
 
 
 
@@ -70,6 +79,7 @@ class TableUpkeep:
         ping: Pinger,
         connect: Connector,
         allow_private_addrs: bool = False,
+        remote_addr: RemoteAddr = _not_connected,
         lookup_check: bool = True,
         refresh_interval: float = amino.REFRESH_INTERVAL.total_seconds(),
         clock: Callable[[], float] = time.monotonic,
@@ -82,6 +92,7 @@ class TableUpkeep:
         self._ping = ping
         self._connect = connect
         self.allow_private_addrs = allow_private_addrs
+        self._remote_addr = remote_addr
         self.lookup_check = lookup_check
         self.refresh_interval = refresh_interval
         self._clock = clock
@@ -95,9 +106,7 @@ class TableUpkeep:
     # -- admission ---------------------------------------------------------------
 
     def usable_addrs(self, addrs: Sequence[bytes]) -> tuple[bytes, ...]:
-        if self.allow_private_addrs:
-            return tuple(addrs)
-        return tuple(a for a in addrs if multiaddrs.is_public_addr(a))
+        return multiaddrs.any_addr(addrs) if self.allow_private_addrs else multiaddrs.public_only(addrs)
 
     def on_identify(self, peer: PeerId, info: IdentifyInfo) -> None:
         """Host callback: decide, in the background, whether ``peer`` belongs in the table."""
@@ -105,26 +114,29 @@ class TableUpkeep:
             if self.table.remove(peer):
                 self.counters["removed_not_server"] += 1
             return
+        seen_from = self._remote_addr(peer)
         addrs = self.usable_addrs(info.listen_addrs)
+        if not self.allow_private_addrs:
+            addrs = multiaddrs.same_ip(addrs, seen_from)
         if not addrs:
             self.counters["refused_no_usable_addr"] += 1
             return
         candidate = PeerInfo(peer, addrs)
         if peer in self.table:
-            self.table.add(candidate, self._clock())  # refreshes its addresses
+            self.table.add(candidate, self._clock(), seen_from=seen_from)  # refreshes its addresses
             self.table.mark_useful(peer, self._clock())
             return
         if self._tg is not None and peer not in self._admitting:
             self._admitting.add(peer)
-            self._tg.start_soon(self._admit, candidate)
+            self._tg.start_soon(self._admit, candidate, seen_from)
 
-    async def _admit(self, candidate: PeerInfo) -> None:
+    async def _admit(self, candidate: PeerInfo, seen_from: bytes | None = None) -> None:
         try:
             async with self._limit:
                 if self.lookup_check and len(self.table) >= amino.BUCKET_SIZE and not await self._answers_lookup(candidate):
                     self.counters["refused_lookup_check"] += 1
                     return
-                if self.table.add(candidate, self._clock()):
+                if self.table.add(candidate, self._clock(), seen_from=seen_from):
                     self.counters["admitted"] += 1
                 else:
                     self.counters["refused_bucket_full"] += 1

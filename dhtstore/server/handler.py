@@ -4,6 +4,12 @@ One ``handle`` call per decoded request: the reply, None for ADD_PROVIDER (go se
 none and go clients wait for none), or InvalidRequest, on which the network layer
 resets the stream; ``add_providers`` for a run of ADD_PROVIDERs that arrived together.
 Every request is counted by type and outcome in ``counters``.
+
+Every address the handler stores or hands out passes ``addr_rule`` (go-libp2p-kad-dht
+dual's address filter; ``network.multiaddrs.public_only`` on the public DHT): closer
+peers and a FIND_NODE target, a provider's addresses when an ADD_PROVIDER is stored and
+again when GET_PROVIDERS serves them (a record stored before, or by another process of
+a shared store, is filtered too).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from .. import amino, multihash
 from ..errors import StoreError
 from ..kadkey import Key
+from ..network.multiaddrs import AddrRule, any_addr
 from ..peerid import PeerId, PeerIdError
-from ..providerstore.api import Announcement, ProviderStore
+from ..providerstore.api import Announcement, ProviderStore, QuotaExceeded
 from ..records.api import RecordError, Validator, ValueStore
 from ..routingtable.api import RoutingTable
 from ..types import Message, MessageType, PeerInfo, Record
@@ -36,6 +43,14 @@ OwnProvides = Callable[[bytes], Awaitable[bool]]
 _FRAMING_MARGIN = 1024
 
 
+class _Dropped(Exception):
+    """A request taken but not acted on (no reply, no reset), counted as ``outcome``."""
+
+    def __init__(self, outcome: str):
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
 def _no_addresses(_peer: PeerId) -> tuple[bytes, ...]:
     return ()
 
@@ -51,6 +66,7 @@ class KademliaHandler:
         *,
         address_book: AddressBook = _no_addresses,
         own_provides: OwnProvides | None = None,
+        addr_rule: AddrRule = any_addr,
         k: int = amino.BUCKET_SIZE,
         max_message_size: int = amino.MAX_MESSAGE_SIZE,
         rng: random.Random | None = None,
@@ -62,6 +78,7 @@ class KademliaHandler:
         self.validator = validator
         self.address_book = address_book
         self.own_provides = own_provides
+        self.addr_rule = addr_rule
         self.k = k
         self.max_message_size = max_message_size
         self._rng = rng or random.Random()
@@ -76,6 +93,10 @@ class KademliaHandler:
         handler = self._handlers[kind]
         try:
             reply = await handler(self, sender, request)
+        except _Dropped as exc:
+            self.counters[(kind.name, exc.outcome)] += 1
+            log.debug("%s from %s dropped: %s", kind.name, sender.peer_id, exc.outcome)
+            return None
         except InvalidRequest as exc:
             self.counters[(kind.name, "invalid")] += 1
             log.debug("invalid %s from %s: %s", kind.name, sender.peer_id, exc)
@@ -133,6 +154,10 @@ class KademliaHandler:
         announcement = self._announcement(sender, request)
         try:
             await self.providers.add_provider(*announcement)
+        except QuotaExceeded as exc:
+            # Dropped, not reset: ADD_PROVIDER gets no reply, and the sender's stream
+            # may carry its next, acceptable, request (ipfs/specs PR #537 rejection).
+            raise _Dropped(f"quota_{exc.reason}") from None
         except ValueError as exc:
             raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
         return None
@@ -140,7 +165,8 @@ class KademliaHandler:
     async def add_providers(self, sender: PeerInfo, requests: Sequence[Message]) -> None:
         """A stream's run of ADD_PROVIDERs: checked one by one as ``handle`` would, the
         valid ones before the first invalid one stored in one call (they share a group
-        commit), then that one refused. Counted per request as ``handle`` counts."""
+        commit; one over a quota is dropped), then that one refused. Counted per request
+        as ``handle`` counts."""
         announcements: list[Announcement] = []
         refused: InvalidRequest | None = None
         for request in requests:
@@ -153,7 +179,7 @@ class KademliaHandler:
                 break
         if announcements:
             try:
-                await self.providers.add_providers(announcements)
+                refusals = await self.providers.add_providers(announcements)
             except ValueError as exc:  # the handler's checks are the store's: not expected
                 self.counters[("ADD_PROVIDER", "invalid")] += len(announcements)
                 raise InvalidRequest(f"ADD_PROVIDER refused: {exc}") from None
@@ -161,7 +187,11 @@ class KademliaHandler:
                 self.counters[("ADD_PROVIDER", "store_unavailable")] += len(announcements)
                 log.debug("ADD_PROVIDER from %s: store unavailable: %s", sender.peer_id, exc)
                 raise InvalidRequest("store unavailable") from None
-            self.counters[("ADD_PROVIDER", "ok")] += len(announcements)
+            for over in refusals:  # dropped, as ``_add_provider`` drops them
+                outcome = "ok" if over is None else f"quota_{over.reason}"
+                self.counters[("ADD_PROVIDER", outcome)] += 1
+            if any(refusals):
+                log.debug("ADD_PROVIDER from %s: %d over a quota, dropped", sender.peer_id, sum(1 for r in refusals if r))
         if refused is not None:
             raise refused
 
@@ -178,7 +208,12 @@ class KademliaHandler:
             self.counters[("ADD_PROVIDER", "foreign_provider_ignored")] += foreign
         if not own:
             raise InvalidRequest("ADD_PROVIDER with no entry for the sender that carries addresses")
-        return request.key, sender.peer_id, tuple(dict.fromkeys(a for p in own for a in p.addrs))
+        # go stores the provider even when no address passes the filter (it checks the
+        # length first): a requester then looks its addresses up itself.
+        addrs = self.addr_rule(dict.fromkeys(a for p in own for a in p.addrs))
+        if not addrs:
+            self.counters[("ADD_PROVIDER", "addrs_filtered")] += 1
+        return request.key, sender.peer_id, addrs
 
     async def _get_providers(self, sender: PeerInfo, request: Message) -> Message:
         if not request.key or len(request.key) > amino.MAX_PROVIDER_KEY_BYTES:
@@ -187,7 +222,8 @@ class KademliaHandler:
             records = await self.providers.get_providers(request.key)
         except ValueError as exc:  # not a multihash
             raise InvalidRequest(f"GET_PROVIDERS key: {exc}") from None
-        found = [r.provider for r in records if r.provider.peer_id != self.local.peer_id]
+        rule = self.addr_rule
+        found = [PeerInfo(r.provider.peer_id, rule(r.provider.addrs)) for r in records if r.provider.peer_id != self.local.peer_id]
         self._rng.shuffle(found)
         if self.own_provides is not None and await self.own_provides(request.key):
             # Our provide list answers for us at once, and never expires while listed.
@@ -223,11 +259,11 @@ class KademliaHandler:
         for peer in self.table.local_closest_peers(target, self.k + 1):
             if peer.peer_id == requester or peer.peer_id == self.local.peer_id:
                 continue
-            addrs = self.address_book(peer.peer_id)
-            if addrs and addrs != peer.addrs:
-                peer = PeerInfo(peer.peer_id, addrs)
-            if peer.addrs:
-                closer.append(peer)
+            addrs = self.addr_rule(self.address_book(peer.peer_id) or peer.addrs)
+            if not addrs:
+                addrs = self.addr_rule(peer.addrs)
+            if addrs:
+                closer.append(peer if addrs == peer.addrs else PeerInfo(peer.peer_id, addrs))
         return closer[: self.k]
 
     def _known_target(self, key: bytes, sender: PeerInfo) -> PeerInfo | None:
@@ -239,10 +275,10 @@ class KademliaHandler:
             return None
         if target == self.local.peer_id:
             return self.local
-        if target == sender.peer_id and sender.addrs:
-            return sender
+        if target == sender.peer_id and (addrs := self.addr_rule(sender.addrs)):
+            return sender if addrs == sender.addrs else PeerInfo(target, addrs)
         known = self.table.get(target)
-        addrs = known.addrs if known is not None and known.addrs else self.address_book(target)
+        addrs = self.addr_rule(known.addrs if known is not None and known.addrs else self.address_book(target))
         return PeerInfo(target, addrs) if addrs else None
 
 
