@@ -30,6 +30,7 @@ from dhtstore.data.engine import make_engine
 from dhtstore.data.models import PeerRow
 from dhtstore.errors import NetworkError
 from dhtstore.network import multiaddrs
+from dhtstore.network.api import HostLimits, ResourceLimits, ScopeLimits
 from dhtstore.network.connection import Stream
 from dhtstore.network.host import Host
 from dhtstore.network.identify import MAX_LISTEN_ADDRS, MAX_MESSAGE_SIZE, MAX_PROTOCOLS, PUSH_PROTOCOL_ID, parse_identify
@@ -241,7 +242,10 @@ async def test_peers_from_one_ip_claiming_different_slash16s_are_admitted_up_to_
 ) -> None:
     """12 peers, all connecting from 127.0.0.1, each claiming a listen address in its own
     /16 (127.1.0.1, 127.2.0.1, …: loopback, so nothing leaves the machine)."""
-    options = dataclasses.replace(loopback_options(sqlite_store_url), ip_diversity=True)
+    # The per-IP connection limit (8, network.resources) would refuse some of the 12
+    # first; raised here so that the table's own diversity limit is what is tested.
+    limits = HostLimits(resources=ResourceLimits(ip=ScopeLimits(inbound_connections=32, handshakes=32)))
+    options = dataclasses.replace(loopback_options(sqlite_store_url), ip_diversity=True, limits=limits)
     async with started(options) as node, anyio.create_task_group() as tg:
         done = anyio.Event()
         ready: list[int] = []
