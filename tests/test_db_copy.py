@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from dhtstore.data.copy import COPY_MARKER, CopyError, copy_store
 from dhtstore.data.engine import default_store_url
 from dhtstore.data.models import (
+    NetworkPeerRow,
     PeerRow,
     ProvidedKeyRow,
     ProviderRecordRow,
@@ -72,6 +73,12 @@ def rows_for_every_table(n: int) -> dict[type, list[dict[str, object]]]:
             dict(region=format(i, "08b") + "*", first_key=bytes([i]) + b"\x00" * 31, last_key=bytes([i]) + b"\xff" * 31,
                  owner=f"12D3KooW{i}", claimed_at=14, expires_at=15)
             for i in range(min(n, 256))
+        ],
+        NetworkPeerRow: [
+            dict(peer_id=p, peer_id_text=f"12D3KooW{i}", kad_key=hashlib.sha256(p).digest(), addrs=_h("na", i),
+                 addr_kinds="ip4/tcp", agent="kubo/0.39.0", protocols="/ipfs/kad/1.0.0", first_seen_at=16,
+                 last_seen_at=17, last_contact_at=None if i % 2 else 18, failures=i % 3, crawled_at=None if i % 5 else 19)
+            for i, p in enumerate(peers)
         ],
         ProviderStateRow: [dict(name=f"state-{i}", value=f"v{i}", updated_at=13) for i in range(n)]
         + [dict(name="Zeta", value="", updated_at=0), dict(name="alpha", value="x", updated_at=0)],
