@@ -72,6 +72,7 @@ from dhtstore.data.models import PeerRow, ProviderRecordRow  # noqa: E402
 from dhtstore.data.schema import create_or_upgrade  # noqa: E402
 from dhtstore.multihash import SHA2_256, Multihash  # noqa: E402
 from dhtstore.network import multiaddrs  # noqa: E402
+from dhtstore.network.api import HostLimits, ResourceLimits, ScopeLimits  # noqa: E402
 from dhtstore.network.host import Host  # noqa: E402
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame  # noqa: E402
 from dhtstore.node import Node, NodeOptions  # noqa: E402
@@ -172,6 +173,11 @@ async def serve(store_url: str, profile: str | None, rate_limit: float) -> None:
         allow_private_addrs=True,  # every peer here is on loopback
         ip_diversity=False,
         reprovide=True,  # as in production: every GET_PROVIDERS asks the (empty) provide list too
+        # Every client and table peer dials from 127.0.0.1: the per-IP limits would
+        # refuse all but 8 of them, so the system, IP and peer scopes are unlimited here.
+        limits=HostLimits(
+            high_water=1024, low_water=1024, resources=ResourceLimits(system=ScopeLimits(), ip=ScopeLimits(), peer=ScopeLimits())
+        ),
     )
     profiler = None
     if profile:
