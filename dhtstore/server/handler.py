@@ -229,13 +229,14 @@ class KademliaHandler:
             # Our provide list answers for us at once, and never expires while listed.
             found.insert(0, self.local)
         closer = self._closer_peers(Key.for_multihash(request.key), sender.peer_id)
-        budget = self.max_message_size - _FRAMING_MARGIN - len(request.key) - sum(map(_peer_size, closer))
         providers = []
-        for info in found:
-            budget -= _peer_size(info)
-            if budget < 0:
-                break
-            providers.append(info)
+        if found:  # (a miss, most requests, has nothing to fit)
+            budget = self.max_message_size - _FRAMING_MARGIN - len(request.key) - sum(map(_peer_size, closer))
+            for info in found:
+                budget -= _peer_size(info)
+                if budget < 0:
+                    break
+                providers.append(info)
         return Message(
             MessageType.GET_PROVIDERS, key=request.key, closer_peers=tuple(closer), provider_peers=tuple(providers)
         )
