@@ -28,7 +28,8 @@ IDENTITY_FILE_NAME = "identity.key"
 IDENTITIES_DIR_NAME = "identities"
 DEFAULT_IDENTITY = "default"  # the name of identity.key in status lines and metrics
 _IDENTITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+# TCP and QUIC on the same port, as Kubo's defaults (Addresses.Swarm).
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
 MODES = ("auto", "server", "client")
 PROTOCOLS = (PROTOCOL_ID, LAN_PROTOCOL_ID)
 ROUTING_TABLES = ("kbuckets", "full")
@@ -118,7 +119,8 @@ def render(config: Config) -> str:
     """The config file text; ``load`` reads it back to an equal Config."""
     return f"""# dhtstore node configuration (TOML).
 
-# Multiaddrs to listen on.
+# Multiaddrs to listen on: /ip4|ip6/<ip>/tcp/<port> (Noise or TLS, then yamux) and
+# /ip4|ip6/<ip>/udp/<port>/quic-v1 (QUIC v1). Dials try a peer's QUIC addresses first.
 listen = {_toml_list(config.listen)}
 
 # "server" answers DHT requests and advertises {PROTOCOL_ID}; "client" only queries;

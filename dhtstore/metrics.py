@@ -94,6 +94,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
         )
+        # One-hop (the full routing table) answers in 1 round, the iterative lookup in many.
+        self.lookup_rounds = Histogram(
+            "dhtstore_lookup_rounds",
+            "Rounds of requests of DHT lookups (the longest chain of requests each sent on a reply), by operation",
+            ["operation"],
+            registry=self.registry,
+            buckets=(1, 2, 3, 5, 8, 13, 20),
+        )
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -36,7 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import amino, dht, ipfs
 from .crypto.keys import PrivateKey
+from .data.dialects import is_postgresql
 from .data.fastread import Reader, open_reader
+from .data.keyfeed import PROVIDED_KEYS, PostgresKeyFeed
 from .data.schema import open_store
 from .data.stats import store_stats
 from .errors import StoreError
@@ -53,6 +55,7 @@ from .peerbook import PeerBook
 from .peerid import PeerId
 from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, ProvideList, Provider, SweepConfig
 from .provider.claims import SqlClaimStore
+from .provider.listfilter import ProvideListFilter
 from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
@@ -66,12 +69,14 @@ from .records.sql import SqlValueStore
 from .records.validators import NamespacedValidator
 from .routing.api import LookupStats, Router
 from .routing.router import KademliaRouter
-from .routingtable.api import RoutingTable
+from .routingtable.api import KeyShards, RoutingTable
 from .routingtable.fulltable import FullTable
 from .routingtable.kbuckets import KBucketTable
 from .routingtable.snapshots import load_latest_snapshot, save_snapshot
 from .rtrefresh.crawler import CRAWL_INTERVAL, Crawler
 from .rtrefresh.crawlmetrics import CrawlerCollector
+from .rtrefresh.crawlshards import LEASE as CRAWL_LEASE
+from .rtrefresh.crawlshards import CrawlShards
 from .rtrefresh.upkeep import TableUpkeep
 from .server.handler import KademliaHandler
 from .server.kadserver import KadServer
@@ -89,7 +94,7 @@ VALUE_GC_INTERVAL = 24 * 3600.0  # go's ValueGCInterval: drop value records past
 class NodeOptions:
     identity: PrivateKey
     store_url: str | None = None  # None: in-memory stores, nothing persisted
-    listen: Sequence[str] = ("/ip4/0.0.0.0/tcp/4001",)
+    listen: Sequence[str] = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
     bootstrap: Sequence[str] = ()
     mode: Mode = "server"  # auto: server when we listen on a public address, else client
     protocol: str = amino.PROTOCOL_ID
@@ -107,6 +112,7 @@ class NodeOptions:
     # one-hop lookups; replaces the k-bucket refresh and the snapshots.
     routing_table: RoutingTableKind = "kbuckets"
     crawl_interval: float = CRAWL_INTERVAL
+    crawl_lease: int = CRAWL_LEASE  # heads of a shared store: a stopped head's crawl shards wait this long
 
 
 class Node:
@@ -117,14 +123,18 @@ class Node:
         self.peer_id: PeerId = host.peer_id
         self.started_at = time.time()
         self.lookups: Counter[str] = Counter()
+        self.last_lookup: dict[str, LookupStats] = {}  # by operation: what the latest one cost
         self.store_rows: dict[str, int] = {}  # refreshed every STORE_STATS_INTERVAL
         self.metrics = Metrics(self.stats)
         self.validator = NamespacedValidator()
         self.messenger = LibP2PKadMessenger(host, [options.protocol])
         self.local = PeerInfo(self.peer_id, tuple(host.advertised_addrs()))
         self.full_table: FullTable | None = None
+        # On PostgreSQL several heads may share the store: they split the crawl (crawl shards)
+        # and each table reads in the others' rows. SQLite has one head: it crawls everything.
+        shared = engine is not None and is_postgresql(engine)
         if options.routing_table == "full":
-            self.full_table = FullTable(Key.for_peer(self.peer_id), engine)
+            self.full_table = FullTable(Key.for_peer(self.peer_id), engine, ip_diversity=options.ip_diversity, shared=shared)
             self.table: RoutingTable = self.full_table
         else:
             self.table = KBucketTable(Key.for_peer(self.peer_id), ip_diversity=options.ip_diversity)
@@ -151,11 +161,17 @@ class Node:
         self.upkeep.bootstrap_peers = list(options.bootstrap)
         host.on_identify(self.upkeep.on_identify)
         self.crawler: Crawler | None = None
+        self.crawl_shards: CrawlShards | None = None
         if self.full_table is not None:
             self.crawler = Crawler(
-                self.full_table, self.messenger, interval=options.crawl_interval, usable_addrs=self.upkeep.usable_addrs
+                self.full_table, self.messenger, interval=options.crawl_interval, usable_addrs=self.upkeep.usable_addrs,
+                remote_addr=self._remote_addr,
             )
-            self.metrics.registry.register(CrawlerCollector(self.crawler.counters, str(self.peer_id), options.identity_name))
+            if shared:
+                assert engine is not None
+                self.crawl_shards = CrawlShards(engine, str(self.peer_id), lease=options.crawl_lease)
+                self.crawler.shards = self.crawl_shards.held  # none until the first rebalance
+            self.metrics.registry.register(CrawlerCollector(self.crawler, str(self.peer_id), options.identity_name))
             table = self.full_table
             host.on_identify(lambda peer, info: table.note_identify(peer, info.agent_version or "", tuple(info.protocols)))
         host.protect_when(self.table.__contains__)  # routing-table members are never trimmed
@@ -207,8 +223,9 @@ class Node:
             stack.push_async_callback(node._shutdown, tg)
             await node._start_routing_table(tg)
             await tg.start(node.upkeep.run)
-            if engine is not None and node.full_table is None:
-                tg.start_soon(node._snapshot_loop)
+            if engine is not None:
+                if node.full_table is None:  # the full table is its own persistence
+                    tg.start_soon(node._snapshot_loop)
                 tg.start_soon(node._store_stats_loop)
                 tg.start_soon(node._value_gc_loop)
                 peers = PeerBook(engine)
@@ -231,9 +248,16 @@ class Node:
             await self._restore_snapshot()
             return
         if self.engine is not None:
-            log.info("loaded %d peers of the full routing table", await self.full_table.load())
+            log.info("loaded %d peers of the full routing table", await self.full_table.load(reader=self._reader))
         tg.start_soon(self.full_table.run)
         assert self.crawler is not None
+        if self.crawl_shards is not None:
+            crawler = self.crawler
+
+            def crawl(shards: KeyShards) -> None:
+                crawler.shards = shards
+
+            tg.start_soon(self.crawl_shards.run, crawl)
         await tg.start(self.crawler.run)
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
@@ -264,7 +288,12 @@ class Node:
         if not self.options.reprovide:
             return
         assert self.engine is not None
-        self._own_list = ProvideListStore(self.engine, self._reader)
+        # The keys we do not provide (nearly every GET_PROVIDERS) answered from memory; on
+        # PostgreSQL the other processes' additions come from a key feed (listfilter).
+        feed = PostgresKeyFeed(self.engine.url, PROVIDED_KEYS) if is_postgresql(self.engine) else None
+        list_filter = ProvideListFilter(self.engine, self._reader, feed)
+        tg.start_soon(list_filter.run)
+        self._own_list = ProvideListStore(self.engine, self._reader, list_filter)
         self.reprovider = Reprovider(
             self._own_list,
             SqlClaimStore(self.engine),
@@ -273,6 +302,7 @@ class Node:
             self._self_info,
             config=SweepConfig(interval=self.options.reprovide_interval, claim_lease=self.options.claim_lease),
             metrics=ProvideMetrics(self.metrics.registry),
+            region_sizes=self.full_table,
         )
 
         async def run_after_bootstrap() -> None:
@@ -310,7 +340,9 @@ class Node:
 
     def _observe(self, stats: LookupStats) -> None:
         self.lookups[stats.operation] += 1
+        self.last_lookup[stats.operation] = stats
         self.metrics.lookup_seconds.labels(stats.operation).observe(stats.duration)
+        self.metrics.lookup_rounds.labels(stats.operation).observe(stats.rounds)
 
     async def save_snapshot(self) -> None:
         assert self.engine is not None
@@ -487,8 +519,9 @@ class Node:
 @asynccontextmanager
 async def open_provide_list(store_url: str) -> AsyncIterator[Provider]:
     """The provide list of the store at ``store_url``, without a node: what ``dhtstore
-    provide`` edits beside a running node (which polls the store for changes)."""
-    engine = await open_store(store_url)
+    provide`` edits beside a running node (which polls the store for changes). Its
+    commits are durable once they return: the CLI reports what it added or removed."""
+    engine = await open_store(store_url, durable_commits=True)
     try:
         yield await ProvideListService.for_store(ProvideListStore(engine), SqlClaimStore(engine))
     finally:

@@ -37,8 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reprovide import CountingMessenger, CycleCheck, OracleDHT, cycle_check, multihashes, publish  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
-from dhtstore.data.engine import default_store_url  # noqa: E402
+from dhtstore.data.engine import (
+    default_store_url,  # noqa: E402
+    store_size_bytes,  # noqa: E402
+)
 from dhtstore.data.schema import open_store  # noqa: E402
 from dhtstore.multihash import cid_string  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
@@ -51,12 +55,14 @@ from dhtstore.types import PeerInfo  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(data_dir: Path, *args: str, stdout: Any = subprocess.DEVNULL) -> dict[str, float]:
-    """Run ``dhtstore ARGS`` from this checkout; its wall and CPU seconds and peak RSS (MB)."""
+def cli(where: Path | str, *args: str, stdout: Any = subprocess.DEVNULL) -> dict[str, float]:
+    """Run ``dhtstore ARGS`` from this checkout on a data directory or a store URL; its
+    wall and CPU seconds and peak RSS (MB)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "dhtstore", *args, "--data-dir", str(data_dir)], check=True, env=env, stdout=stdout)
+    location = ["--data-dir", str(where)] if isinstance(where, Path) else ["--store", where]
+    subprocess.run([sys.executable, "-m", "dhtstore", *args, *location], check=True, env=env, stdout=stdout)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "wall": time.monotonic() - t,
@@ -93,26 +99,51 @@ async def sweep(store_url: str, nodes: int, n: int, seed: int) -> dict[str, Any]
         me = PeerInfo(PeerId(b"\x00\x24\x08\x01\x12\x20" + bytes(32)), (b"\x04\x7f\x00\x00\x01",))
         clock = JumpingClock(time.time())  # the CLI added the keys at the real time: all are due now
         r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
-        out: dict[str, Any] = {}
-        cpu, wall = time.process_time(), time.monotonic()
-        first = await r.run_due()
-        out["first"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": len(first)}
-        out["rss_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"first provide: {out['first']}", flush=True)
-        start = settled_after(clock(), r.config)
-        await run_until(r, clock, start)
-        lookups, sent = dht.lookups, messenger.sent
-        cpu, wall = time.process_time(), time.monotonic()
-        visits = await run_until(r, clock, start + r.interval)
-        out["cycle"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": visits}
-        out["lookups"], out["sent"] = dht.lookups - lookups, messenger.sent - sent
-        out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        counts = await store.counts(int(clock()), int(r.interval), int(r.behind_after))
-        out["provided"] = await provided_since(engine, start)
-        out["counts"] = counts
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(progress, messenger, n)
+            out = await phases(r, clock, dht, messenger, engine, store)
+            tg.cancel_scope.cancel()
         return out
     finally:
         await engine.dispose()
+
+
+async def progress(messenger: CountingMessenger, n: int) -> None:
+    """A line a minute: long runs (10M CIDs take hours) show where they are."""
+    t0 = time.monotonic()
+    while True:
+        await anyio.sleep(60)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"  {time.monotonic() - t0:,.0f} s: {messenger.sent:,} ADD_PROVIDER ({messenger.sent / n:.2f} per CID), "
+            f"{time.process_time():,.0f} CPU-s, peak RSS {rss:.0f} MB",
+            flush=True,
+        )
+
+
+async def phases(
+    r: Reprovider, clock: JumpingClock, dht: OracleDHT, messenger: CountingMessenger, engine: Any, store: ProvideListStore
+) -> dict[str, Any]:
+    """The first provide, then one cycle once settled."""
+    out: dict[str, Any] = {}
+    cpu, wall = time.process_time(), time.monotonic()
+    first = await r.run_due()
+    out["first"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": len(first)}
+    out["rss_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"first provide: {out['first']}", flush=True)
+    start = settled_after(clock(), r.config)
+    await run_until(r, clock, start)
+    lookups, sent = dht.lookups, messenger.sent
+    cpu, wall = time.process_time(), time.monotonic()
+    visits = await run_until(r, clock, start + r.interval)
+    out["cycle"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": visits}
+    out["lookups"], out["sent"] = dht.lookups - lookups, messenger.sent - sent
+    out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    counts = await store.counts(int(clock()), int(r.interval), int(r.behind_after))
+    out["provided"] = await provided_since(engine, start)
+    out["counts"] = counts
+    print(f"cycle: {out['cycle']}, {out['sent']:,} ADD_PROVIDER, peak RSS {out['rss']:.0f} MB", flush=True)
+    return out
 
 
 async def provided_since(engine: Any, since: int) -> int:
@@ -125,6 +156,33 @@ async def provided_since(engine: Any, since: int) -> int:
         return int((await conn.execute(stmt)).scalar_one())
 
 
+async def store_size(store_url: str) -> int:
+    """Bytes on disk: the SQLite file with its WAL, or the PostgreSQL database."""
+    engine = await open_store(store_url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return store_size_bytes(engine.url) or 0
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT pg_database_size(current_database())"))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+def n_or_1(n: int) -> int:
+    return max(n, 1)
+
+
+def import_cids(data_dir: Path, scratch: Path, n: int) -> dict[str, float]:
+    cli(data_dir, "init")
+    cids = scratch / "cids.txt"
+    with cids.open("w") as f:
+        for mh in multihashes(n):
+            f.write(cid_string(mh) + "\n")
+    imported = cli(data_dir, "provide", "add", "--from-file", str(cids))
+    print(f"import: {imported}", flush=True)
+    return imported
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cids", type=int, default=1_000_000)
@@ -132,44 +190,57 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", type=Path, help="scratch data directory (default: a temporary one)")
     ap.add_argument("--append", type=Path, help="append the results section to this file (BENCHMARKS.md)")
+    ap.add_argument(
+        "--store-dir",
+        type=Path,
+        help="a data directory already holding the --cids CIDs of this script (imported apart, e.g. at 10M): "
+        "skip init and import, and leave it in place",
+    )
+    ap.add_argument(
+        "--store-url",
+        help="like --store-dir, a PostgreSQL store (postgresql+asyncpg://…) already holding the --cids CIDs",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
-        data_dir = Path(scratch) / "data"
-        cli(data_dir, "init")
-        cids = Path(scratch) / "cids.txt"
-        with cids.open("w") as f:
-            for mh in multihashes(args.cids):
-                f.write(cid_string(mh) + "\n")
-        imported = cli(data_dir, "provide", "add", "--from-file", str(cids))
-        print(f"import: {imported}", flush=True)
-        store_url = default_store_url(data_dir)
-        db = Path(store_url.split("///", 1)[1])
+        where: Path | str
+        if args.store_url is not None:
+            where, imported, store_url = args.store_url, None, args.store_url
+        else:
+            data_dir = args.store_dir or Path(scratch) / "data"
+            imported = None if args.store_dir else import_cids(data_dir, Path(scratch), args.cids)
+            where, store_url = data_dir, default_store_url(data_dir)
         r = anyio.run(sweep, store_url, args.nodes, args.cids, args.seed)
-        size = sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
-        status = cli(data_dir, "provide", "status")
-        listing = cli(data_dir, "provide", "ls", "--all")
+        size = anyio.run(store_size, store_url)
+        print(f"store on disk: {size / n_or_1(args.cids):.0f} bytes per CID", flush=True)
+        status = cli(where, "provide", "status")
+        print(f"provide status: {status}", flush=True)
+        listing = cli(where, "provide", "ls", "--all")
         check = cycle_check(r["sent"], r["provided"], args.cids)
         report(args, imported, r, status, listing, size, check)
 
 
 def report(
-    args: argparse.Namespace, imported: dict[str, float], r: dict[str, Any], status: dict[str, float],
+    args: argparse.Namespace, imported: dict[str, float] | None, r: dict[str, Any], status: dict[str, float],
     listing: dict[str, float], size: int, check: CycleCheck,
 ) -> None:
     n = args.cids
     load = os.getloadavg()
     per_k = 1000 / n
-    rows = [
+    imports = [] if imported is None else [
         ("import (`provide add --from-file`)", imported["wall"], imported["cpu"], f"{imported['rss']:.0f} MB (the CLI)"),
+    ]
+    rows = [
+        *imports,
         ("first provide", r["first"]["wall"], r["first"]["cpu"], f"{r['rss_first']:.0f} MB"),
         ("one cycle (provider-only)", r["cycle"]["wall"], r["cycle"]["cpu"], f"{r['rss']:.0f} MB"),
         ("`provide status`", status["wall"], status["cpu"], ""),
         ("`provide ls --all` (to /dev/null)", listing["wall"], listing["cpu"], ""),
     ]
     lines = [
-        f"### Provide list on SQLite, {n:,} CIDs, {args.nodes:,} oracle servers",
+        f"### Provide list on {'PostgreSQL' if args.store_url else 'SQLite'}, {n:,} CIDs, {args.nodes:,} oracle servers",
         "",
-        f"`python scripts/bench_reprovide_sqlite.py --cids {n} --nodes {args.nodes}` — {time.strftime('%Y-%m-%d')}, "
+        f"`python scripts/bench_reprovide_sqlite.py --cids {n} --nodes {args.nodes}"
+        f"{' --store-dir DIR' if args.store_dir else ''}{' --store-url URL' if args.store_url else ''}` — {time.strftime('%Y-%m-%d')}, "
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, load average "
         f"{load[0]:.1f} at the end (shared machine).",
         "",
@@ -177,7 +248,8 @@ def report(
         "|---|---:|---:|---:|---|",
         *[f"| {name} | {wall:,.1f} | {cpu:,.1f} | {cpu * per_k * 1000:,.1f} | {rss} |" for name, wall, cpu, rss in rows],
         "",
-        f"- import: {n / imported['wall']:,.0f} CIDs/s; store on disk {size / 2**20:,.0f} MB ({size / n:.0f} bytes per CID).",
+        f"- import: {'measured apart (--store-dir)' if imported is None else format(n / imported['wall'], ',.0f') + ' CIDs/s'}; "
+        f"store on disk {size / 2**20:,.0f} MB ({size / n:.0f} bytes per CID).",
         f"- first provide {r['first']['visits']} visits; cycle {r['cycle']['visits']} visits, {r['lookups']:,} lookups, "
         f"{r['sent']:,} ADD_PROVIDER.",
         f"- {check.line}",

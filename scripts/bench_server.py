@@ -20,7 +20,8 @@ What runs, each in its own process:
   (``--types``): FIND_NODE (a random key), GET_PROVIDERS miss (a random key),
   GET_PROVIDERS hit (a stored key: one of the ``--records`` pre-filled ones for us;
   for js, one of ``--js-records`` keys the load generator announced to it first, as
-  its store cannot be pre-filled), ADD_PROVIDER (ten new keys, then a PING: both
+  its store cannot be pre-filled), GET_PROVIDERS hit from the cache ("hot": one of the
+  first 100 of those keys, which fit the provider-set cache of 256), ADD_PROVIDER (ten new keys, then a PING: both
   servers handle one stream's requests in order, so the PING's reply marks the ten
   as processed, ours committed to the store). Our server's per-peer rate limit is
   raised for the run (``--rate-limit``) so that CPU is the limit;
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -188,6 +190,11 @@ async def serve(store_url: str, profile: str | None, rate_limit: float) -> None:
         profiler = cProfile.Profile(time.thread_time)
     async with Node.start(options) as node:
         node.kadserver.limiter.rate, node.kadserver.limiter.burst = rate_limit, 2 * rate_limit
+        counters = node.providers.counters
+        if not getattr(node.providers, "shared", True):  # SQLite: the key filter's start-up build out of the figures
+            with anyio.fail_after(WAIT * 5):
+                while counters.get("key_filter_builds", 1) < 1:
+                    await anyio.sleep(0.1)
         print(json.dumps({"addr": str(multiaddrs.with_peer_id(node.host.listen_addrs[0], node.peer_id))}), flush=True)
         if profiler:
             profiler.enable()
@@ -236,15 +243,18 @@ async def table_peers(count: int) -> AsyncIterator[list[Host]]:
 # -- the load generator (a subprocess) ---------------------------------------------------
 
 # The request types, each measured on its own (``--types``), and "mix": the three in turn.
-MODES = ("find_node", "miss", "hit", "add_provider", "mix")
+MODES = ("find_node", "miss", "hit", "hot", "add_provider", "mix")
 LABELS = {
     "find_node": "FIND_NODE",
     "miss": "GET_PROVIDERS miss",
     "hit": "GET_PROVIDERS hit",
+    "hot": "GET_PROVIDERS hit (cached)",
     "add_provider": "ADD_PROVIDER",
     "mix": "mix (FIND_NODE, GET_PROVIDERS hit, ADD_PROVIDER + PING)",
 }
 ADDS_PER_PING = 10
+HOT_KEYS = 100  # "hot" hits ask for the first 100 stored keys: they fit the provider-set cache (256)
+DRAIN = 10.0  # seconds an open-loop run waits past its duration for the replies still due
 RUNS = 0  # load runs started in this process  # ADD_PROVIDERs sent before each PING, as a go client's sweep does
 
 
@@ -261,6 +271,7 @@ class Connection:
         self.requests = 0  # kad requests answered or processed (PINGs after ADD_PROVIDERs not counted)
         self.answered_with_providers = 0
         self.closer_peers = 0
+        self.unanswered = 0  # open loop: exchanges sent and not answered before the drain ended
         self.me = PeerInfo(host.peer_id, (ADDR,))
 
     async def open(self, target: PeerInfo) -> None:
@@ -284,28 +295,72 @@ class Connection:
         for i in range(0, len(keys), ADDS_PER_PING):
             await self.exchange(self._add_providers(keys[i : i + ADDS_PER_PING]), MessageType.PING)
 
+    def frames_for(self, mode: str) -> tuple[bytes, MessageType, int]:
+        """One exchange of ``mode``: the frames to send, the reply type that ends it,
+        and the kad requests it carries (ADD_PROVIDER: ten, then a PING)."""
+        rng = self.rng
+        if mode == "find_node":
+            return encode_frame(Message(MessageType.FIND_NODE, key=b"\x12\x20" + rng.randbytes(32))), MessageType.FIND_NODE, 1
+        if mode in ("hit", "hot", "miss"):
+            key = provider_key(rng.randrange(self.hit_keys)) if mode != "miss" else Multihash(SHA2_256, rng.randbytes(32)).to_bytes()
+            return encode_frame(Message(MessageType.GET_PROVIDERS, key=key)), MessageType.GET_PROVIDERS, 1
+        keys = [Multihash(SHA2_256, rng.randbytes(32)).to_bytes() for _ in range(ADDS_PER_PING)]
+        return self._add_providers(keys), MessageType.PING, ADDS_PER_PING
+
+    def note(self, reply: Message, requests: int) -> None:
+        self.answered_with_providers += bool(reply.provider_peers)
+        self.closer_peers += len(reply.closer_peers)
+        self.requests += requests
+
     async def request(self, mode: str) -> None:
         if mode == "mix":
             for part in ("find_node", "hit", "add_provider"):
                 await self.request(part)
             return
-        rng = self.rng
         started = time.perf_counter()
-        if mode == "find_node":
-            reply = await self.exchange(encode_frame(Message(MessageType.FIND_NODE, key=b"\x12\x20" + rng.randbytes(32))), MessageType.FIND_NODE)
-            self.closer_peers += len(reply.closer_peers)
-            self.requests += 1
-        elif mode in ("hit", "miss"):
-            key = provider_key(rng.randrange(self.hit_keys)) if mode == "hit" else Multihash(SHA2_256, rng.randbytes(32)).to_bytes()
-            reply = await self.exchange(encode_frame(Message(MessageType.GET_PROVIDERS, key=key)), MessageType.GET_PROVIDERS)
-            self.answered_with_providers += bool(reply.provider_peers)
-            self.closer_peers += len(reply.closer_peers)
-            self.requests += 1
-        else:
-            keys = [Multihash(SHA2_256, rng.randbytes(32)).to_bytes() for _ in range(ADDS_PER_PING)]
-            await self.exchange(self._add_providers(keys), MessageType.PING)
-            self.requests += ADDS_PER_PING
+        frames, expect, requests = self.frames_for(mode)
+        self.note(await self.exchange(frames, expect), requests)
         self.latencies.append(time.perf_counter() - started)
+
+    async def open_loop(self, mode: str, rate: float, started: float, deadline: float) -> None:
+        """Send an exchange every 1/``rate`` s whatever the replies do (open loop), and
+        time each from when it was due, not when it was sent: a server that falls
+        behind is charged the queue it builds (no coordinated omission)."""
+        dues, due_replies = anyio.create_memory_object_stream[float](max_buffer_size=math.inf)
+        sent = answered = 0
+
+        async def send() -> None:
+            nonlocal sent
+            async with dues:
+                due = started + self.rng.random() / rate  # connections spread over the first interval
+                for _ in range(MAX_CYCLES):
+                    if due >= deadline:
+                        return
+                    await anyio.sleep(max(0.0, due - time.perf_counter()))
+                    frames, _, _ = self.frames_for(mode)
+                    dues.send_nowait(due)
+                    sent += 1
+                    await self.stream.send(frames)
+                    due += 1 / rate
+
+        async def receive() -> None:
+            nonlocal answered
+            _, expect, requests = self.frames_for(mode)
+            with anyio.move_on_after(deadline - time.perf_counter() + DRAIN):
+                async with due_replies:
+                    async for due in due_replies:
+                        while (reply := self.decoder.next_message()) is None:
+                            self.decoder.receive_data(await self.stream.receive())
+                        if reply.type is not expect:
+                            raise RuntimeError(f"got a {reply.type.name} reply, expected {expect.name}")
+                        self.latencies.append(time.perf_counter() - due)
+                        answered += 1
+                        self.note(reply, requests)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            tg.start_soon(receive)
+        self.unanswered += sent - answered
 
 
 async def load(target_addr: str, args: argparse.Namespace) -> None:
@@ -329,6 +384,9 @@ async def load(target_addr: str, args: argparse.Namespace) -> None:
         deadline = started + args.duration
 
         async def run(c: Connection) -> None:
+            if args.rate:
+                await c.open_loop(args.mode, args.rate / len(conns), started, deadline)
+                return
             for _ in range(MAX_CYCLES):
                 if time.perf_counter() >= deadline:
                     return
@@ -346,6 +404,7 @@ async def load(target_addr: str, args: argparse.Namespace) -> None:
         "requests": sum(c.requests for c in conns),
         "answered_with_providers": sum(c.answered_with_providers for c in conns),
         "closer_peers": sum(c.closer_peers for c in conns),
+        "unanswered": sum(c.unanswered for c in conns),
     }), flush=True)
 
 
@@ -367,15 +426,17 @@ async def stop(process: Process) -> None:
 
 
 async def measure(target_addr: str, server_pid: int, mode: str, connections: int, hit_keys: int, announce: int,
-                  args: argparse.Namespace) -> dict[str, Any]:
-    """Run the load workers of one mode against one server; merged figures."""
+                  args: argparse.Namespace, rate: float = 0.0) -> dict[str, Any]:
+    """Run the load workers of one mode against one server; merged figures. ``rate``:
+    exchanges per second offered in open loop (0: closed loop)."""
     procs = max(1, args.load_procs)
     global RUNS
     RUNS += 1  # each run its own random keys: a miss must not ask for a key an earlier run added
     workers = [
         await start_python("--load", target_addr, "--mode", mode, "--connections", str(len(range(i, connections, procs))),
                            "--duration", str(args.duration), "--hit-keys", str(hit_keys), "--seed", str(RUNS * 1000 + i),
-                           "--announce", str(announce if i == 0 else 0))
+                           "--announce", str(announce if i == 0 else 0),
+                           "--rate", str(rate * len(range(i, connections, procs)) / connections))
         for i in range(procs)
     ]
     try:
@@ -403,18 +464,30 @@ async def measure(target_addr: str, server_pid: int, mode: str, connections: int
         "p99_ms": percentile(samples, 99) * 1000,
         "answered_with_providers": sum(r["answered_with_providers"] for r in results) / asked,
         "closer_peers": sum(r["closer_peers"] for r in results) / asked,
+        "offered_rps": rate * requests / asked,  # requests per second offered (open loop)
+        "unanswered": sum(r["unanswered"] for r in results),
     }
     check(mode, figures)
     return figures
 
 
+def hit_keys(mode: str, stored: int) -> int:
+    """How many of the stored keys a run's hits ask for (the first ones)."""
+    return min(HOT_KEYS, stored) if mode == "hot" else stored
+
+
+def exchange_rate(mode: str, figures: dict[str, Any]) -> float:
+    """The exchanges per second a closed-loop run reached (ADD_PROVIDER: ten requests each)."""
+    return float(figures["rps"]) / (ADDS_PER_PING if mode == "add_provider" else 1)
+
+
 def check(mode: str, f: dict[str, Any]) -> None:
     """Fail loudly when a run did not measure what it claims to."""
-    if mode == "hit" and f["answered_with_providers"] < 0.99:
+    if mode in ("hit", "hot") and f["answered_with_providers"] < 0.99:
         raise SystemExit(f"GET_PROVIDERS hits answered with providers only {f['answered_with_providers']:.0%} of the time")
     if mode == "miss" and f["answered_with_providers"] > 0:
         raise SystemExit("a GET_PROVIDERS miss was answered with providers")
-    if mode in ("find_node", "miss", "hit") and f["closer_peers"] < 1:
+    if mode in ("find_node", "miss", "hit", "hot") and f["closer_peers"] < 1:
         raise SystemExit(f"{LABELS[mode]} answered with {f['closer_peers']:.1f} closer peers: the routing table is empty")
     if f["rps"] <= 0:
         raise SystemExit(f"{LABELS[mode]}: no request was answered")
@@ -456,12 +529,19 @@ async def run(args: argparse.Namespace) -> str:
                 await anyio.sleep(2)  # identify and admission into the routing table
                 for mode in modes:
                     for n in connection_counts:
-                        result["ours"][f"{loop} {mode} {n}"] = await measure(ours_addr, server.pid, mode, n, args.records, 0, args)
+                        keys = hit_keys(mode, args.records)
+                        closed = result["ours"][f"{loop} {mode} {n}"] = await measure(ours_addr, server.pid, mode, n, keys, 0, args)
+                        if args.open_loop:
+                            result["ours"][f"{loop} {mode} {n} open"] = await measure(
+                                ours_addr, server.pid, mode, n, keys, 0, args, rate=args.open_loop * exchange_rate(mode, closed)
+                            )
                         print(f"ours ({loop}) {mode} {n} done", file=sys.stderr)
                 result[f"ours_rss_mb {loop}"] = peak_rss_mb(server.pid)
                 assert server.stdin is not None
                 await server.stdin.send(b"report\n")
-                result[f"ours_server {loop}"] = await read_json_line(server)
+                result[f"ours_server {loop}"] = served = await read_json_line(server)
+                if "hot" in modes and not served["provider_store"].get("cache_hits"):
+                    raise SystemExit("the cached hits were never answered from the provider-set cache")
             finally:
                 await stop(server)
         manager = {"inboundConnectionThreshold": 10_000, "maxIncomingPendingConnections": 100, "maxConnections": 1000}
@@ -472,9 +552,14 @@ async def run(args: argparse.Namespace) -> str:
             announced = 0
             for mode in modes:
                 for n in connection_counts:
-                    announce = args.js_records - announced if mode in ("hit", "mix") else 0
-                    result["js"][f"{mode} {n}"] = await measure(js.addr, js._process.pid, mode, n, args.js_records, announce, args)
+                    announce = args.js_records - announced if mode in ("hit", "hot", "mix") else 0
+                    keys = hit_keys(mode, args.js_records)
+                    closed = result["js"][f"{mode} {n}"] = await measure(js.addr, js._process.pid, mode, n, keys, announce, args)
                     announced += announce
+                    if args.open_loop:
+                        result["js"][f"{mode} {n} open"] = await measure(
+                            js.addr, js._process.pid, mode, n, keys, 0, args, rate=args.open_loop * exchange_rate(mode, closed)
+                        )
                     print(f"js {mode} {n} done", file=sys.stderr)
             result["js_rss_mb"] = peak_rss_mb(js._process.pid)
     if args.json:
@@ -503,12 +588,27 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{first['rps']:,.0f}, {first['p50_ms']:.1f} / {first['p99_ms']:.1f} | "
                 f"{j['rps']:,.0f}, {j['p50_ms']:.1f} / {j['p99_ms']:.1f} |"
             )
+    if args.open_loop:
+        lines += [
+            "",
+            (f"Open loop at {args.open_loop:.0%} of each server's own saturating rate (the closed-loop run's), latency from"
+             " when each exchange was due:"),
+            "",
+            "| request | conns | " + " | ".join(f"dhtstore ({loop}) offered → answered req/s, p50 / p99 ms" for loop in loops)
+            + " | js offered → answered req/s, p50 / p99 ms |",
+            "|---|---:|" + "---:|" * (len(loops) + 1),
+        ]
+        for mode in args.types.split(","):
+            for n in args.connections.split(","):
+                cells = [open_cell(r["ours"][f"{loop} {mode} {n} open"]) for loop in loops] + [open_cell(r["js"][f"{mode} {n} open"])]
+                lines.append(f"| {LABELS[mode]} | {n} | {' | '.join(cells)} |")
     lines.append("")
     for loop in loops:
         server = r[f"ours_server {loop}"]
         lines.append(
             f"- dhtstore ({loop}): peak RSS {r[f'ours_rss_mb {loop}']:.0f} MB, routing table {server['routing_table']}, "
             f"rate-limited {server['throttled']}, invalid {server['kadserver'].get('invalid_requests', 0)}, "
+            f"provider sets from the cache {server['provider_store'].get('cache_hits', 0)}, "
             f"provider-store transactions {server['provider_store'].get('transactions', 0)} for "
             f"{server['provider_store'].get('records_written', 0)} records"
         )
@@ -523,6 +623,11 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"processes' share of the cores), Python {platform.python_version()}, Node {version}",
     ]
     return "\n".join(lines)
+
+
+def open_cell(f: dict[str, Any]) -> str:
+    lost = f", {f['unanswered']} unanswered" if f["unanswered"] else ""
+    return f"{f['offered_rps']:,.0f} → {f['rps']:,.0f}, {f['p50_ms']:.1f} / {f['p99_ms']:.1f}{lost}"
 
 
 def main() -> None:
@@ -541,6 +646,8 @@ def main() -> None:
                         help="our per-peer request rate limit for the run (default: high, so CPU is the limit)")
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes sharing the connections")
     parser.add_argument("--table-peers", type=int, default=20, help="DHT servers in each server's routing table")
+    parser.add_argument("--open-loop", type=float, default=0.0, metavar="FRACTION",
+                        help="after each closed-loop run, one in open loop at FRACTION (e.g. 0.7) of its rate: p50/p99")
     parser.add_argument("--profile", metavar="FILE", help="cProfile our server during the load, into FILE")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.add_argument("--serve", metavar="STORE_URL", help=argparse.SUPPRESS)
@@ -550,7 +657,10 @@ def main() -> None:
     parser.add_argument("--hit-keys", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--announce", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.open_loop and ("mix" in args.types.split(",") or not 0 < args.open_loop <= 1):
+        raise SystemExit("--open-loop takes a fraction in (0, 1], and not with the mix")
     if "uvloop" in args.loops.split(","):
         try:
             import uvloop  # noqa: F401

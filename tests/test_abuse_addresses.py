@@ -407,7 +407,12 @@ PEER_SUFFIX = "/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
         ("/ip4/169.254.169.254/tcp/80", False),
         ("/ip6/::1/tcp/4001", False),
         ("/ip6/fe80::1/tcp/4001", False),
-        ("/ip4/8.8.8.8/udp/4001/quic-v1", False),  # not TCP: nothing we dial
+        ("/ip4/8.8.8.8/udp/4001/quic-v1", True),  # QUIC v1: we dial it
+        ("/ip6/2606:4700::1/udp/4001/quic-v1", True),
+        ("/ip4/10.0.0.1/udp/4001/quic-v1", False),
+        ("/ip4/8.8.8.8/udp/4001/quic", False),  # draft-29 QUIC: nothing we dial
+        ("/ip4/8.8.8.8/udp/4001", False),
+        ("/ip4/8.8.8.8/udp/4001/quic-v1/webtransport", False),
         ("/ip4/8.8.8.8/tcp/4001/ws", False),
         ("/dns4/example.com/tcp/4001", False),
     ],

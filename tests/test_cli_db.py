@@ -40,7 +40,7 @@ def test_init_creates_key_config_and_store(tmp_path: Path) -> None:
     assert key.key_type is KeyType.Ed25519
     assert str(key.peer_id()) in out
     config = load(data / "config.toml")
-    assert config.listen == ("/ip4/0.0.0.0/tcp/4001",) and config.bootstrap == AMINO_BOOTSTRAP_PEERS
+    assert config.listen == ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1") and config.bootstrap == AMINO_BOOTSTRAP_PEERS
     assert (data / "dhtstore.db").is_file()
     code, out = invoke("db", "current", "--data-dir", str(data))
     assert code == 0 and f"revision {head_revision()} (head)" in out

@@ -99,9 +99,93 @@ def _peak_import_memory(store: str, path: Path, lines: int, offset: int) -> tupl
 @pytest.mark.slow
 def test_large_file_keeps_memory_flat(sqlite_store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dhtstore.cli.provide.IMPORT_BATCH", 1_000)  # the same pipeline, in smaller steps
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_WINDOW", 2_000)
     small, out, _ = _peak_import_memory(sqlite_store_url, tmp_path / "small.txt", 5_000, 0)
     assert "added 4995, already listed 0, refused 5" in out
     large, out, err = _peak_import_memory(sqlite_store_url, tmp_path / "large.txt", 25_000, 5_000)
     assert "added 24975, already listed 0, refused 25" in out
     assert "line 15: not a CID" in err and "more bad lines" in err
     assert large < 1.3 * small  # five times the lines, not five times the memory
+
+
+def test_import_in_windows_counts_across_batches_and_duplicates(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows of 7 CIDs sorted by multihash, written 3 to a transaction: duplicates
+    # fall in one window, across windows, and on a batch's edge once sorted.
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_WINDOW", 7)
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_BATCH", 3)
+    assert "added 2" in cli(store_url, "add", cid_string(mh(0)), cid_string(mh(1))).stdout
+    lines = [cid_string(mh(i)) for i in range(40)]  # 0 and 1 listed already
+    lines += [cid_string(mh(i)) for i in (3, 3, 9, 25, 39)]  # repeated: in their window and in later ones
+    lines += [make_cid(0, "dag-pb", mh(17)).encode().decode(), "junk"]  # CIDv0 of a listed multihash; a bad line
+    f = tmp_path / "cids.txt"
+    f.write_text("\n".join(lines) + "\n")
+    result = cli(store_url, "add", "--from-file", str(f))
+    assert result.exit_code == 0, result.output
+    assert "added 38, already listed 8, refused 1" in result.stdout
+    assert "line 47:" in result.stderr
+    assert sorted(e["cid"] for e in ls_all(store_url)) == sorted(cid_string(mh(i)) for i in range(40))
+
+
+def test_import_progress_reaches_the_file_size_window_by_window(
+    sqlite_store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import click
+
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_WINDOW", 100)
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_BATCH", 30)
+    f = tmp_path / "cids.txt"
+    f.write_text("# a comment\n" + "".join(cid_string(mh(i)) + "\n" for i in range(450)) + "junk\n\n")
+    bars: list[object] = []
+    progressbar = click.progressbar
+
+    def recording(**kwargs: object):  # type: ignore[no-untyped-def]
+        bar = progressbar(**kwargs)  # type: ignore[call-overload]
+        bars.append(bar)
+        positions: list[int] = []
+        update = bar.update
+        bar.update = lambda n, current_item=None: (update(n), positions.append(bar.pos))  # type: ignore[method-assign]
+        bar.positions = positions
+        return bar
+
+    monkeypatch.setattr(click, "progressbar", recording)
+    assert "added 450, already listed 0, refused 1" in cli(sqlite_store_url, "add", "--from-file", str(f)).stdout
+    (bar,) = bars
+    positions = bar.positions  # type: ignore[attr-defined]
+    assert bar.length == f.stat().st_size  # type: ignore[attr-defined]
+    assert positions == sorted(positions) and len(set(positions)) >= 5  # a step per transaction, never back
+    assert positions[-1] == f.stat().st_size  # the whole file, its comment and bad lines included
+
+
+def test_the_cli_commits_are_durable_and_the_nodes_engine_is_unchanged(sqlite_store_url: str) -> None:
+    # synchronous=FULL syncs the WAL at each commit: what `provide add` reports survives
+    # a power loss. The node keeps NORMAL (its writes need no such promise).
+    import anyio
+    from sqlalchemy import text
+
+    from dhtstore.data.engine import make_engine
+    from dhtstore.node import open_provide_list
+
+    async def synchronous_levels() -> tuple[int, int]:
+        async with open_provide_list(sqlite_store_url) as provider:
+            engine = provider.store.engine  # type: ignore[attr-defined]
+            async with engine.connect() as conn:
+                cli_level = (await conn.execute(text("PRAGMA synchronous"))).scalar_one()
+        node_engine = make_engine(sqlite_store_url)
+        try:
+            async with node_engine.connect() as conn:
+                node_level = (await conn.execute(text("PRAGMA synchronous"))).scalar_one()
+        finally:
+            await node_engine.dispose()
+        return cli_level, node_level
+
+    assert anyio.run(synchronous_levels) == (2, 1)  # FULL, NORMAL
+
+
+def test_add_from_stdin_in_windows(sqlite_store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_WINDOW", 4)  # stdin has no size: progress counts CIDs
+    lines = [cid_string(mh(i)) for i in range(10)] + [cid_string(mh(2)), "junk"]
+    result = cli(sqlite_store_url, "add", "--from-file", "-", input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    assert "added 10, already listed 1, refused 1" in result.stdout and "line 12:" in result.stderr

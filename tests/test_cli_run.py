@@ -10,12 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import anyio
 import pytest
 
 from dhtstore.config import read_identity
 from dhtstore.crypto.keys import PrivateKey
+from dhtstore.network.host import Host
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +36,19 @@ def dhtstore(*args: str, data_dir: Path, check: bool = True, timeout: float = 60
 
 
 class RunningNode:
-    def __init__(self, data_dir: Path, *args: str):
+    def __init__(self, data_dir: Path, *args: str, quic: bool = False):
         self.data_dir = data_dir
         dhtstore("init", data_dir=data_dir)
         self.peer_id = str(read_identity(data_dir / "identity.key").peer_id())
         self.port = free_port()
         self.addr = f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        self.quic_addr = f"/ip4/127.0.0.1/udp/{self.port}/quic-v1/p2p/{self.peer_id}"
         env = {**os.environ, "DHTSTORE_DATA_DIR": str(data_dir)}
+        listen = ["--listen", f"/ip4/127.0.0.1/tcp/{self.port}"]
+        if quic:  # the same port number, as the default config has it
+            listen += ["--listen", f"/ip4/127.0.0.1/udp/{self.port}/quic-v1"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dhtstore", "run", "--listen", f"/ip4/127.0.0.1/tcp/{self.port}", "--mode", "server", "--status-interval", "1", *args],
+            [sys.executable, "-m", "dhtstore", "run", *listen, "--mode", "server", "--status-interval", "1", *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + 30
@@ -103,3 +110,39 @@ def test_run_serves_one_shot_clients_and_stops_cleanly(tmp_path):
     with sqlite3.connect(tmp_path / "b" / "dhtstore.db") as db:
         (peers,) = db.execute("select count(*) from routing_snapshot_peers").fetchone()
     assert peers >= 1, "the shutdown snapshot holds b's table"
+
+
+def test_init_listens_on_tcp_and_quic_on_one_port_and_run_serves_both(tmp_path):
+    dhtstore("init", data_dir=tmp_path / "defaults")
+    config = tomllib.loads((tmp_path / "defaults" / "config.toml").read_text())
+    assert config["listen"] == ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+    node = RunningNode(tmp_path / "a", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWLU2znyJMtDiHArqAGbZn8CgUGp92kxDBtefftEEaHSZS", quic=True)
+
+    async def reach_both() -> list[str]:
+        securities = []
+        for addr in (node.quic_addr, node.addr):
+            async with Host(PrivateKey.generate()) as client:
+                conn = await client.connect(addr)
+                assert await client.ping(conn.remote_peer) >= 0
+                securities.append(conn.security)
+        return securities
+
+    try:
+        securities = anyio.run(reach_both, backend="asyncio")
+    finally:
+        out = node.stop()
+    assert securities[0] == "/quic-v1" and securities[1] in ("/noise", "/tls/1.0.0")
+    assert f"listening on /ip4/127.0.0.1/udp/{node.port}/quic-v1" in out
+    assert "Traceback" not in out
+
+
+def test_the_public_bootstrap_list_keeps_private_addresses_out_and_a_private_one_lets_them_in():
+    # The Amino list is /dnsaddr names: no IP, so nothing says the network is private.
+    from dhtstore.cli.run import _is_private_bootstrap
+    from dhtstore.config import AMINO_BOOTSTRAP_PEERS
+
+    assert not _is_private_bootstrap(AMINO_BOOTSTRAP_PEERS)
+    peer = PrivateKey.generate().peer_id()
+    assert not _is_private_bootstrap([f"/ip4/104.131.131.82/tcp/4001/p2p/{peer}"])
+    assert _is_private_bootstrap([*AMINO_BOOTSTRAP_PEERS, f"/ip4/127.0.0.1/udp/4001/quic-v1/p2p/{peer}"])
+    assert _is_private_bootstrap([f"/ip4/192.168.1.7/tcp/4001/p2p/{peer}"])

@@ -123,3 +123,28 @@ async def test_an_unresponsive_server_is_asked_once_per_retry_after(preimages: l
     silent = [n for n in net.nodes[1:] if not n.responsive]
     assert {p.peer_id for p in table.peers()} == {n.peer_id for n in net.live_nodes()} - {me.peer_id}
     assert crawler.counters["visits_failed"] == len(silent)  # each discovered once, asked once, never added
+
+
+async def test_a_silent_server_is_asked_again_ever_later_up_to_the_interval(preimages: list[bytes]) -> None:
+    net = SimNetwork(SimConfig(nodes=10, seed=9, latency=(0.0, 0.0), request_timeout=0.01))
+    me, silent = net.node(0), net.node(1)
+    silent.responsive = False
+    offset = [0.0]
+
+    def wall() -> float:
+        return net.wall_clock() + offset[0]
+
+    table = FullTable(me.key, wall_clock=wall)
+    crawler = Crawler(table, me.messenger, interval=3600, retry_after=600, clock=net.now, wall_clock=wall, preimages=preimages)
+    waits = []
+    for _ in range(5):
+        start = offset[0]
+        for step in range(0, 4000, 100):  # until the crawler takes it again (named again every 100 s)
+            offset[0] = start + step
+            crawler._discover([silent.info])
+            if await crawler.crawl_round(limit=10):
+                break
+        waits.append(offset[0] - start)
+    assert crawler.counters["visits_failed"] == 5 and silent.peer_id not in table
+    # the first visit at once, then retry_after, doubling each silence, never past the interval
+    assert waits == [0.0, 600.0, 1200.0, 2400.0, 3600.0]

@@ -316,7 +316,7 @@ async def test_new_stream_to_a_peer_info_uses_its_addresses(hosts: list[Host]) -
     stream = await a.new_stream(info, [ECHO])
     await stream.send(b"hi")
     assert await stream.receive() == b"hi"
-    with pytest.raises(DialError, match="no TCP address"):
+    with pytest.raises(DialError, match="no TCP or QUIC address"):
         await a.connect(PeerInfo(PrivateKey.generate().peer_id()))
 
 

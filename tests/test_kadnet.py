@@ -15,6 +15,7 @@ from dhtstore import varint
 from dhtstore.amino import LAN_PROTOCOL_ID, MAX_MESSAGE_SIZE, PROTOCOL_ID
 from dhtstore.crypto.keys import PrivateKey
 from dhtstore.errors import NetworkError
+from dhtstore.network import kadmessenger
 from dhtstore.network.api import KadMessenger, Stream
 from dhtstore.network.host import Host
 from dhtstore.network.kadcodec import FrameDecoder, encode_frame
@@ -91,6 +92,74 @@ async def test_send_does_not_wait_for_a_reply_and_keeps_the_stream(pair: Pair) -
     assert reply.key == b"x"
     assert [m.type for m in pair.handler.seen] == [MessageType.ADD_PROVIDER, MessageType.FIND_NODE]
     assert pair.kad.stats["streams"] == 1
+
+
+PY_STYLE_KAD = "/test/echoing-kad/1.0.0"
+
+
+@dataclass
+class EchoingServer:
+    """A kad server that, as py-libp2p 0.8.1 does (ipfs/specs: ADD_PROVIDER "responds by
+    echoing the request"; go answers nothing), echoes each ADD_PROVIDER on the stream,
+    and answers any other request with its type and key."""
+
+    echo: bool = True
+    seen: list[Message] = field(default_factory=list)
+    streams: int = 0
+
+    async def __call__(self, stream: Stream) -> None:
+        self.streams += 1
+        decoder = FrameDecoder()
+        try:
+            while data := await stream.receive():
+                decoder.receive_data(data)
+                while (request := decoder.next_message()) is not None:
+                    self.seen.append(request)
+                    if request.type is not MessageType.ADD_PROVIDER:
+                        await stream.send(encode_frame(Message(request.type, key=request.key)))
+                    elif self.echo:
+                        await stream.send(encode_frame(request))
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+async def test_echoes_of_add_provider_are_not_taken_for_the_next_reply(pair: Pair) -> None:
+    server = EchoingServer()
+    pair.server.set_handler(PY_STYLE_KAD, server)
+    messenger = LibP2PKadMessenger(pair.client, [PY_STYLE_KAD], timeout=2.0)
+    for i in range(3):
+        await messenger.send(pair.target, Message(MessageType.ADD_PROVIDER, key=b"mh%d" % i))
+    reply = await messenger.request(pair.target, Message(MessageType.FIND_NODE, key=b"x"))
+    assert reply.type is MessageType.FIND_NODE and reply.key == b"x"
+    await messenger.send(pair.target, Message(MessageType.ADD_PROVIDER, key=b"mh3"))
+    reply = await messenger.request(pair.target, Message(MessageType.GET_PROVIDERS, key=b"y"))
+    assert reply.type is MessageType.GET_PROVIDERS and reply.key == b"y"
+    reply = await messenger.request(pair.target, Message(MessageType.FIND_NODE, key=b"z"))
+    assert reply.key == b"z"
+    assert server.streams == 1
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["go-style", "echoing"])
+async def test_many_unanswered_sends_are_followed_by_a_round_trip_on_the_same_stream(
+    pair: Pair, echo: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kadmessenger, "MAX_UNANSWERED_SENDS", 3)
+    server = EchoingServer(echo)
+    pair.server.set_handler(PY_STYLE_KAD, server)
+    messenger = LibP2PKadMessenger(pair.client, [PY_STYLE_KAD], timeout=2.0)
+    for i in range(7):
+        await messenger.send(pair.target, Message(MessageType.ADD_PROVIDER, key=b"mh%d" % i))
+    reply = await messenger.request(pair.target, Message(MessageType.FIND_NODE, key=b"x"))
+    assert reply.type is MessageType.FIND_NODE and reply.key == b"x"
+    own = pair.server.peer_id.to_bytes()
+    # One stream, in order: a FIND_NODE for the server itself after every 3 sends, so a
+    # reply on the stream always follows every send before it.
+    assert [(m.type, m.key) for m in server.seen] == [
+        *((MessageType.ADD_PROVIDER, b"mh%d" % i) for i in range(3)), (MessageType.FIND_NODE, own),
+        *((MessageType.ADD_PROVIDER, b"mh%d" % i) for i in range(3, 6)), (MessageType.FIND_NODE, own),
+        (MessageType.ADD_PROVIDER, b"mh6"), (MessageType.FIND_NODE, b"x"),
+    ]  # fmt: skip
+    assert server.streams == 1
 
 
 async def test_an_invalid_request_resets_the_stream_and_the_next_request_works(pair: Pair) -> None:

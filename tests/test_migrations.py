@@ -27,13 +27,6 @@ pytestmark = pytest.mark.anyio
 TABLES = {t.name for t in metadata.sorted_tables}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return default_store_url(tmp_path)
-    return request.getfixturevalue("pg_empty_database_url")
-
-
 def _diff(conn) -> list:
     return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
 

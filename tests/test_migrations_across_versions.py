@@ -68,6 +68,9 @@ def revisions() -> list[str]:
 EXPECTED_CHANGES: dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
 
 
+# Tables the store derives from others (triggers): not filled here, checked by their own tests.
+DERIVED = ("provide_counters",)
+
 # -- representative rows -------------------------------------------------------------
 
 KEYS = [PrivateKey.generate() for _ in range(ROWS_PER_TABLE)]
@@ -136,7 +139,7 @@ def _value(table: str, column: Any, i: int) -> Any:
 def representative_rows(metadata: MetaData) -> dict[str, list[dict[str, Any]]]:
     rows = {}
     for table in metadata.sorted_tables:
-        if table.name == "alembic_version":
+        if table.name in ("alembic_version", *DERIVED):
             continue
         rows[table.name] = [{c.name: _value(table.name, c, i) for c in table.columns} for i in range(ROWS_PER_TABLE)]
     return rows

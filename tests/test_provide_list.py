@@ -110,6 +110,20 @@ async def test_add_is_keyed_by_multihash(service: ProvideListService) -> None:
     assert first.state is KeyState.PENDING and first.attempts == 0 and first.last_provided_at is None
 
 
+async def test_add_counts_across_statements_and_the_counters_follow(
+    service: ProvideListService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Statements of 4 rows (SQLite: an executemany whose rowcount is the rows added):
+    # present keys, a repeat within the call, and statements with nothing new.
+    monkeypatch.setattr("dhtstore.provider.providelist.WRITE_BATCH", 4)
+    await service.start_provide([cid_string(mh(i)) for i in range(0, 20, 3)])  # 7 keys
+    result = await service.start_provide([cid_string(mh(i)) for i in [*range(20), 5, 6]])
+    assert result == AddResult(added=13, present=9)
+    assert {e.multihash async for e in service.provide_list()} == {mh(i) for i in range(20)}
+    status = await service.status()
+    assert status.keys == 20 and status.pending == 20
+
+
 async def test_a_bad_cid_writes_nothing(service: ProvideListService) -> None:
     with pytest.raises(ProvideError):
         await service.start_provide([cid_string(mh(1)), "nonsense"])

@@ -18,7 +18,7 @@ from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import make_engine
 from dhtstore.multihash import SHA2_256, Multihash
 from dhtstore.providerstore import keyfilter
-from dhtstore.providerstore.keyfilter import BloomFilter
+from dhtstore.data.bloom import BloomFilter
 from dhtstore.providerstore.sql import SqlProviderStore
 
 pytestmark = pytest.mark.anyio

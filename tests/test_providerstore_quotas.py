@@ -161,15 +161,6 @@ def test_config_toml_sets_the_quotas() -> None:
             _provider_quotas(Config(extra={"provider_quotas": bad}))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    from dhtstore.data.engine import default_store_url
-
-    if request.param == "sqlite":
-        return default_store_url(tmp_path)
-    return str(request.getfixturevalue("pg_empty_database_url"))
-
-
 async def test_revision_0004_adds_the_views_to_a_filled_store_and_drops_them_on_downgrade(empty_url: str) -> None:
     from dhtstore.data.schema import downgrade, upgrade
 

@@ -74,6 +74,21 @@ async def test_reads_never_cache_a_stale_set(store_url: str) -> None:
         assert {r.provider.peer_id for r in await store.get_providers(mh(0))} == {peer(p) for p in range(8)}
 
 
+async def test_a_repeated_read_is_answered_from_the_cache_and_counted(store_url: str) -> None:
+    async with open_provider_store(store_url, cache_size=4) as store:
+        await store.add_provider(mh(0), peer(0), (ADDR,))
+        first = await store.get_providers(mh(0))
+        assert store.counters["cache_hits"] == 0  # the first read queried the store
+        assert await store.get_providers(mh(0)) == first
+        assert store.counters["cache_hits"] == 1
+        for i in range(1, 6):  # five other keys push it out of a cache of four
+            await store.add_provider(mh(i), peer(0))
+            await store.get_providers(mh(i))
+        hits = store.counters["cache_hits"]
+        assert await store.get_providers(mh(0)) == first
+        assert store.counters["cache_hits"] == hits
+
+
 async def test_cached_addresses_follow_new_announcements(sqlite_store_url: str) -> None:
     other = bytes.fromhex("047f000002060fa2")
     async with open_provider_store(sqlite_store_url) as store:

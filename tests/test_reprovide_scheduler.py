@@ -210,4 +210,10 @@ async def test_a_poll_running_at_shutdown_ends_quietly(sqlite_store_url: str, ca
         await anyio.sleep(0.1)  # the cancelled job's task ends on the loop
     finally:
         await engine.dispose()
-    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "WARNING")], caplog.text
+    # The stalled poll outlives its 50 ms interval, so APScheduler may skip a run (its
+    # WARNING, which a loaded machine shows); what must not appear is anything else.
+    noisy = [
+        rec for rec in caplog.records
+        if rec.levelname in ("ERROR", "WARNING") and "maximum number of running instances" not in rec.getMessage()
+    ]
+    assert not noisy, caplog.text

@@ -498,3 +498,54 @@ def episodes_of(times: list[float], gap: float = 600.0) -> list[list[float]]:
         else:
             out.append([t])
     return out
+
+
+class StallingSends:
+    """A messenger whose ADD_PROVIDERs to ``stalled`` servers never complete (a stream
+    whose window never opens); counts the attempts per server."""
+
+    def __init__(self, inner: KadMessenger, stalled: set[PeerId]):
+        self.inner = inner
+        self.stalled = stalled
+        self.attempts: Counter[PeerId] = Counter()
+
+    async def request(self, peer: PeerInfo, message: Message) -> Message:
+        return await self.inner.request(peer, message)
+
+    async def send(self, peer: PeerInfo, message: Message) -> None:
+        if peer.peer_id in self.stalled:
+            self.attempts[peer.peer_id] += 1
+            await anyio.sleep_forever()
+        await self.inner.send(peer, message)
+
+
+def test_stalled_sends_time_out_and_a_stalled_server_is_given_up_after_its_failure_streak() -> None:
+    """Each ADD_PROVIDER is bounded by ``send_timeout``, also though the sweep keeps one
+    deadline per run of sends rather than a timer each: a server whose sends stall gets at
+    most ``max_failure_streak + 1`` of them per visit, and the regions are still provided
+    by the other servers."""
+    store = Store()
+    net = SimNetwork(SimConfig(nodes=300, seed=21))
+    node = net.node(0)
+    stalled = {s.peer_id for s in random.Random(3).sample(net.nodes[1:], 15)}
+    messenger = StallingSends(node.messenger, stalled)
+    keys = multihashes(2000, b"stall")
+    config = SweepConfig()
+
+    async def run() -> None:
+        r = reprovider(store, net, node, messenger, config)
+        await r.start_provide([cid_string(mh) for mh in keys])
+        started = net.wall_clock()
+        with anyio.fail_after(6 * HOUR):  # virtual time: a send never bounded would hang here
+            reports = await run_schedule(r, net.wall_clock() + HOUR)
+        assert r.sweep is not None
+        visits = len(reports)
+        assert stalled & set(messenger.attempts), "no stalled server was sent to: the test tests nothing"
+        assert all(n <= (config.max_failure_streak + 1) * visits for n in messenger.attempts.values())
+        assert r.sweep.counters.message_failures == sum(messenger.attempts.values())
+        entries = [e async for e in r.provide_list()]
+        assert all(e.state is KeyState.PROVIDED for e in entries) and len(entries) == len(keys)
+        # Each stall cost one timeout (between send_timeout and twice it), not more.
+        assert net.wall_clock() - started < HOUR + 2 * config.send_timeout * sum(messenger.attempts.values())
+
+    net.run(run)

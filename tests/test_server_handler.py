@@ -288,3 +288,34 @@ async def test_our_provide_list_answers_get_providers_for_us(node: Node) -> None
     listed.clear()
     reply = await ask(handler, node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
     assert [p.peer_id for p in reply.provider_peers] == [other.peer_id]
+
+
+@pytest.mark.parametrize("addr_len", [0, 8, 200, 20_000])
+def test_the_cheap_size_bound_never_undercounts_a_provider_entry(addr_len: int) -> None:
+    from dhtstore.network.kadcodec import encode_message
+    from dhtstore.server.handler import _peer_size, _peer_size_bound
+
+    for count in (0, 1, 7):
+        info = PeerInfo(PeerId(PREFIX + rng.randbytes(32)), tuple(rng.randbytes(addr_len) for _ in range(count)))
+        entry = len(encode_message(Message(MessageType.GET_PROVIDERS, provider_peers=(info,)))) - len(
+            encode_message(Message(MessageType.GET_PROVIDERS))
+        )
+        assert _peer_size(info) >= entry and _peer_size_bound(info) >= _peer_size(info)
+
+
+async def test_providers_that_fit_only_by_the_exact_count_are_all_sent() -> None:
+    from dhtstore.server.handler import _FRAMING_MARGIN, _peer_size, _peer_size_bound
+
+    node = Node(table_size=25)
+    many = [new_peer(i) for i in range(50)]
+    for p in many:
+        await node.providers.add_provider(MH, p.peer_id, p.addrs)
+    closer = (await ask(node.handler, node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))).closer_peers
+    exact = sum(map(_peer_size, (*closer, *many)))
+    assert sum(map(_peer_size_bound, (*closer, *many))) > exact
+    node.handler.max_message_size = exact + _FRAMING_MARGIN + len(MH)  # just room for all, counted exactly
+    reply = await ask(node.handler, node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    assert len(reply.provider_peers) == 50
+    node.handler.max_message_size -= 1
+    reply = await ask(node.handler, node.known[0], Message(MessageType.GET_PROVIDERS, key=MH))
+    assert len(reply.provider_peers) == 49

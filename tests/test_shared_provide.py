@@ -13,7 +13,7 @@ from functools import partial
 import anyio
 import anyio.abc
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, select, update
 
 from dhtstore import multihash
 from dhtstore import node as node_module
@@ -21,6 +21,7 @@ from dhtstore.data.models import ReprovideClaimRow
 from dhtstore.node import Node, NodeOptions
 from dhtstore.peerid import PeerId
 from dhtstore.provider.api import SweepConfig
+from dhtstore.provider.keyspace import Prefix
 from dhtstore.provider.reprovider import Reprovider
 from dhtstore.provider.sweep import Sweep
 
@@ -157,8 +158,22 @@ async def test_a_process_whose_claim_is_taken_over_stops_and_marks_nothing(
                 await anyio.sleep(0.005)
         assert head.engine is not None
         async with head.engine.begin() as conn:
-            stolen = await conn.execute(update(ReprovideClaimRow).values(owner="another process", expires_at=ReprovideClaimRow.expires_at + 3600))
-        assert stolen.rowcount == 1
+            stolen = await conn.execute(
+                update(ReprovideClaimRow).values(owner="another process", expires_at=ReprovideClaimRow.expires_at + 3600)
+            )
+            assert stolen.rowcount == 1
+            # The other process takes the rest of the keyspace too: with few servers the
+            # region may be "0*" alone, and this one would go on to "1*".
+            whole = Prefix.parse("*")
+            held = (await conn.execute(select(ReprovideClaimRow.region))).scalar_one()
+            if held != str(whole):
+                until = (await conn.execute(select(ReprovideClaimRow.expires_at))).scalar_one()
+                await conn.execute(
+                    insert(ReprovideClaimRow).values(
+                        region=str(whole), first_key=whole.first_bytes(), last_key=whole.last_bytes(),
+                        owner="another process", claimed_at=until - 3600, expires_at=until,
+                    )
+                )  # fmt: skip
         with anyio.fail_after(30):  # its next renewal (every lease/3) finds the claim gone
             while not visits._claim_lost:
                 await anyio.sleep(0.05)

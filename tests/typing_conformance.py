@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dhtstore import dht, ipfs
 from dhtstore.network import api as network
+from dhtstore.network import connection, quic
 from dhtstore.network.api import KadMessenger
 from dhtstore.network.host import Host
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
+from dhtstore.network.muxed import MuxedConnection
 from dhtstore.network.noise import NoiseHandshake, NoiseTransport
 from dhtstore.network.security import SecureHandshake, SecureTransport
 from dhtstore.network.tls import TlsHandshake, TlsTransport
@@ -52,6 +54,22 @@ def network_table(impl: FullTable) -> NetworkTable:
 
 
 def host(impl: Host) -> network.Host:
+    return impl
+
+
+def muxed_yamux(impl: connection.Connection) -> MuxedConnection:
+    return impl
+
+
+def muxed_quic(impl: quic.Connection) -> MuxedConnection:
+    return impl
+
+
+def peer_connection_quic(impl: quic.Connection) -> network.PeerConnection:
+    return impl
+
+
+def stream_quic(impl: quic.Stream) -> network.Stream:
     return impl
 
 

@@ -36,14 +36,16 @@ T = TypeVar("T")
 
 
 def _is_private_bootstrap(addrs: Sequence[str]) -> bool:
-    """True when a bootstrap address is on loopback or a private network: then peers
-    with such addresses must be allowed into the routing table, or nothing would be."""
+    """True when a bootstrap address is an IP on loopback or a private network: then
+    peers with such addresses must be allowed into the routing table, or nothing would
+    be. A DNS name (the Amino list's /dnsaddr entries) says nothing about that."""
     for text in addrs:
         try:
-            if not multiaddrs.is_public_addr(multiaddrs.parse(text).to_bytes()):
-                return True
+            ip = multiaddrs.leading_ip(multiaddrs.parse(text).to_bytes())
         except multiaddrs.MultiaddrFormatError:
             continue
+        if ip is not None and not ip.is_global:
+            return True
     return False
 
 

@@ -120,7 +120,8 @@ async def _open_migrated(url: str) -> AsyncEngine:
 async def _copy(
     source: AsyncEngine, target: AsyncEngine, source_name: str, merge: bool, batch_size: int, progress: Progress | None
 ) -> CopyReport:
-    tables = list(metadata.sorted_tables)  # parents before children (foreign keys)
+    # Parents before children (foreign keys); derived tables (counters) are the target's triggers' to fill.
+    tables = [t for t in metadata.sorted_tables if not t.info.get("derived")]
     marker = json.dumps({"source": source_name})
     async with source.connect() as conn:
         if (await conn.execute(select(_STATE.c.value).where(_STATE.c.name == COPY_MARKER))).first() is not None:

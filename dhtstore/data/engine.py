@@ -56,27 +56,36 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    return set_pragmas
 
 
-def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+def make_engine(url: str | URL, *, durable_commits: bool = False, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``. SQLite gets WAL, synchronous=NORMAL, foreign keys
-    and a busy timeout on every connection; PostgreSQL a pre-ping on checkout."""
+    and a busy timeout on every connection; PostgreSQL a pre-ping on checkout.
+
+    ``durable_commits``: SQLite syncs the WAL at each commit (synchronous=FULL), so a
+    commit survives a power loss or OS crash as soon as it returns. With NORMAL the WAL
+    is synced only by a checkpoint, which a reader of an older snapshot can hold back:
+    right for the node's own writes, not for a command that reports what it wrote.
+    PostgreSQL's commits are durable either way."""
     parsed = parse_store_url(str(url) if isinstance(url, str) else url.render_as_string(hide_password=False))
     if parsed.get_backend_name() == "postgresql":
         # A server restart leaves dead connections in the pool: test each on checkout.
         kwargs.setdefault("pool_pre_ping", True)
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas("FULL" if durable_commits else "NORMAL"))
     return engine
 
 

@@ -88,6 +88,13 @@ class ProvidedKeyRow(Base):
     """
 
     __tablename__ = "provided_keys"
+    # Ids never reused (revision 0005): the provide list's filter follows the list by id.
+    # Status counts of late keys by index range (revision 0006): provided long ago, or
+    # never and added long ago.
+    __table_args__ = (
+        Index("ix_provided_keys_last_provided_at_added_at", "last_provided_at", "added_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     cid: Mapped[str] = mapped_column(String(200))
@@ -98,6 +105,21 @@ class ProvidedKeyRow(Base):
     next_due_at: Mapped[int] = mapped_column(Epoch, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ProvideCounterRow(Base):
+    """Counts of ``provided_keys`` kept by triggers (revision 0005): the sum over the rows
+    is the count. SQLite keeps one row (``id = 0``); PostgreSQL adds a row of deltas per
+    writing statement, folded now and then by the store. Derived from ``provided_keys``,
+    so ``db copy`` leaves it to the target's triggers (``info["derived"]``)."""
+
+    __tablename__ = "provide_counters"
+    __table_args__ = ({"info": {"derived": True}},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    keys: Mapped[int] = mapped_column(BigInteger)
+    pending: Mapped[int] = mapped_column(BigInteger)  # never provided
+    failing: Mapped[int] = mapped_column(BigInteger)  # attempts >= FAILING_AFTER_ATTEMPTS
 
 
 class RoutingSnapshotRow(Base):
@@ -191,10 +213,34 @@ class NetworkPeerRow(Base):
     agent: Mapped[str] = mapped_column(Text, default="")
     protocols: Mapped[str] = mapped_column(Text, default="")  # newline-separated protocol ids
     first_seen_at: Mapped[int] = mapped_column(Epoch)
-    last_seen_at: Mapped[int] = mapped_column(Epoch)
+    last_seen_at: Mapped[int] = mapped_column(Epoch, index=True)  # set at every write: what others read in
     last_contact_at: Mapped[int | None] = mapped_column(Epoch)  # last successful request
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     crawled_at: Mapped[int | None] = mapped_column(Epoch, index=True)
+
+
+class CrawlHeadRow(Base):
+    """A head (node identity) of the store that takes part in the shared crawl of the
+    full routing table, until ``expires_at``: the others count it in their fair share."""
+
+    __tablename__ = "crawl_heads"
+
+    owner: Mapped[str] = mapped_column(String(120), primary_key=True)  # peer id (base58)
+    started_at: Mapped[int] = mapped_column(Epoch)
+    expires_at: Mapped[int] = mapped_column(Epoch)
+
+
+class CrawlClaimRow(Base):
+    """One shard of the crawl (the Kademlia keys under the ``shard_bits``-bit prefix
+    ``shard``) and the head crawling it, leased until ``expires_at``."""
+
+    __tablename__ = "crawl_claims"
+
+    shard_bits: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(120))
+    claimed_at: Mapped[int] = mapped_column(Epoch)
+    expires_at: Mapped[int] = mapped_column(Epoch)
 
 
 class ProviderStateRow(Base):

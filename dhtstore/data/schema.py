@@ -98,7 +98,7 @@ def check_revision(store: str, found: str | None, has_tables: bool) -> None:
     )
 
 
-async def open_store(url: str, **engine_kwargs: object) -> AsyncEngine:
+async def open_store(url: str, *, durable_commits: bool = False, **engine_kwargs: object) -> AsyncEngine:
     """An engine on a store that exists and is at the code's schema revision.
 
     Raises StoreError (one line: what is wrong and what to do) otherwise; never creates
@@ -108,7 +108,7 @@ async def open_store(url: str, **engine_kwargs: object) -> AsyncEngine:
     path = sqlite_path(parsed)
     if path is not None and not path.is_file():
         raise StoreError(f"no store at {path}: run `dhtstore init` (or `dhtstore db upgrade` to create it)")
-    engine = make_engine(parsed, **engine_kwargs)
+    engine = make_engine(parsed, durable_commits=durable_commits, **engine_kwargs)
     try:
         async with engine.connect() as conn:
             found, has_tables = await conn.run_sync(lambda c: (current_revision(c), bool(set(inspect(c).get_table_names()) - {"alembic_version"})))

@@ -14,7 +14,7 @@
 - ``HostLimits`` (with its ``ResourceLimits`` of ``ScopeLimits``): a host's limits, as
   config.toml's ``[limits]`` table gives them.
 
-Everything else of the module (Noise, TLS, yamux, multistream, the TCP transport) is
+Everything else of the module (Noise, TLS, yamux, multistream, the TCP and QUIC transports) is
 internal to it.
 """
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -38,13 +38,14 @@ from ..crypto.keys import PrivateKey, PublicKey
 from ..errors import NetworkError, ProtocolViolation
 from ..peerid import PeerId
 from . import yamux
-from .resources import ConnectionScope, ResourceLimitExceeded, StreamScope
 from .multistream import (
     MultistreamDialer,
     MultistreamListener,
     NegotiationFailed,
     ProtocolAgreed,
 )
+from .muxed import InboundStreamTask, MuxedStream, Signal
+from .resources import ConnectionScope, ResourceLimitExceeded, StreamScope
 from .sansio import NEED_DATA
 from .security import DEFAULT_SECURITY, SecureTransport, protocol_ids, security_name, start_handshake
 from .tcp import TcpStream
@@ -168,28 +169,10 @@ async def upgrade(
     return Upgraded(transport, handshake.remote_peer, handshake.remote_public_key, agreed.leftover, False, security_id)
 
 
-class _Signal:
-    """Wakes every current waiter; later waiters wait for the next ``fire``."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
-
-    def next_fire(self) -> anyio.Event:
-        """The event the next ``fire`` sets: take it before an await that could miss it."""
-        return self._event
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
-class Stream(anyio.abc.ByteStream):
+class Stream(MuxedStream):
     """One yamux stream, after (or during) protocol negotiation."""
+
+    connection: Connection
 
     def __init__(self, connection: Connection, stream_id: int, initiator: bool, resources: StreamScope):
         self.connection = connection
@@ -198,8 +181,8 @@ class Stream(anyio.abc.ByteStream):
         self.resources = resources
         self.protocol = ""  # set once negotiated
         self._buffer = bytearray()
-        self._readable = _Signal()
-        self._writable = _Signal()
+        self._readable = Signal()
+        self._writable = Signal()
         self._remote_closed = False  # FIN received
         self._local_closed = False  # FIN sent
         self._reset = False
@@ -305,8 +288,6 @@ class Stream(anyio.abc.ByteStream):
         self.connection._forget_if_done(self)
 
 
-StreamHandler = Callable[[Stream], Awaitable[None]]
-InboundStreamTask = Callable[[Stream], Coroutine[object, object, None]]  # started as a task per stream
 
 
 class Connection:

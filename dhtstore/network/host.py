@@ -1,10 +1,15 @@
-"""The libp2p host: TCP listeners and dials, one secured multiplexed connection per
-peer, protocol negotiation on every stream, and the built-in ping and identify
-services.
+"""The libp2p host: TCP and QUIC listeners and dials, one secured multiplexed
+connection per peer, protocol negotiation on every stream, and the built-in ping and
+identify services.
+
+Transports: ``/ip4|ip6/…/tcp/…`` (Noise or TLS, then yamux: ``connection.py``) and
+``/ip4|ip6/…/udp/…/quic-v1`` (``quic.py``: one UDP socket per listen address). The
+host keeps either as a ``muxed.MuxedConnection``; what runs above it (kad, identify,
+ping) sees the same streams. A dial tries a peer's QUIC addresses first, then TCP.
 
 Use::
 
-    async with Host(identity, ["/ip4/127.0.0.1/tcp/0"]) as host:
+    async with Host(identity, ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]) as host:
         host.set_handler("/my/proto/1.0.0", handle)   # async def handle(stream) -> None
         stream = await host.new_stream(peer_info, ["/my/proto/1.0.0"])
         rtt = await host.ping(peer_info)
@@ -25,7 +30,8 @@ on handshakes, dials and stream negotiation.
 
 Security (``security``, names from ``security.SECURITY_PROTOCOLS``): the protocols a
 dial proposes, in that order, and inbound connections accept; ``stats`` counts each
-connection's as ``secured_noise`` / ``secured_tls``.
+connection's as ``secured_noise`` / ``secured_tls`` (``secured_quic`` for QUIC, whose
+TLS 1.3 is QUIC's own).
 """
 
 from __future__ import annotations
@@ -47,14 +53,13 @@ from ..crypto.keys import PrivateKey
 from ..errors import NetworkError
 from ..peerid import PeerId
 from ..types import PeerInfo
-from . import multiaddrs, tcp
+from . import multiaddrs, quic, tcp
 from . import ping as ping_protocol
 from .api import IdentifyCallback, PeerCallback, PeerTarget
 from .connection import (
     CONNECTION_ERRORS,
     Connection,
     Stream,
-    StreamHandler,
     Upgraded,
     negotiate,
     upgrade,
@@ -63,6 +68,7 @@ from .identify import IdentifyInfo
 from .identifyservice import IdentifyService
 from .limits import HostLimits
 from .multistream import MultistreamDialer, MultistreamListener
+from .muxed import MuxedConnection, MuxedStream, StreamHandler
 from .resources import ConnectionScope, ResourceLimitExceeded, ResourceManager, current_stream_scope
 from .security import DEFAULT_SECURITY, protocol_ids, security_name
 
@@ -84,10 +90,10 @@ class _PendingDial:
 
     def __init__(self) -> None:
         self.done = anyio.Event()
-        self.connection: Connection | None = None
+        self.connection: MuxedConnection | None = None
         self.error: Exception | None = None
 
-    async def wait(self) -> Connection:
+    async def wait(self) -> MuxedConnection:
         await self.done.wait()
         if self.connection is None:
             raise self.error or DialError("dial failed")
@@ -115,12 +121,20 @@ class Host:
         self.listen_addrs: list[Multiaddr] = []  # bound addresses, known once started
         self.stats: collections.Counter[str] = collections.Counter()
         self._handlers: dict[str, StreamHandler] = {}
-        self._connections: dict[PeerId, Connection] = {}
+        self._connections: dict[PeerId, MuxedConnection] = {}
         self._dials: dict[PeerId, _PendingDial] = {}
         self._address_book: collections.OrderedDict[PeerId, tuple[bytes, ...]] = collections.OrderedDict()
         self._on_identify: list[IdentifyCallback] = []
         self._on_disconnect: list[PeerCallback] = []
         self.resources = ResourceManager(limits.resources, self.stats)
+        self._quic = quic.QuicTransport(
+            identity,
+            max_streams=limits.max_streams_per_connection,
+            on_inbound_stream=self._on_inbound_stream,
+            keepalive_interval=min(limits.keepalive_interval, quic.KEEPALIVE),
+        )
+        self._quic_listeners: list[quic.Endpoint] = []
+        self._quic_dialers: dict[int, quic.Endpoint] = {}  # by IP version: when no listener fits
         self._busy: collections.Counter[PeerId] = collections.Counter()  # requests in flight per peer
         self._keep: list[Callable[[PeerId], bool]] = []  # predicates of protected peers
         self._trimming = False
@@ -158,12 +172,23 @@ class Host:
         await self._stack.__aexit__(None, None, None)
 
     async def _listen(self, addr: Multiaddr) -> None:
+        if multiaddrs.is_quic(addr):
+            await self._listen_quic(addr)
+            return
         host, port = multiaddrs.tcp_endpoint(addr)
         server = await tcp.listen(host, port, self._on_tcp_connection)
         assert self._stack is not None
         self._stack.callback(server.close)
         bound_port = server.sockets[0].getsockname()[1]
         self.listen_addrs.append(multiaddrs.from_tcp_endpoint(host, bound_port))
+
+    async def _listen_quic(self, addr: Multiaddr) -> None:
+        host, port = multiaddrs.quic_endpoint(addr)
+        endpoint = await quic.open_endpoint(self._quic, self.stats, host, port, self._admit_quic, self._on_quic_connection)
+        assert self._stack is not None
+        self._stack.callback(endpoint.close)
+        self._quic_listeners.append(endpoint)
+        self.listen_addrs.append(endpoint.local_addr)
 
     def _on_tcp_connection(self, sock: tcp.TcpStream) -> None:
         if self._tg is None or self._closing:
@@ -223,7 +248,7 @@ class Host:
 
     # -- peers -------------------------------------------------------------------
 
-    def connection(self, peer: PeerId) -> Connection | None:
+    def connection(self, peer: PeerId) -> MuxedConnection | None:
         conn = self._connections.get(peer)
         return conn if conn is not None and not conn.closed else None
 
@@ -248,14 +273,16 @@ class Host:
         """Our listen addresses as peers can dial them (unspecified hosts expanded)."""
         out: list[bytes] = []
         for addr in self.listen_addrs:
-            host, port = multiaddrs.tcp_endpoint(addr)
+            is_quic = multiaddrs.is_quic(addr)
+            host, port = multiaddrs.endpoint(addr)
             hosts = _interface_addresses(host) if host in ("0.0.0.0", "::") else [host]
-            out.extend(multiaddrs.from_tcp_endpoint(h, port).to_bytes() for h in hosts)
+            make = multiaddrs.from_quic_endpoint if is_quic else multiaddrs.from_tcp_endpoint
+            out.extend(make(h, port).to_bytes() for h in hosts)
         return out
 
     # -- dialling ----------------------------------------------------------------
 
-    async def connect(self, target: PeerTarget) -> Connection:
+    async def connect(self, target: PeerTarget) -> MuxedConnection:
         """The connection to the target peer, dialling it if needed (one dial per peer
         at a time: concurrent callers share it). Raises DialError."""
         peer, addrs = self._resolve(target)
@@ -272,11 +299,12 @@ class Host:
             self.start_soon(self._dial, peer, addrs, pending)
         return await pending.wait()
 
-    async def new_stream(self, target: PeerTarget, protocols: Sequence[str]) -> Stream:
+    async def new_stream(self, target: PeerTarget, protocols: Sequence[str]) -> MuxedStream:
         """A new stream to the peer, speaking the first of ``protocols`` it accepts.
         Raises NetworkError (DialError if the peer cannot be reached, and
         ResourceLimitExceeded when our own limits refuse the stream)."""
         conn = await self.connect(target)
+        stream: MuxedStream
         try:
             stream = await conn.open_stream()
         except anyio.BrokenResourceError:
@@ -333,15 +361,17 @@ class Host:
                 except DialError as exc:
                     errors.append(str(exc))
             pending.error = DialError(
-                f"cannot dial {peer}: " + ("; ".join(errors) if errors else "no TCP address known")
+                f"cannot dial {peer}: " + ("; ".join(errors) if errors else "no TCP or QUIC address known")
             )
             self.stats["dial_failures"] += 1
         finally:
             self._dials.pop(peer, None)
             pending.done.set()
 
-    async def _dial_addr(self, peer: PeerId, raw: bytes) -> Connection:
+    async def _dial_addr(self, peer: PeerId, raw: bytes) -> MuxedConnection:
         addr = multiaddrs.parse(raw)
+        if multiaddrs.is_quic(addr):
+            return await self._dial_quic(peer, addr)
         host, port = multiaddrs.tcp_endpoint(addr)
         sock: tcp.TcpStream | None = None
         try:
@@ -359,12 +389,53 @@ class Host:
                 await _close_quietly(sock)
             raise DialError(f"{addr}: {_describe(exc)}") from None
         conn = self._connection(sock, upgraded, scope, initiator=True, remote_addr=addr)
+        return await self._keep_dialled(conn)
+
+    async def _keep_dialled(self, conn: MuxedConnection) -> MuxedConnection:
         kept = self._add_connection(conn)
         if kept is conn:
             self.start_soon(self._run_connection, conn)
         else:
             await conn.close()
         return kept
+
+    async def _dial_quic(self, peer: PeerId, addr: Multiaddr) -> MuxedConnection:
+        host, port = multiaddrs.quic_endpoint(addr)
+        try:
+            scope = self.resources.open_outbound()
+        except ResourceLimitExceeded as exc:
+            raise DialError(f"{addr}: {exc}") from None
+        conn: quic.Connection | None = None
+        try:
+            endpoint = await self._quic_endpoint_for(host)
+            conn = endpoint.dial(host, port, peer, scope)
+            with anyio.fail_after(self.limits.dial_timeout):
+                await conn.handshake()
+            scope.secured(conn.remote_peer)
+        except (TimeoutError, *CONNECTION_ERRORS) as exc:
+            if conn is not None:
+                conn.abort()
+            scope.close()
+            raise DialError(f"{addr}: {_describe(exc)}") from None
+        return await self._keep_dialled(conn)
+
+    async def _quic_endpoint_for(self, destination: str) -> quic.Endpoint:
+        """The UDP socket to dial ``destination`` from: a listener of its family and
+        reach (so the peer sees our listen port, as go-libp2p does), else one ephemeral
+        socket per family, opened on first use."""
+        dest = ipaddress.ip_address(destination)
+        for endpoint in self._quic_listeners:
+            host, _ = multiaddrs.quic_endpoint(endpoint.local_addr)
+            ip = ipaddress.ip_address(host)
+            if ip.version == dest.version and (ip.is_unspecified or ip.is_loopback == dest.is_loopback):
+                return endpoint
+        dialer = self._quic_dialers.get(dest.version)
+        if dialer is None:
+            dialer = await quic.open_endpoint(self._quic, self.stats, "::" if dest.version == 6 else "0.0.0.0", 0)
+            assert self._stack is not None
+            self._stack.callback(dialer.close)
+            self._quic_dialers[dest.version] = dialer
+        return dialer
 
     # -- accepting ---------------------------------------------------------------
 
@@ -427,6 +498,57 @@ class Host:
         else:
             await conn.close()
 
+    def _admit_quic(self, remote_ip: str) -> ConnectionScope | None:
+        """An Initial from an unknown connection id: may it start a connection?"""
+        self.stats["inbound_quic_initials"] += 1
+        if self._closing:
+            self.stats["refused_connections"] += 1
+            return None
+        try:
+            return self.resources.open_inbound(remote_ip)
+        except ResourceLimitExceeded:
+            self.stats["refused_connections"] += 1
+            return None
+
+    def _on_quic_connection(self, conn: quic.Connection) -> None:
+        if self._tg is None or self._closing:
+            conn.abort()
+            return
+        self._tg.start_soon(self._accept_quic, conn)
+
+    async def _accept_quic(self, conn: quic.Connection) -> None:
+        try:
+            try:
+                with anyio.fail_after(self.limits.handshake_timeout):
+                    await conn.handshake()
+            except TimeoutError:
+                self.stats["handshake_timeouts"] += 1
+                log.debug("inbound QUIC handshake timed out")
+                return
+            except CONNECTION_ERRORS as exc:
+                self.stats["handshake_failures"] += 1
+                log.debug("inbound QUIC handshake failed: %s: %s", type(exc).__name__, exc)
+                return
+            if conn.remote_peer == self.peer_id:
+                self.stats["handshake_failures"] += 1
+                log.debug("inbound QUIC connection from our own peer id refused")
+                return
+            try:
+                conn.resources.secured(conn.remote_peer)
+            except ResourceLimitExceeded:
+                self.stats["refused_connections"] += 1
+                return
+            if self._add_connection(conn) is conn:
+                await self._run_connection(conn)
+            else:
+                await conn.close()
+        except Exception as exc:  # a bug must not take the listener down with it
+            self.stats["internal_errors"] += 1
+            log.warning("inbound QUIC connection failed unexpectedly: %s: %s", type(exc).__name__, exc)
+            log.debug("inbound QUIC connection failure", exc_info=True)
+        finally:
+            conn.abort()  # a no-op once it closed; else the handshake failed or was refused
+
     def _connection(
         self, sock: tcp.TcpStream, upgraded: Upgraded, scope: ConnectionScope, *, initiator: bool, remote_addr: Multiaddr
     ) -> Connection:
@@ -452,7 +574,7 @@ class Host:
         except ValueError:
             return None
         for addr in self.listen_addrs:
-            host, _ = multiaddrs.tcp_endpoint(addr)
+            host, _ = multiaddrs.endpoint(addr)
             ip = ipaddress.ip_address(host)
             if ip.version == dest.version and not ip.is_unspecified and ip.is_loopback == dest.is_loopback:
                 return host
@@ -460,7 +582,7 @@ class Host:
 
     # -- connection table --------------------------------------------------------
 
-    def _add_connection(self, conn: Connection) -> Connection:
+    def _add_connection(self, conn: MuxedConnection) -> MuxedConnection:
         """Register ``conn``, or return the connection kept instead of it.
 
         Two connections to one peer happen when both dial at once: both sides keep
@@ -473,7 +595,7 @@ class Host:
         if existing is not None:
             self.stats["duplicate_connections"] += 1
 
-            def dialer(c: Connection) -> PeerId:
+            def dialer(c: MuxedConnection) -> PeerId:
                 return self.peer_id if c.initiator else c.remote_peer
 
             if dialer(conn) != dialer(existing) and dialer(existing) < dialer(conn):
@@ -481,12 +603,12 @@ class Host:
             self.start_soon(existing.close)
         self._connections[peer] = conn
         self.stats["connections_opened"] += 1
-        self.stats[f"secured_{security_name(conn.security)}"] += 1
+        self.stats[f"secured_{_security_label(conn.security)}"] += 1
         if len(self._connections) > self.limits.high_water and not self._trimming:
             self.start_soon(self.trim)
         return conn
 
-    async def _run_connection(self, conn: Connection) -> None:
+    async def _run_connection(self, conn: MuxedConnection) -> None:
         peer = conn.remote_peer
         self.start_soon(self.identify.identify_peer, conn)
         try:
@@ -494,6 +616,8 @@ class Host:
         finally:
             if conn.liveness_failure:
                 self.stats[conn.liveness_failure] += 1
+            if conn.protocol_errors:  # a muxer violation, or (QUIC) data piled up unread
+                self.stats["connection_protocol_errors"] += conn.protocol_errors
             if self._connections.get(peer) is conn:
                 del self._connections[peer]
                 _notify(self._on_disconnect, peer)
@@ -531,7 +655,7 @@ class Host:
 
     # -- inbound streams ---------------------------------------------------------
 
-    async def _on_inbound_stream(self, stream: Stream) -> None:
+    async def _on_inbound_stream(self, stream: MuxedStream) -> None:
         current_stream_scope.set(stream.resources)  # this task's: frame decoders reserve from it
         try:
             with anyio.fail_after(self.limits.negotiate_timeout):
@@ -593,18 +717,26 @@ def _notify(callbacks: Sequence[Callable[..., object]], *args: Any) -> None:
             log.warning("callback %r failed", callback, exc_info=True)
 
 
+def _security_label(protocol_id: str) -> str:
+    return "quic" if protocol_id == quic.PROTOCOL_ID else security_name(protocol_id)
+
+
 def _dialable(addrs: Iterable[bytes]) -> list[bytes]:
-    """The /ip4|ip6/…/tcp/… addresses among ``addrs`` (a /p2p suffix is dropped)."""
-    out = []
+    """The /ip4|ip6/…/udp/…/quic-v1 addresses among ``addrs``, then the /ip4|ip6/…/tcp/…
+    ones, each in the order given (a /p2p suffix is dropped): QUIC first, as go-libp2p
+    ranks it (one round trip to a secured connection, against three over TCP)."""
+    quic_addrs: list[bytes] = []
+    tcp_addrs: list[bytes] = []
     for raw in addrs:
         try:
             transport, _ = multiaddrs.split_peer_id(multiaddrs.parse(raw))
-            multiaddrs.tcp_endpoint(transport)
+            multiaddrs.endpoint(transport)
         except multiaddrs.MultiaddrFormatError:
             continue
+        out = quic_addrs if multiaddrs.is_quic(transport) else tcp_addrs
         if (b := transport.to_bytes()) not in out:
             out.append(b)
-    return out
+    return quic_addrs + tcp_addrs
 
 
 def _interface_addresses(unspecified: str) -> list[str]:

@@ -35,7 +35,7 @@ from ..crypto.keys import PrivateKey
 from ..errors import NetworkError
 from ..peerid import PeerId
 from . import multiaddrs
-from .connection import CONNECTION_ERRORS, Connection, Stream, StreamHandler
+from .connection import CONNECTION_ERRORS
 from .identify import (
     DEFAULT_PROTOCOL_VERSION,
     MAX_STREAM_BYTES,
@@ -47,6 +47,9 @@ from .identify import (
     parse_identify,
 )
 from .limits import PeerRateLimiter
+from .muxed import MuxedConnection as Connection
+from .muxed import MuxedStream as Stream
+from .muxed import StreamHandler
 
 log = logging.getLogger(__name__)
 

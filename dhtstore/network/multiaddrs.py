@@ -110,9 +110,40 @@ def from_tcp_endpoint(host: str, port: int) -> Multiaddr:
     return Multiaddr(f"/{family}/{host}/tcp/{port}")
 
 
+def quic_endpoint(ma: Multiaddr) -> tuple[str, int]:
+    """(host, port) of ``/ip4|ip6/<host>/udp/<port>/quic-v1``; MultiaddrFormatError otherwise."""
+    parts = list(ma.items())
+    if (
+        len(parts) != 3
+        or parts[0][0].name not in ("ip4", "ip6")
+        or parts[1][0].name != "udp"
+        or parts[2][0].name != "quic-v1"
+    ):
+        raise MultiaddrFormatError(f"not a /ip4|ip6/…/udp/…/quic-v1 address: {ma}")
+    return str(parts[0][1]), int(parts[1][1])
+
+
+def from_quic_endpoint(host: str, port: int) -> Multiaddr:
+    family = "ip6" if ipaddress.ip_address(host).version == 6 else "ip4"
+    return Multiaddr(f"/{family}/{host}/udp/{port}/quic-v1")
+
+
+def is_quic(ma: Multiaddr) -> bool:
+    try:
+        quic_endpoint(ma)
+    except MultiaddrFormatError:
+        return False
+    return True
+
+
+def endpoint(ma: Multiaddr) -> tuple[str, int]:
+    """(host, port) of a TCP or QUIC address; MultiaddrFormatError for anything else."""
+    return quic_endpoint(ma) if is_quic(ma) else tcp_endpoint(ma)
+
+
 def is_loopback(ma: Multiaddr) -> bool:
     try:
-        host, _ = tcp_endpoint(ma)
+        host, _ = endpoint(ma)
     except MultiaddrFormatError:
         return False
     return ipaddress.ip_address(host).is_loopback
@@ -130,6 +161,9 @@ def printable(addrs: Iterable[bytes]) -> list[str]:
 
 
 _IP4_CODE, _IP6_CODE, _TCP_CODE = 4, 0x29, 6
+_TCP_CODE_BYTES = varint.encode(_TCP_CODE)
+_UDP_CODE_BYTES = varint.encode(0x0111)
+_QUIC_V1_CODE_BYTES = varint.encode(0x01CD)
 
 
 def leading_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -143,15 +177,22 @@ def leading_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
 
 
 def tcp_ip(addr: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP of a binary ``/ip4|ip6/<ip>/tcp/<port>[/p2p/<id>]``, else None.
+    """The IP of a binary ``/ip4|ip6/<ip>/tcp/<port>`` or ``…/udp/<port>/quic-v1``
+    (then an optional ``/p2p/<id>``), else None.
 
     Read straight from the bytes (no Multiaddr object): it runs for every address a
     peer claims, and a hostile identify claims hundreds."""
     ip = leading_ip(addr)
     if ip is None:
         return None
-    end = 1 + len(ip.packed) + 3  # the IP, then the tcp code and its 2-byte port
-    if len(addr) < end or addr[end - 3] != _TCP_CODE:
+    start = 1 + len(ip.packed)
+    if addr[start : start + 1] == _TCP_CODE_BYTES:
+        end = start + 3  # the tcp code and its 2-byte port
+    elif addr[start : start + 2] == _UDP_CODE_BYTES and addr[start + 4 : start + 6] == _QUIC_V1_CODE_BYTES:
+        end = start + 6  # the udp code, its 2-byte port and quic-v1
+    else:
+        return None
+    if len(addr) < end:
         return None
     if len(addr) > end:  # only a /p2p/<id> may follow
         try:

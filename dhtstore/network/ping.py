@@ -14,7 +14,8 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..errors import NetworkError
-from .connection import CONNECTION_ERRORS, Stream
+from .connection import CONNECTION_ERRORS
+from .muxed import MuxedStream as Stream
 
 PROTOCOL_ID = "/ipfs/ping/1.0.0"
 PAYLOAD_SIZE = 32

@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from ..dht import DHT
 from ..errors import StoreError
 from ..network.api import KadMessenger
+from ..routingtable.api import PrefixCounts
 from ..types import PeerInfo
 from .api import AddResult, ClaimStore, ProvideList, SweepConfig, VisitReport
 from .metrics import ProvideMetrics
@@ -71,6 +72,7 @@ class Reprovider(ProvideListService):
         clock: Callable[[], float] = time.time,
         poll_interval: float = 2.0,
         metrics: ProvideMetrics | None = None,
+        region_sizes: PrefixCounts | None = None,
     ):
         config = config or SweepConfig()
         super().__init__(store, claims, interval=config.interval, clock=clock)
@@ -80,6 +82,7 @@ class Reprovider(ProvideListService):
         self.config = config
         self.poll_interval = poll_interval
         self.metrics = metrics or ProvideMetrics()
+        self.region_sizes = region_sizes  # a full routing table: exact region sizes for the sweep
         self.sweep: Sweep | None = None
         self._wake = anyio.Event()
         self._armed_for: int | None = None
@@ -114,6 +117,7 @@ class Reprovider(ProvideListService):
             config=self.config,
             clock=self.clock,
             on_slice=lambda prefix: self.metrics.region_started(str(prefix)),
+            region_sizes=self.region_sizes,
         )
         return self.sweep
 

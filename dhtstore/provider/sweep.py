@@ -79,6 +79,7 @@ from ..errors import NetworkError, StoreError
 from ..kadkey import BITS, Key
 from ..network.api import KadMessenger
 from ..routing.api import RoutingError
+from ..routingtable.api import PrefixCounts
 from ..types import Message, MessageType, PeerInfo
 from .api import (
     FAILING_AFTER_ATTEMPTS,
@@ -162,8 +163,10 @@ class Sweep:
         config: SweepConfig,
         clock: Callable[[], float],
         on_slice: Callable[[Prefix], None] | None = None,
+        region_sizes: PrefixCounts | None = None,
     ):
         self.clock = clock
+        self.region_sizes = region_sizes
         self.store = store
         self.claims = claims
         self.on_slice = on_slice
@@ -229,6 +232,9 @@ class Sweep:
         region = region_of(self._regions, kad)
         if region is not None:
             return region.prefix, None
+        exact = self._exact_prefix_len(kad)
+        if exact is not None:
+            return free_prefix(self._regions, kad, exact), None
         seed = None
         if self.prefix_len is None:
             seed = await self._estimate_prefix_len(kad)
@@ -294,6 +300,20 @@ class Sweep:
             return await self._fail_prefix(piece, now, str(exc))
         self._explored = (now, found)
         return await self._provide_explored(found, piece, now)
+
+    def _exact_prefix_len(self, kad: int) -> int | None:
+        """With a table of the whole network: the longest prefix of ``kad`` that holds
+        ``replication`` servers, counted in the table (no lookup, and no estimate that a
+        crawl in progress can throw off: kubo#11085). None without such a table, or
+        while it holds fewer servers than that (just started): then the estimate."""
+        sizes, k = self.region_sizes, self.config.replication
+        if sizes is None or len(sizes) < k:
+            return None
+        length = 0
+        while length < BITS and sizes.count_under_prefix(kad >> (BITS - length - 1), length + 1) >= k:
+            length += 1
+        self.prefix_len = length  # persisted as the estimate, for a restart without the table
+        return length
 
     async def _estimate_prefix_len(self, kad: int) -> Seed | None:
         """One lookup toward an overdue key: all k answers share its first m bits, so a
@@ -402,27 +422,47 @@ class Sweep:
     ) -> tuple[PeerSending, bool]:
         """ADD_PROVIDER for each allotted key (``runs`` of indexes into ``keys``), one
         after the other on the peer's stream; returns what went out and whether the peer
-        confirmed all of it."""
+        confirmed all of it.
+
+        Each send is bounded by ``send_timeout`` (at least, and at most twice it): one
+        cancel scope covers a run of sends and its deadline moves on only when less than
+        ``send_timeout`` is left. A timer per ADD_PROVIDER (``fail_after``) was half the
+        sweep's CPU; this is one per ``send_timeout`` of sending. A send that stalls past
+        the deadline counts as a failed one, and sending goes on with the next key."""
         sending = PeerSending(self.config)
-        for start, stop in runs:
-            for i in range(start, stop):
-                if self._claim_lost:
-                    return sending, False
-                message = Message(MessageType.ADD_PROVIDER, key=keys[i].multihash, provider_peers=(provider,))
-                self.counters.messages += 1
-                try:
-                    with anyio.fail_after(self.config.send_timeout):
+        order = [i for start, stop in runs for i in range(start, stop)]
+        timeout = self.config.send_timeout
+        position = 0
+        while position < len(order):
+            with anyio.CancelScope(deadline=anyio.current_time() + 2 * timeout) as scope:
+                while position < len(order):
+                    if self._claim_lost:
+                        return sending, False
+                    now = anyio.current_time()
+                    if scope.deadline - now < timeout:
+                        scope.deadline = now + 2 * timeout
+                    message = Message(MessageType.ADD_PROVIDER, key=keys[order[position]].multihash, provider_peers=(provider,))
+                    self.counters.messages += 1
+                    try:
                         await self.messenger.send(peer, message)
-                    sending.delivered()
-                except (NetworkError, TimeoutError, OSError) as exc:
-                    self.counters.message_failures += 1
-                    if sending.failed():
-                        log.debug("giving up on %s after %d failures: %s", peer.peer_id, sending.streak, exc)
-                        return sending, False
-                if sending.confirm_due:
-                    if not await self._processed(peer):
-                        return sending, False
-                    sending.confirmed()
+                        sending.delivered()
+                    except (NetworkError, TimeoutError, OSError) as exc:
+                        self.counters.message_failures += 1
+                        if sending.failed():
+                            log.debug("giving up on %s after %d failures: %s", peer.peer_id, sending.streak, exc)
+                            return sending, False
+                    position += 1
+                    if sending.confirm_due:
+                        scope.deadline = anyio.current_time() + 2 * timeout  # past the confirmation's own
+                        if not await self._processed(peer):
+                            return sending, False
+                        sending.confirmed()
+            if scope.cancelled_caught:  # the send of order[position] stalled
+                self.counters.message_failures += 1
+                position += 1
+                if sending.failed():
+                    log.debug("giving up on %s after %d failures: sends stalled", peer.peer_id, sending.streak)
+                    return sending, False
         if sending.needs_final_confirm:
             return sending, await self._processed(peer)
         return sending, sending.some_delivered

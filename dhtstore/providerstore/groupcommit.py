@@ -22,8 +22,7 @@ from typing import Protocol
 
 import anyio
 
-from ..data.engine import OPEN_ERRORS
-from ..data.failures import first_line
+from ..data.failures import DATABASE_ERRORS, first_line
 from ..errors import StoreUnavailable
 from .api import QuotaExceeded
 from .caches import ProviderCaches
@@ -146,10 +145,11 @@ class GroupCommit:
         batch.sort(key=lambda p: (p.key, p.peer))
         keys = [p.key for p in batch]
         builds = 0
-        # The keys whose providers the quotas must read: not those the filter knows are new.
-        quota_keys = None if self._quotas is None else [k for k in keys if self._may_be_stored(k)]
+        maybe_stored = keys
         if self._key_filter is not None:  # before any reader can see the records (``keyfilter``)
-            builds = self._key_filter.add(keys)
+            builds, maybe_stored = self._key_filter.add(keys)
+        # The keys whose providers the quotas must read: not those the filter knew were new.
+        quota_keys = None if self._quotas is None else maybe_stored
         with anyio.CancelScope(shield=True):  # never leave callers waiting on a half-done batch
             delays = iter((*self._retry_delays, None))
             while True:
@@ -161,7 +161,7 @@ class GroupCommit:
                         if not batch:
                             break
                     await self._path.write(batch)
-                except OPEN_ERRORS as exc:
+                except DATABASE_ERRORS as exc:
                     if reused and not isinstance(exc, NOT_TRANSIENT):
                         continue  # once, at once, on a new connection, as the pool's pre-ping would
                     self._health.failed(exc)
@@ -185,12 +185,9 @@ class GroupCommit:
         for p in batch:
             p.finish()
 
-    def _may_be_stored(self, key: bytes) -> bool:
-        return self._key_filter is None or self._key_filter.may_contain(key)
-
     async def _within_quotas(self, batch: list[PendingRecord], keys: list[bytes]) -> list[PendingRecord]:
         """The batch's announcements within the quotas (``quotas``): the live providers of
-        ``keys`` are read (OPEN_ERRORS as the write's), and the refused callers told."""
+        ``keys`` are read (DATABASE_ERRORS as the write's), and the refused callers told."""
         assert self._quotas is not None
         live = await self._path.live_providers(keys, max(p.received_at for p in batch)) if keys else []
         accepted = self._quotas.admit(batch, live)

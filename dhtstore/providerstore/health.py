@@ -4,6 +4,7 @@ store's own operations and by a probe that runs even when nobody uses the store.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import anyio
 from sqlalchemy import text
@@ -25,7 +26,11 @@ HEALTH_INTERVAL = 5.0  # seconds between checks of a store that is up (an idle n
 PROBE_TIMEOUT = 5.0  # seconds a check may take before the store counts as down
 
 # The database answered and refused the statement: the store is up, and retrying cannot help.
-NOT_TRANSIENT: tuple[type[BaseException], ...] = (IntegrityError, DataError, ProgrammingError, NotSupportedError)
+# (SQLAlchemy's, and sqlite3's from the plain write path, ``sqlitewrite``.)
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+    IntegrityError, DataError, ProgrammingError, NotSupportedError,
+    sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError, sqlite3.NotSupportedError,
+)
 _PROBE_ERRORS: tuple[type[BaseException], ...] = (*OPEN_ERRORS, TimeoutError)
 
 

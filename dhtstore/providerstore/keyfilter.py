@@ -7,12 +7,16 @@ for a store of 1M keys and 36 MB for 10M. ``may_contain`` False means no record 
 key exists; True means "ask SQL" (a false positive costs that one query, as does any
 expired record not yet swept).
 
-Exact only where every write goes through this process: a store with one writer
-process (SQLite; ``SqlProviderStore.shared`` False), the assumption its caches make too.
-A shared store keeps no filter. The writer ``add``s a batch's keys before its
-transaction starts, so a key is in the filter before any reader could see its record,
-also when the transaction fails after the commit reached the database. Until the first
-build from the store has finished, every key is "maybe".
+Exact where every write goes through this process (SQLite; ``SqlProviderStore.shared``
+False), the assumption its caches make too: the writer ``add``s a batch's keys before
+its transaction starts, so a key is in the filter before any reader could see its
+record, also when the transaction fails after the commit reached the database. On a
+shared PostgreSQL store the keys other processes add come from a ``data.keyfeed``, and the
+filter is trusted only while the feed is current (else every key is "maybe"), so a
+record another process committed more than a second ago is never filtered out; each
+time the feed (re)starts listening the filter is built again, since what was committed
+while it was lost is only in the table. A shared SQLite store keeps no filter. Until
+the first build from the store has finished, every key is "maybe".
 
 Keys are never removed; when more distinct keys were added than the filter was sized
 for, it is rebuilt from the store (expired records swept meanwhile drop out). A build
@@ -22,22 +26,21 @@ the writer's keys too, then replaces it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import secrets
 
 import anyio
+import anyio.lowlevel
 from sqlalchemy import bindparam, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..data.bloom import BloomFilter
 from ..data.engine import OPEN_ERRORS
 from ..data.failures import first_line
+from ..data.keyfeed import PostgresKeyFeed
 from ..data.models import ProviderRecordRow
 
 log = logging.getLogger(__name__)
 
-FP_RATE = 0.001
 MIN_CAPACITY = 65_536  # keys a filter is sized for at least
 HEADROOM = 2  # a build is sized for this many times the keys it found
 SCAN_BATCH = 2_000  # keys per page of the build's scan: about 11 ms of the event loop's CPU
@@ -45,82 +48,62 @@ RETRY_DELAY = 5.0  # seconds before a failed build is retried (meanwhile: every 
 
 _COUNT_KEYS = select(func.count(distinct(ProviderRecordRow.key_mh)))
 _KEYS_AFTER = (
-    select(ProviderRecordRow.key_mh).distinct()
+    select(ProviderRecordRow.key_mh)
+    .distinct()
     .where(ProviderRecordRow.key_mh > bindparam("after"))
-    .order_by(ProviderRecordRow.key_mh).limit(bindparam("n"))
+    .order_by(ProviderRecordRow.key_mh)
+    .limit(bindparam("n"))
 )
-
-
-class BloomFilter:
-    def __init__(self, capacity: int, fp_rate: float = FP_RATE):
-        self.capacity = capacity
-        bits = max(64, math.ceil(-capacity * math.log(fp_rate) / math.log(2) ** 2))
-        self._m = bits
-        self._k = max(1, round(bits / capacity * math.log(2)))
-        self._bits = bytearray((bits + 7) // 8)
-        self._salt = secrets.token_bytes(16)  # keys are chosen by peers: their bit positions are not
-        self.added = 0  # keys added that were not (apparently) present: about the distinct keys
-
-    @property
-    def nbytes(self) -> int:
-        return len(self._bits)
-
-    def _positions(self, key: bytes) -> tuple[int, int]:
-        d = hashlib.blake2b(key, digest_size=16, key=self._salt).digest()
-        return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little") | 1
-
-    def add(self, key: bytes) -> None:
-        h1, h2 = self._positions(key)
-        bits, m = self._bits, self._m
-        new = False
-        for i in range(self._k):
-            pos = (h1 + i * h2) % m
-            byte, mask = pos >> 3, 1 << (pos & 7)
-            if not bits[byte] & mask:
-                bits[byte] |= mask
-                new = True
-        if new:
-            self.added += 1
-
-    def __contains__(self, key: bytes) -> bool:
-        h1, h2 = self._positions(key)
-        bits, m = self._bits, self._m
-        for i in range(self._k):
-            pos = (h1 + i * h2) % m
-            if not bits[pos >> 3] & (1 << (pos & 7)):
-                return False
-        return True
 
 
 class KeyFilter:
     """The provider store's negative filter (see the module docstring). ``run`` builds
     it, and rebuilds it when it is full, until cancelled."""
 
-    def __init__(self, engine: AsyncEngine, counters: dict[str, int]):
+    def __init__(self, engine: AsyncEngine, counters: dict[str, int], feed: PostgresKeyFeed | None = None):
         self._engine = engine
         self._counters = counters  # "key_filter_builds"
+        self._feed = feed
         self._current: BloomFilter | None = None  # answers; None: not built yet
         self._building: BloomFilter | None = None  # receives the writer's keys during a build
         self._builds_started = 0
-        self._full = anyio.Event()
+        self._full = anyio.Event()  # set: build again (full, or the feed listens anew)
 
     @property
     def nbytes(self) -> int:
         return sum(f.nbytes for f in (self._current, self._building) if f is not None)
 
     def may_contain(self, key: bytes) -> bool:
-        return self._current is None or key in self._current
+        return self._current is None or (self._feed is not None and not self._feed.current) or key in self._current
 
-    def add(self, keys: list[bytes]) -> int:
-        """Keys being written: call before their transaction starts, and give what it
-        returns to ``added_during`` after the transaction ended (committed or not)."""
-        for f in (self._current, self._building):
-            if f is not None:
-                for key in keys:
-                    f.add(key)
+    def add(self, keys: list[bytes]) -> tuple[int, list[bytes]]:
+        """Keys being written: call before their transaction starts, and give the first
+        value it returns to ``added_during`` after the transaction ended (committed or
+        not). The second: those of ``keys`` that may have been stored before (as
+        ``may_contain`` would have answered; one hash per key for both)."""
+        maybe_stored = keys
+        if self._current is not None:
+            before = {key: self._current.add(key) for key in dict.fromkeys(keys)}  # a batch may repeat a key
+            if self._feed is None:  # (shared: another process may have added the key just now)
+                maybe_stored = [key for key in keys if before[key]]
+        self._received(keys, current=False)
+        return self._builds_started, maybe_stored
+
+    def _received(self, keys: list[bytes], current: bool = True) -> None:
+        """Keys committed (by another process, from the feed), or being written."""
+        if current and self._current is not None:
+            for key in keys:
+                self._current.add(key)
+        if self._building is not None:
+            for key in keys:
+                self._building.add(key)
         if self._current is not None and self._current.added > self._current.capacity:
             self._full.set()
-        return self._builds_started
+
+    def _listened(self) -> None:
+        """The feed (re)started listening: build again."""
+        self._current = None  # keys may have been committed while the feed was lost
+        self._full.set()
 
     def added_during(self, keys: list[bytes], builds_started: int) -> None:
         """The keys ``add`` took, into a filter whose build began while their
@@ -132,14 +115,27 @@ class KeyFilter:
                     for key in keys:
                         f.add(key)
 
+    def _listens(self) -> int:
+        return 0 if self._feed is None else self._feed.listens
+
     async def run(self) -> None:
+        if self._feed is None:
+            await self._build_when_due()
+            return
+        await self._feed.run_beside(self._received, self._listened, self._build_when_due)
+
+    async def _build_when_due(self) -> None:
         while True:
+            listens = self._listens()
             try:
                 await self._build()
             except OPEN_ERRORS as exc:  # the old filter (or none: "maybe") answers meanwhile
                 self._building = None
                 log.warning("provider store: key filter not built: %s", first_line(exc))
                 await anyio.sleep(RETRY_DELAY)
+                continue
+            if self._listens() != listens:  # the feed was lost during the scan: build again
+                self._current = None
                 continue
             assert self._current is not None
             if self._current.added <= self._current.capacity:  # else it filled during its build
@@ -168,6 +164,6 @@ class KeyFilter:
             if len(keys) < SCAN_BATCH:
                 break
             after = keys[-1]
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
         self._current, self._building = new, None
         self._counters["key_filter_builds"] += 1

@@ -13,15 +13,16 @@ It is composed of:
 - ``quotas``: providers per key, records per provider and in total (``ProviderQuotas``),
   counted without a COUNT per announcement;
 - ``keyfilter``: a Bloom filter of the stored keys, so a lookup of a key with no record
-  (most GET_PROVIDERS) is answered without a query; on a store with a single writer
-  process only (not ``shared``), where the writer keeps it exact.
+  (most GET_PROVIDERS) is answered without a query: kept exact by the writer on a store
+  with a single writer process (not ``shared``), and on a shared PostgreSQL store by
+  ``data.keyfeed``, the keys every process commits as PostgreSQL notifications.
 
 Shared stores. Several processes (``dhtstore run --identity …``) may share one
 PostgreSQL store: then a cached provider set or address list is used for at most
 ``shared_cache_ttl`` seconds, so a record another process received is served here
-within that time (a TTL rather than LISTEN/NOTIFY: nothing to lose across reconnects,
-no per-commit notification traffic), every miss is a query (the key filter would not
-see other processes' writes), and the sweep runs in one process at a time. A
+within that time (a TTL for the sets, which change with every announcement; only a
+key's first record is a notification, for the key filter), and the sweep runs in one
+process at a time. A
 SQLite store has a single writer process, and keeps its caches until they are evicted.
 
 Outages. A failed batch is retried before its callers fail (``groupcommit``); while
@@ -61,6 +62,7 @@ from .caches import ProviderCaches, Providers
 from .expiry import ExpirySweep
 from .groupcommit import RETRY_DELAYS, GroupCommit, WritePath
 from .health import StoreHealth
+from ..data.keyfeed import PROVIDER_KEYS, PostgresKeyFeed
 from .keyfilter import KeyFilter
 from .peerrows import PeerRows
 from .postgreswrite import PostgresWritePath
@@ -124,7 +126,7 @@ class SqlProviderStore:
         self.counters = {
             "records_written": 0, "transactions": 0, "write_errors": 0, "rejected": 0, "swept": 0,
             "write_retries": 0, "read_errors": 0, "store_down": 0, "sweeps_skipped": 0, "stale_reads": 0,
-            "key_filter_builds": 0, "filtered_misses": 0,
+            "key_filter_builds": 0, "key_feed_losses": 0, "filtered_misses": 0, "cache_hits": 0,
             "quota_refused_key": 0, "quota_refused_provider": 0, "quota_refused_total": 0,
         }
         self._health = StoreHealth(engine, self.counters)
@@ -133,7 +135,11 @@ class SqlProviderStore:
         path: WritePath = PostgresWritePath(engine, peer_rows) if postgresql else SqliteWritePath(engine, peer_rows)
         if retry_delays is None:
             retry_delays = RETRY_DELAYS if postgresql else ()
-        self._key_filter = None if self.shared else KeyFilter(engine, self.counters)
+        self._key_filter: KeyFilter | None = None
+        if not self.shared:
+            self._key_filter = KeyFilter(engine, self.counters)
+        elif postgresql:  # other processes' keys come from revision 0008's notifications
+            self._key_filter = KeyFilter(engine, self.counters, PostgresKeyFeed(engine.url, PROVIDER_KEYS, self.counters))
         self.quotas = QuotaCounts(engine, quotas, self.counters)
         self._writes = GroupCommit(
             path, self._caches, self._health, self.counters,
@@ -227,6 +233,7 @@ class SqlProviderStore:
         """The key's providers, from the cache or else (with their addresses) from one query."""
         providers = self._caches.fresh_set(key)
         if providers is not None:
+            self.counters["cache_hits"] += 1
             return providers
         stale = self._caches.any_set(key)
         mark = self._caches.mark()

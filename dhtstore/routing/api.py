@@ -54,6 +54,7 @@ class LookupStats:
     skipped_peers: int
     completed: bool  # False when a stop rule other than termination ended it early
     timed_out: bool = False  # the lookup's time limit ended it
+    rounds: int = 0  # the longest chain of requests each sent on a reply (one-hop: 1)
 
 
 LookupObserver = Callable[[LookupStats], None]

@@ -229,6 +229,10 @@ async def run_query(
         raise NoPeersError()
     started = anyio.current_time()
     sent = responded = failed = 0
+    # A request's round: 1 for the first ones, else 1 + the round of the request whose
+    # reply it waited for (the longest chain of request-after-reply: one-hop is 1).
+    round_of: dict[PeerId, int] = {}
+    rounds = 0
     results_in, results_out = anyio.create_memory_object_stream[tuple[PeerInfo, Message | None]](math.inf)
 
     async def ask(peer: PeerInfo) -> None:
@@ -242,13 +246,17 @@ async def run_query(
 
     with anyio.CancelScope(deadline=deadline) as limit:
         async with anyio.create_task_group() as tg:
+            after_round = 0
             while True:
                 for peer in state.next_peers():
                     sent += 1
+                    round_of[peer.peer_id] = after_round + 1
+                    rounds = max(rounds, after_round + 1)
                     tg.start_soon(ask, peer)
                 if state.finished:
                     break
                 peer, reply = await results_out.receive()
+                after_round = round_of.get(peer.peer_id, 0)
                 if reply is None:
                     failed += 1
                     state.on_failure(peer.peer_id)
@@ -278,6 +286,7 @@ async def run_query(
         skipped_peers=state.skipped_peers,
         completed=not (state.stopped or limit.cancelled_caught),
         timed_out=limit.cancelled_caught,
+        rounds=rounds,
     )
     return QueryOutcome(state, stats)
 

@@ -11,11 +11,33 @@ remote addresses), never the addresses it claims: claiming costs nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..kadkey import Key
 from ..peerid import PeerId
 from ..types import PeerInfo
+
+
+@dataclass(frozen=True)
+class KeyShards:
+    """Some of the ``2**bits`` shards of the keyspace: shard s is every Kademlia key
+    whose first ``bits`` bits are s. The slice of the crawl one head of a shared store
+    does (``rtrefresh.crawlshards``)."""
+
+    bits: int
+    shards: frozenset[int]
+
+    def shard_of(self, key: int) -> int:
+        return key >> (256 - self.bits)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and key >> (256 - self.bits) in self.shards
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Each shard's first and last key, in key order."""
+        width = 256 - self.bits
+        return [(s << width, ((s + 1) << width) - 1) for s in sorted(self.shards)]
 
 
 @runtime_checkable
@@ -60,7 +82,20 @@ class RoutingTable(Protocol):
 
 
 @runtime_checkable
-class NetworkTable(RoutingTable, Protocol):
+class PrefixCounts(Protocol):
+    """How many servers a table holds under a prefix of the keyspace: exact for a table
+    of the whole network (the sweep sizes its regions with it)."""
+
+    def __len__(self) -> int: ...
+
+    def count_under_prefix(self, bits: int, length: int) -> int:
+        """Peers whose Kademlia key starts with the ``length`` bits ``bits`` (0 <= bits <
+        2**length; length 0 is every peer): a range of the sorted key index."""
+        ...
+
+
+@runtime_checkable
+class NetworkTable(RoutingTable, PrefixCounts, Protocol):
     """A table of the whole network (``fulltable.FullTable``), kept by a crawler.
 
     Every DHT server found fits (no buckets); ``mark_failed`` counts consecutive
@@ -73,13 +108,15 @@ class NetworkTable(RoutingTable, Protocol):
         """Consecutive failed contacts of the peer (0 for an unknown one)."""
         ...
 
-    def crawl_queue(self, crawled_before: float, limit: int) -> list[PeerInfo]:
-        """Up to ``limit`` peers not crawled since ``crawled_before``: failing ones
-        first, then never crawled, then the oldest crawled."""
+    def crawl_queue(self, crawled_before: float, limit: int, within: KeyShards | None = None) -> list[PeerInfo]:
+        """Up to ``limit`` peers not crawled since ``crawled_before`` (only those in the
+        shards ``within``, when given): failing ones first, then never crawled, then
+        the oldest crawled."""
         ...
 
-    def next_crawl_due(self) -> float:
-        """When the least recently crawled peer was crawled (-inf: one never was)."""
+    def next_crawl_due(self, within: KeyShards | None = None) -> float:
+        """When the least recently crawled peer (of the shards ``within``) was crawled
+        (-inf: one never was; inf: there is none)."""
         ...
 
     def mark_crawled(self, peer_id: PeerId) -> None:

@@ -18,8 +18,11 @@ _IP4 = 0x04
 _IP6 = 0x29
 
 
-def ip_groups(addrs: tuple[bytes, ...]) -> frozenset[bytes]:
-    """The groups of a peer's binary multiaddrs; addresses that are not IP are ignored."""
+def ip_groups(addrs: tuple[bytes, ...], v4_bytes: int = 2, v6_bytes: int = 4) -> frozenset[bytes]:
+    """The groups of a peer's binary multiaddrs: the first ``v4_bytes`` of an IPv4
+    address (default /16), the first ``v6_bytes`` of an IPv6 one (default /32); addresses
+    that are not IP are ignored. (The full table also groups by /24, /48 and the whole
+    address: ``subnet_groups``, ``address_groups``.)"""
     groups = set()
     for addr in addrs:
         try:
@@ -27,7 +30,17 @@ def ip_groups(addrs: tuple[bytes, ...]) -> frozenset[bytes]:
         except varint.VarintError:
             continue
         if code == _IP4 and len(addr) >= pos + 4:
-            groups.add(b"4" + addr[pos : pos + 2])
+            groups.add(b"4" + addr[pos : pos + v4_bytes])
         elif code == _IP6 and len(addr) >= pos + 16:
-            groups.add(b"6" + addr[pos : pos + 4])
+            groups.add(b"6" + addr[pos : pos + v6_bytes])
     return frozenset(groups)
+
+
+def subnet_groups(addrs: tuple[bytes, ...]) -> frozenset[bytes]:
+    """IPv4 /24 and IPv6 /48 groups (py-libp2p's kad-dht diversity subnets)."""
+    return ip_groups(addrs, 3, 6)
+
+
+def address_groups(addrs: tuple[bytes, ...]) -> frozenset[bytes]:
+    """The IP addresses themselves: one machine."""
+    return ip_groups(addrs, 4, 16)

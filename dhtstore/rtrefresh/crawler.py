@@ -14,10 +14,23 @@ table and never starts from nothing:
   (the keys come from a precomputed 16-bit prefix map, as go-libp2p-kbucket's
   ``GenRandPeerID``: no hashing per request); the closer peers it names are discovered;
 - a discovered peer enters the table only once its own visit answered (only servers
-  that answer are routed to; one that did not is not asked again for ``retry_after``);
+  that answer are routed to; one that did not is not asked again for ``retry_after``,
+  then twice that after each further silence, up to ``interval``: a silent server costs
+  a visit slot for the whole timeout, and at 10k servers with 30 % silent, retrying
+  each every 10 min took two thirds of the crawler's visits);
   a table peer whose visit fails counts a failure and
   leaves the table at its ``max_failures``;
 - at most ``parallelism`` visits run at once, and at most ``rate`` start per second.
+
+Shared store (``shards`` set: ``rtrefresh.crawlshards``): the crawler visits only the
+peers in its head's shards; the other heads crawl the rest and the table reads their
+rows in. A peer discovered outside the shards is dropped (its shard's head finds it
+by crawling there), except as a seed: when the table holds no peer at all in that
+shard (a fresh store), one such peer at a time is visited, so the shard's head has
+something to start from once it reads the row in. Likewise, while one of our own
+shards holds no peer and nothing else is due, a table peer outside them is visited
+(one at a time, each once, a few per shard we hold: a shard may be empty in a small
+network): its answers lead into our shards.
 
 ``status()`` gives the progress (also in the ``v_network_coverage`` view of the store).
 """
@@ -42,7 +55,7 @@ from ..kadkey import Key
 from ..multihash import SHA2_256_HEADER
 from ..network.api import KadMessenger
 from ..peerid import PeerId
-from ..routingtable.api import NetworkTable
+from ..routingtable.api import KeyShards, NetworkTable
 from ..types import Message, MessageType, PeerInfo
 
 log = logging.getLogger(__name__)
@@ -87,6 +100,7 @@ class Crawler:
         rate: float = DEFAULT_RATE,
         timeout: float = VISIT_TIMEOUT,
         usable_addrs: AddrFilter = tuple,
+        remote_addr: Callable[[PeerId], bytes | None] = lambda _peer: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: Callable[[int], int] = secrets.randbits,
@@ -100,6 +114,7 @@ class Crawler:
         self.rate = rate
         self.timeout = timeout
         self._usable = usable_addrs
+        self._remote_addr = remote_addr  # the address a visited peer answered from (IP diversity)
         self._clock = clock
         self._wall = wall_clock
         self._rng = rng
@@ -107,10 +122,15 @@ class Crawler:
         self._discovered: OrderedDict[PeerId, PeerInfo] = OrderedDict()
         self._in_flight: set[PeerId] = set()
         self._retry_at: dict[PeerId, float] = {}  # a failed table peer's next visit (wall clock)
-        # discovered peers that did not answer, ignored until then (wall clock), bounded
-        self._unanswered: OrderedDict[PeerId, float] = OrderedDict()
+        # discovered peers that did not answer: ignored until then (wall clock), and how
+        # many times in a row they did not; bounded
+        self._unanswered: OrderedDict[PeerId, tuple[float, int]] = OrderedDict()
         self._next_start = 0.0
         self.counters: Counter[str] = Counter()
+        self.shards: KeyShards | None = None  # None: every peer (one head); else its head's shards
+        self._seeding: dict[int, PeerId] = {}  # shard -> the peer outside ours visited as its seed
+        self._seeded_from: OrderedDict[PeerId, None] = OrderedDict()  # table peers visited to reach our empty shards
+        self._seeds_for: tuple[KeyShards | None, int] = (None, 0)  # those visits since our shards last changed
 
     # -- one visit ---------------------------------------------------------------
 
@@ -148,17 +168,20 @@ class Crawler:
 
     def _answered(self, peer: PeerInfo) -> None:
         if peer.peer_id not in self.table:
-            if self.table.add(peer, self._clock()):
+            if self.table.add(peer, self._clock(), seen_from=self._remote_addr(peer.peer_id)):
                 self.counters["added"] += 1
+            else:  # past the table's IP diversity limit: not visited again soon either
+                self.counters["refused"] += 1
+                self._forget_for_a_while(peer.peer_id)
+                return
         self.table.mark_useful(peer.peer_id, self._clock())
         self.table.mark_crawled(peer.peer_id)
         self._retry_at.pop(peer.peer_id, None)
+        self._unanswered.pop(peer.peer_id, None)
 
     def _failed(self, peer: PeerInfo) -> None:
         if peer.peer_id not in self.table:  # a discovered peer that does not answer never enters,
-            self._unanswered[peer.peer_id] = self._wall() + self.retry_after  # nor is it asked again soon
-            while len(self._unanswered) > MAX_DISCOVERED:
-                self._unanswered.popitem(last=False)
+            self._forget_for_a_while(peer.peer_id)  # nor is it asked again soon
             return
         self.table.mark_failed(peer.peer_id)
         if peer.peer_id in self.table:
@@ -167,22 +190,72 @@ class Crawler:
             self._retry_at.pop(peer.peer_id, None)
             self.counters["removed"] += 1
 
+    def _forget_for_a_while(self, peer: PeerId) -> None:
+        _until, misses = self._unanswered.pop(peer, (0.0, 0))
+        wait = min(self.interval, self.retry_after * 2.0 ** min(misses, 32))
+        self._unanswered[peer] = (self._wall() + wait, misses + 1)
+        while len(self._unanswered) > MAX_DISCOVERED:
+            self._unanswered.popitem(last=False)
+
     def _discover(self, named: list[PeerInfo]) -> None:
         for info in named:
             pid = info.peer_id
             if pid in self.table or pid in self._discovered or pid in self._in_flight:
                 continue
-            if self._unanswered.get(pid, 0.0) > self._wall():
+            if self._unanswered.get(pid, (0.0, 0))[0] > self._wall():
                 continue
-            if Key.for_peer(pid) == self.table.local_key:
+            key = Key.for_peer(pid)
+            if key == self.table.local_key:
                 continue
             addrs = self._usable(info.addrs)
-            if not addrs:
+            if not addrs or not self._wanted(pid, key.value):
                 continue
             self._discovered[pid] = PeerInfo(pid, addrs)
             self.counters["discovered"] += 1
             while len(self._discovered) > MAX_DISCOVERED:
-                self._discovered.popitem(last=False)
+                self._unseed(self._discovered.popitem(last=False)[0])
+
+    def _wanted(self, pid: PeerId, key: int) -> bool:
+        """A discovered peer is visited when it is in our shards, or as the seed of a
+        shard the table knows no peer of (one seed per shard at a time)."""
+        shards = self.shards
+        if shards is None or key in shards:
+            return True
+        shard = shards.shard_of(key)
+        if shard in self._seeding or self.table.count_under_prefix(shard, shards.bits):
+            return False
+        self._seeding[shard] = pid
+        self.counters["seed_visits"] += 1
+        return True
+
+    def _seed_for_our_empty_shards(self) -> PeerInfo | None:
+        """A table peer outside our shards to visit while one of them holds no peer."""
+        shards = self.shards
+        if shards is None or all(self.table.count_under_prefix(s, shards.bits) for s in shards.shards):
+            return None
+        seeded = self._seeds_for[1] if self._seeds_for[0] == shards else 0
+        if seeded >= 2 * len(shards.shards):
+            return None
+        for info in self.table.crawl_queue(math.inf, 4 * CPLS):  # (a few: any live peer will do)
+            pid = info.peer_id
+            if pid not in self._seeded_from and not self.table.failures(pid) and Key.for_peer(pid).value not in shards:
+                self._seeded_from[pid] = None
+                self._seeds_for = (shards, seeded + 1)
+                while len(self._seeded_from) > MAX_DISCOVERED:
+                    self._seeded_from.popitem(last=False)
+                self.counters["seed_visits"] += 1
+                return info
+        return None
+
+    def _unseed(self, pid: PeerId) -> None:
+        if self.shards is not None and pid in self._seeding.values():
+            self._seeding.pop(self.shards.shard_of(Key.for_peer(pid).value), None)
+
+    def _in_scope(self, pid: PeerId) -> bool:
+        """Still to visit when popped: the shards may have changed since it was discovered."""
+        if self.shards is None or pid in self._seeding.values():
+            return True
+        return Key.for_peer(pid).value in self.shards
 
     # -- scheduling --------------------------------------------------------------
 
@@ -191,15 +264,20 @@ class Crawler:
         in flight until their visit ends (``_start_all``)."""
         batch: list[PeerInfo] = []
         while self._discovered and len(batch) < limit:
-            batch.append(self._discovered.popitem(last=False)[1])
+            info = self._discovered.popitem(last=False)[1]
+            if self._in_scope(info.peer_id):
+                batch.append(info)
         if len(batch) < limit:
             now = self._wall()
-            for info in self.table.crawl_queue(now - self.interval, limit + len(self._in_flight) + len(self._retry_at)):
+            wanted = limit + len(self._in_flight) + len(self._retry_at)
+            for info in self.table.crawl_queue(now - self.interval, wanted, within=self.shards):
                 if len(batch) >= limit:
                     break
                 if info.peer_id in self._in_flight or self._retry_at.get(info.peer_id, 0.0) > now:
                     continue
                 batch.append(info)
+        if not batch and not self._in_flight and (seed := self._seed_for_our_empty_shards()) is not None:
+            batch.append(seed)
         self._in_flight.update(p.peer_id for p in batch)  # chosen: not discovered again meanwhile
         return batch
 
@@ -237,16 +315,17 @@ class Crawler:
             await self.visit(info)
         finally:
             self._in_flight.discard(info.peer_id)
+            self._unseed(info.peer_id)
             limiter.release()
 
     async def _idle(self) -> None:
         """Nothing is due: wait until the oldest visit is due again (at most IDLE_CHECK),
         or a peer enters the table (upkeep admits bootstrap peers and identified servers)."""
-        due_in = self.table.next_crawl_due() + self.interval - self._wall()
-        size = len(self.table)
+        due_in = self.table.next_crawl_due(self.shards) + self.interval - self._wall()
+        size, shards = len(self.table), self.shards
         for _ in range(math.ceil(min(max(due_in, 1.0), IDLE_CHECK))):
             await anyio.sleep(1.0)
-            if len(self.table) != size:
+            if len(self.table) != size or self.shards != shards:
                 return
 
     async def _pace(self) -> None:
@@ -275,5 +354,6 @@ class Crawler:
             "discovered_waiting": len(self._discovered),
             "retrying": len(self._retry_at),
             "in_flight": len(self._in_flight),
+            **({"shards": sorted(self.shards.shards)} if self.shards is not None else {}),
             **dict(self.counters),
         }

@@ -229,9 +229,10 @@ class KademliaHandler:
             # Our provide list answers for us at once, and never expires while listed.
             found.insert(0, self.local)
         closer = self._closer_peers(Key.for_multihash(request.key), sender.peer_id)
-        providers = []
-        if found:  # (a miss, most requests, has nothing to fit)
-            budget = self.max_message_size - _FRAMING_MARGIN - len(request.key) - sum(map(_peer_size, closer))
+        providers = found  # (a miss, most requests, has nothing to fit)
+        budget = self.max_message_size - _FRAMING_MARGIN - len(request.key)
+        if found and sum(map(_peer_size_bound, closer)) + sum(map(_peer_size_bound, found)) > budget:
+            providers, budget = [], budget - sum(map(_peer_size, closer))
             for info in found:
                 budget -= _peer_size(info)
                 if budget < 0:
@@ -290,6 +291,12 @@ def _peer_size(info: PeerInfo) -> int:
     inner = 1 + _varint_size(len(peer_id)) + len(peer_id) + 2
     inner += sum(1 + _varint_size(len(a)) + len(a) for a in info.addrs)
     return 1 + _varint_size(inner) + inner
+
+
+def _peer_size_bound(info: PeerInfo) -> int:
+    """At least ``_peer_size(info)`` (every length's varint taken as 4 bytes, enough
+    below 256 MiB), and cheaper: when all peers fit by this bound, none is counted exactly."""
+    return len(info.peer_id.to_bytes()) + 12 + sum(map(len, info.addrs)) + 5 * len(info.addrs)
 
 
 def _varint_size(n: int) -> int:

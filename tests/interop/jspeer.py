@@ -25,6 +25,12 @@ Options of a peer (see ``js/peer.mjs`` for the wire form):
                  dials from 127.0.0.1)
   security       connection encrypters in order of preference, of "noise" and "tls"
                  (default ("noise",); ("tls",) is a peer that speaks only TLS)
+  transports     of "tcp" and "quic" (default ("tcp",); ("quic",) with a
+                 ``/udp/0/quic-v1`` listen address is a peer that speaks only QUIC,
+                 @chainsafe/libp2p-quic 2.1, which is native and needs Node >= 22: run
+                 such peers with ``NODE22``, the Node 22 that ``npm ci`` installs from
+                 the npm registry, as CI's own Node is 20; the ``js_harness_quic``
+                 fixture gives it)
   sink_protocol  a protocol id served as a byte sink (reads to EOF, answers the count
                  as a big-endian uint64): scripts/bench_transport.py uses it
 
@@ -52,7 +58,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import Process, TaskGroup
@@ -61,10 +67,13 @@ from dhtstore.peerid import PeerId
 
 JS_DIR = Path(__file__).parent / "js"
 PEER_SCRIPT = JS_DIR / "peer.mjs"
+NODE22 = JS_DIR / "node_modules" / ".bin" / "node"  # the npm package node@22 (package.json)
+REQUIRED_PACKAGES = ("libp2p", "@chainsafe/libp2p-quic", "node")
 COMMAND_TIMEOUT = 60.0  # seconds; a js query has its own 20 s default inside
 START_TIMEOUT = 60.0  # RSA key generation plus module loading on a busy machine
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", bound="JsonLinePeer")
 
 
 class JsPeerError(RuntimeError):
@@ -73,7 +82,7 @@ class JsPeerError(RuntimeError):
 
 def ensure_node_modules(npm: str | None = None) -> None:
     """Install the pinned js packages (``npm ci``) unless node_modules is there."""
-    if (JS_DIR / "node_modules" / "libp2p").is_dir():
+    if all((JS_DIR / "node_modules" / name).is_dir() for name in REQUIRED_PACKAGES):
         return
     npm = npm or shutil.which("npm")
     if npm is None:
@@ -81,8 +90,11 @@ def ensure_node_modules(npm: str | None = None) -> None:
     subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=600)
 
 
-class JsPeer:
-    """One running js-libp2p peer. Build it with ``start_js_peer``."""
+class JsonLinePeer:
+    """A peer process driven with JSON lines: one command, one reply, and events.
+    Build one with ``run_peer_process``."""
+
+    label = "peer"  # names the implementation in error messages
 
     def __init__(self, process: Process, task_group: TaskGroup, ready: dict[str, Any]):
         self._process = process
@@ -106,7 +118,7 @@ class JsPeer:
     async def command(self, cmd: str, **args: Any) -> Any:
         """Send one command and return its result; raises JsPeerError on failure."""
         if self._closed:
-            raise JsPeerError("js peer has exited" + self._stderr_hint())
+            raise JsPeerError(f"{self.label} peer has exited" + self._stderr_hint())
         self._next_id += 1
         ident = self._next_id
         done, box = anyio.Event(), []
@@ -118,10 +130,10 @@ class JsPeer:
             await done.wait()
         self._waiting.pop(ident, None)
         if not box:
-            raise JsPeerError(f"js command {cmd} got no answer" + self._stderr_hint())
+            raise JsPeerError(f"{self.label} command {cmd} got no answer" + self._stderr_hint())
         reply = box[0]
         if not reply.get("ok"):
-            raise JsPeerError(f"js command {cmd} failed: {reply.get('error')}")
+            raise JsPeerError(f"{self.label} command {cmd} failed: {reply.get('error')}" + self._stderr_hint())
         return reply.get("result")
 
     async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
@@ -135,6 +147,34 @@ class JsPeer:
                 seen = len(self.events)
                 arrived = self._event_arrived
                 await arrived.wait()
+
+    def _stderr_hint(self) -> str:
+        return (f"; {self.label} stderr: " + " | ".join(self.stderr_tail[-12:])) if self.stderr_tail else ""
+
+    async def _read_stdout(self, lines: AsyncIterator[str]) -> None:
+        async for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log.warning("%s peer printed a non-JSON line: %r", self.label, line[:200])
+                continue
+            if "id" in msg and msg["id"] in self._waiting:
+                done, box = self._waiting[msg["id"]]
+                box.append(msg)
+                done.set()
+            elif "event" in msg:
+                self.events.append(msg)
+                self._event_arrived.set()
+                self._event_arrived = anyio.Event()
+        self._closed = True
+        for done, _ in self._waiting.values():
+            done.set()
+
+
+class JsPeer(JsonLinePeer):
+    """One running js-libp2p peer. Build it with ``start_js_peer``."""
+
+    label = "js"
 
     # Convenience wrappers, one per command of peer.mjs.
     async def info(self) -> dict[str, Any]:
@@ -187,28 +227,6 @@ class JsPeer:
     async def get(self, key: bytes) -> dict[str, Any]:
         return await self.command("get", key=key.hex())
 
-    def _stderr_hint(self) -> str:
-        return ("; js stderr: " + " | ".join(self.stderr_tail[-5:])) if self.stderr_tail else ""
-
-    async def _read_stdout(self, lines: AsyncIterator[str]) -> None:
-        async for line in lines:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                log.warning("js peer printed a non-JSON line: %r", line[:200])
-                continue
-            if "id" in msg and msg["id"] in self._waiting:
-                done, box = self._waiting[msg["id"]]
-                box.append(msg)
-                done.set()
-            elif "event" in msg:
-                self.events.append(msg)
-                self._event_arrived.set()
-                self._event_arrived = anyio.Event()
-        self._closed = True
-        for done, _ in self._waiting.values():
-            done.set()
-
 
 async def _lines(stream: Any) -> AsyncIterator[str]:
     """Text lines of a byte stream (no limit on line length other than memory)."""
@@ -238,6 +256,7 @@ async def start_js_peer(
     sink_protocol: str | None = None,
     connection_manager: dict[str, Any] | None = None,
     security: tuple[str, ...] = ("noise",),
+    transports: tuple[str, ...] = ("tcp",),
 ) -> AsyncIterator[JsPeer]:
     """Start one js peer; it is stopped (stdin closed, then killed) on exit."""
     options = {
@@ -249,9 +268,19 @@ async def start_js_peer(
         "sinkProtocol": sink_protocol,
         "connectionManager": connection_manager or {},
         "security": list(security),
+        "transports": list(transports),
     }
     env = {**os.environ, "NODE_NO_WARNINGS": "1"}
-    process = await anyio.open_process([node_bin, str(PEER_SCRIPT), json.dumps(options)], cwd=JS_DIR, env=env)
+    async with run_peer_process([node_bin, str(PEER_SCRIPT), json.dumps(options)], JS_DIR, env, JsPeer) as peer:
+        yield peer
+
+
+@asynccontextmanager
+async def run_peer_process(argv: list[str], cwd: Path, env: dict[str, str], peer_class: type[P]) -> AsyncIterator[P]:
+    """Start a peer process that prints a ``ready`` event, then answers JSON-line
+    commands; it is stopped (stdin closed, then killed) on exit."""
+    label = peer_class.label
+    process = await anyio.open_process(argv, cwd=cwd, env=env)
     try:
         async with anyio.create_task_group() as tg:
             stderr_tail: list[str] = []
@@ -266,8 +295,8 @@ async def start_js_peer(
                 else:
                     ready = None
             if not ready or ready.get("event") != "ready":
-                raise JsPeerError("js peer did not start; stderr: " + " | ".join(stderr_tail[-10:]))
-            peer = JsPeer(process, tg, ready)
+                raise JsPeerError(f"{label} peer did not start; stderr: " + " | ".join(stderr_tail[-10:]))
+            peer = peer_class(process, tg, ready)
             peer.stderr_tail = stderr_tail
             tg.start_soon(peer._read_stdout, stdout_lines)
             try:

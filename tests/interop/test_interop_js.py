@@ -4,7 +4,7 @@ two of our hosts in one network with a js peer."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from dhtstore.network import multiaddrs
 from dhtstore.network.host import Host
 from dhtstore.network.identify import IdentifyInfo
 from dhtstore.network.kadmessenger import LibP2PKadMessenger
+from dhtstore.network.security import DEFAULT_SECURITY
 from dhtstore.peerid import PeerId
 from dhtstore.server.api import RequestHandler
 from dhtstore.server.kadserver import KadServer
@@ -64,8 +65,12 @@ class Node:
 
 
 @asynccontextmanager
-async def our_node(protocol: str = PROTOCOL_ID) -> AsyncIterator[Node]:
-    async with Host(PrivateKey.generate(), ["/ip4/127.0.0.1/tcp/0"]) as host:
+async def our_node(
+    protocol: str = PROTOCOL_ID,
+    security: Sequence[str] = DEFAULT_SECURITY,
+    listen: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+) -> AsyncIterator[Node]:
+    async with Host(PrivateKey.generate(), list(listen), security=security) as host:
         handler = ConnectedPeersHandler(host, protocol)
         KadServer(host, handler, [protocol]).start()
         yield Node(host, handler, LibP2PKadMessenger(host, [protocol]))

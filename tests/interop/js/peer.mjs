@@ -13,6 +13,9 @@
 //                         where every peer dials from 127.0.0.1)
 //            security     connection encrypters, in order of preference: "noise", "tls"
 //                         (default ["noise"]; ["tls"] makes a peer that speaks only TLS)
+//            transports   of "tcp" and "quic" (default ["tcp"]; ["quic"] makes a peer that
+//                         speaks only QUIC, with "/ip4/127.0.0.1/udp/0/quic-v1" in listen;
+//                         @chainsafe/libp2p-quic is native and needs Node >= 22)
 //            sinkProtocol a protocol id to serve as a byte sink (for benchmarks): it reads
 //                         to the end of the stream, then answers the byte count as a
 //                         big-endian uint64 and closes
@@ -45,6 +48,13 @@ const keyType = options.keyType ?? 'Ed25519'
 const protocol = options.protocol ?? '/ipfs/kad/1.0.0'
 const encrypters = { noise, tls }
 const security = (options.security ?? ['noise']).map((name) => encrypters[name]())
+const transportNames = options.transports ?? ['tcp']
+// Imported only when asked for: the QUIC module is native and loads on Node >= 22 only.
+const transports = await Promise.all(transportNames.map(async (name) => {
+  if (name === 'tcp') return tcp()
+  if (name === 'quic') return (await import('@chainsafe/libp2p-quic')).quic()
+  throw new Error(`unknown transport ${name}`)
+}))
 
 const hex = (bytes) => bytesToString(bytes, 'base16')
 const unhex = (text) => bytesFromString(text, 'base16')
@@ -64,7 +74,7 @@ const node = await createLibp2p({
   // Every test peer dials from 127.0.0.1, and js refuses more than 5 inbound
   // connections per second from one host by default: lift that unless told otherwise.
   connectionManager: { inboundConnectionThreshold: 1000, ...(options.connectionManager ?? {}) },
-  transports: [tcp()],
+  transports,
   connectionEncrypters: security,
   streamMuxers: [yamux()],
   services: {
