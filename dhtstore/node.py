@@ -191,21 +191,23 @@ class Node:
     @asynccontextmanager
     async def start(cls, options: NodeOptions) -> AsyncIterator[Node]:
         async with AsyncExitStack() as stack:
-            engine = None
+            # The stores open before the host listens, and nothing awaits between the
+            # host starting and the kad handler being set: a peer that connects as soon
+            # as the port is open finds the kad protocol served.
+            engine = reader = None
+            providers: ProviderStore
             if options.store_url is not None:
                 engine = await open_store(options.store_url)
                 stack.push_async_callback(engine.dispose)
+                reader = await stack.enter_async_context(open_reader(engine))
+                providers = await stack.enter_async_context(SqlProviderStore(engine, reader=reader, quotas=options.provider_quotas))
+            else:
+                providers = MemoryProviderStore(quotas=options.provider_quotas)
             host = await stack.enter_async_context(Host(options.identity, options.listen, limits=options.limits, security=options.security))
             node = cls(options, host, engine)
-            if engine is not None:
-                node._reader = await stack.enter_async_context(open_reader(engine))
-                node.providers = await stack.enter_async_context(
-                    SqlProviderStore(engine, reader=node._reader, quotas=options.provider_quotas)
-                )
-                node.values = SqlValueStore(engine, node.validator)
-            else:
-                node.providers = MemoryProviderStore(quotas=options.provider_quotas)
-                node.values = MemoryValueStore(node.validator)
+            node._reader = reader
+            node.providers = providers
+            node.values = SqlValueStore(engine, node.validator) if engine is not None else MemoryValueStore(node.validator)
             node.handler = KademliaHandler(
                 node.local,
                 node.table,

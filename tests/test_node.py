@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -16,11 +17,14 @@ from dhtstore.crypto.keys import PrivateKey
 from dhtstore.data.engine import default_store_url
 from dhtstore.data.models import PeerRow, RoutingSnapshotPeerRow
 from dhtstore.data.schema import open_store
+from dhtstore.errors import NetworkError
 from dhtstore.network import multiaddrs
 from dhtstore.node import Node
 from dhtstore.provider.providelist import ProvideListStore
+from dhtstore.providerstore.quotas import QuotaCounts
 from dhtstore.records import pk
 from dhtstore.routing.api import NotFound
+from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = pytest.mark.anyio
 
@@ -151,3 +155,46 @@ async def test_a_node_answers_for_keys_another_process_lists(make_store, loopbac
             while not await a.provides(mh):
                 await anyio.sleep(0.02)
         assert [p.peer_id for p in await client.find_providers(CID)] == [a.peer_id]
+
+
+async def test_a_peer_that_connects_as_soon_as_the_port_opens_is_served_kad(make_store, loopback_options, monkeypatch):
+    """The port opens only once the stores are open: a store slow to open (here its quota
+    recount, as on a busy shared PostgreSQL) must not leave a window where a connected
+    peer is told the kad protocol is not served."""
+    real_recount = QuotaCounts.recount
+
+    async def slow_recount(self: QuotaCounts, now: int) -> None:
+        await anyio.sleep(0.5)
+        await real_recount(self, now)
+
+    monkeypatch.setattr(QuotaCounts, "recount", slow_recount)
+    with socket.socket() as probe:  # a free port, known before the node starts
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = loopback_options(make_store(), listen=[f"/ip4/127.0.0.1/tcp/{port}"])
+    server = PeerInfo(options.identity.peer_id(), (multiaddrs.parse(f"/ip4/127.0.0.1/tcp/{port}").to_bytes(),))
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(Node.start(loopback_options(None, mode="client")))
+        started = anyio.Event()
+
+        async def run_server() -> None:
+            async with Node.start(options):
+                started.set()
+                await anyio.sleep_forever()
+
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(run_server)
+        refused = 0
+        with anyio.fail_after(20):
+            while True:
+                try:
+                    reply = await client.messenger.request(server, Message(MessageType.FIND_NODE, key=b"any key"))
+                    break
+                except NetworkError as exc:
+                    assert "did not accept" not in str(exc), "connected before the kad protocol was served"
+                    refused += 1
+                    await anyio.sleep(0.01)
+        assert reply.type == MessageType.FIND_NODE
+        assert refused > 0, "the first attempt came after the node had started: the test proved nothing"
+        await started.wait()
+        tg.cancel_scope.cancel()  # and a node cancelled from outside stops (its writer closes)

@@ -115,9 +115,12 @@ class GroupCommit:
                     await self._commit(self._take(self._max_batch))
                 if self.closing:
                     return
-        finally:
-            await self._path.close()
-            self._stopped.set()
+        finally:  # also when cancelled (the node's scope is): close() must not wait forever
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._path.close()
+            finally:
+                self._stopped.set()
 
     async def close(self) -> None:
         """Commit (or fail) what is queued, then stop the writer."""
