@@ -71,6 +71,52 @@ def cli(where: Path | str, *args: str, stdout: Any = subprocess.DEVNULL) -> dict
     }
 
 
+def postgres_cpu() -> float | None:
+    """CPU seconds of the local PostgreSQL server so far: its live processes, plus the
+    exited backends and autovacuum workers the postmaster has reaped (cutime, cstime).
+    None when no postgres process is visible (SQLite, or a server on another machine)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, seen = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text_ = stat.read_text()
+        except OSError:  # exited meanwhile
+            continue
+        name, fields = text_[text_.index("(") + 1 : text_.rindex(")")], text_[text_.rindex(")") + 2 :].split()
+        if name != "postgres" and not name.startswith("postgres:"):
+            continue
+        seen = True
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        total += utime + stime + cutime + cstime  # a child's c* stay 0: only the postmaster reaps
+    return total / tick if seen else None
+
+
+class Meter:
+    """One phase's CPU and wall time, and on PostgreSQL the server's CPU and WAL bytes."""
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+
+    async def _wal(self) -> int | None:
+        if not self._pg:
+            return None
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))).scalar_one())
+
+    async def start(self) -> None:
+        self._cpu, self._wall, self._server, self._wal0 = time.process_time(), time.monotonic(), postgres_cpu(), await self._wal()
+
+    async def stop(self, **extra: Any) -> dict[str, Any]:
+        out = {"cpu": time.process_time() - self._cpu, "wall": time.monotonic() - self._wall, **extra}
+        server, wal = postgres_cpu(), await self._wal()
+        if self._server is not None and server is not None:
+            out["server_cpu"] = server - self._server
+        if self._wal0 is not None and wal is not None:
+            out["wal"] = wal - self._wal0
+        return out
+
+
 class JumpingClock:
     """Epoch seconds that stand still while work runs and jump to the next due key."""
 
@@ -126,17 +172,18 @@ async def phases(
 ) -> dict[str, Any]:
     """The first provide, then one cycle once settled."""
     out: dict[str, Any] = {}
-    cpu, wall = time.process_time(), time.monotonic()
+    meter = Meter(engine)
+    await meter.start()
     first = await r.run_due()
-    out["first"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": len(first)}
+    out["first"] = await meter.stop(visits=len(first))
     out["rss_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"first provide: {out['first']}", flush=True)
     start = settled_after(clock(), r.config)
     await run_until(r, clock, start)
     lookups, sent = dht.lookups, messenger.sent
-    cpu, wall = time.process_time(), time.monotonic()
+    await meter.start()
     visits = await run_until(r, clock, start + r.interval)
-    out["cycle"] = {"cpu": time.process_time() - cpu, "wall": time.monotonic() - wall, "visits": visits}
+    out["cycle"] = await meter.stop(visits=visits)
     out["lookups"], out["sent"] = dht.lookups - lookups, messenger.sent - sent
     out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     counts = await store.counts(int(clock()), int(r.interval), int(r.behind_after))
@@ -219,6 +266,21 @@ def main() -> None:
         report(args, imported, r, status, listing, size, check)
 
 
+def server_lines(r: dict[str, Any], n: int) -> list[str]:
+    """PostgreSQL's own share of each phase: its CPU (all its processes) and the WAL written."""
+    lines = []
+    for phase in ("first", "cycle"):
+        p = r[phase]
+        if "server_cpu" in p:
+            lines.append(
+                f"- PostgreSQL server in the {'first provide' if phase == 'first' else 'cycle'}: "
+                f"{p['server_cpu']:,.1f} CPU-s ({p['server_cpu'] / n * 1e6:,.0f} µs per CID, "
+                f"{p['server_cpu'] / max(p['cpu'], 1e-9):.2f}× the sweep process), "
+                f"{p['wal'] / 2**20:,.0f} MB of WAL ({p['wal'] / n:,.0f} bytes per CID)."
+            )
+    return lines
+
+
 def report(
     args: argparse.Namespace, imported: dict[str, float] | None, r: dict[str, Any], status: dict[str, float],
     listing: dict[str, float], size: int, check: CycleCheck,
@@ -248,10 +310,11 @@ def report(
         "|---|---:|---:|---:|---|",
         *[f"| {name} | {wall:,.1f} | {cpu:,.1f} | {cpu * per_k * 1000:,.1f} | {rss} |" for name, wall, cpu, rss in rows],
         "",
-        f"- import: {'measured apart (--store-dir)' if imported is None else format(n / imported['wall'], ',.0f') + ' CIDs/s'}; "
+        f"- import: {'measured apart (--store-dir or --store-url)' if imported is None else format(n / imported['wall'], ',.0f') + ' CIDs/s'}; "
         f"store on disk {size / 2**20:,.0f} MB ({size / n:.0f} bytes per CID).",
         f"- first provide {r['first']['visits']} visits; cycle {r['cycle']['visits']} visits, {r['lookups']:,} lookups, "
         f"{r['sent']:,} ADD_PROVIDER.",
+        *server_lines(r, n),
         f"- {check.line}",
         "",
     ]
