@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The provide list at scale on SQLite (issue 17): import, first provide, one cycle, status.
+"""The provide list at scale on SQLite or PostgreSQL (issue 17): import, first provide, one cycle, status.
 
 1. ``dhtstore init`` a scratch data directory, write N CIDs to a file and import them
    with ``dhtstore provide add --from-file`` (a child process: its wall and CPU time and
@@ -10,6 +10,10 @@
    once the schedule has settled (``sim.provider.settled_after``). The SQL store does
    real I/O, so it runs in real time with a clock that jumps to the next due key;
 3. ``dhtstore provide status`` and ``dhtstore provide ls`` on the full list (children, timed).
+
+With ``--store-url`` on a local PostgreSQL, each phase also reports the server's share:
+the CPU of its processes (so run nothing else on that server meanwhile) and the WAL
+it wrote.
 
 Checks, and fails loudly when off: ADD_PROVIDER per CID in the cycle ≈ 20 and 100 % of
 the list provided in it.
