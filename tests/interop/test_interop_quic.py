@@ -14,12 +14,11 @@ import anyio
 import pytest
 from jspeer import JsPeer, start_js_peer
 from test_interop_js import KEY_TYPES, our_node
-from test_interop_tls import cid_nearer, eventually, multihash_of, provided_by, sha256_cid
+from test_interop_tls import check_dialled_js_peer, cid_nearer, eventually, multihash_of, provided_by, sha256_cid
 
 from dhtstore.amino import PROTOCOL_ID
 from dhtstore.network import multiaddrs
 from dhtstore.node import Node, NodeOptions
-from dhtstore.types import Message, MessageType, PeerInfo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop]
 
@@ -50,16 +49,7 @@ async def test_we_dial_a_quic_only_js_peer(quic_peers: dict[str, JsPeer], key_ty
     async with our_node(listen=[QUIC_LISTEN]) as node:
         conn = await node.host.connect(js.addr)
         assert conn.security == QUIC and conn.remote_peer == js.peer_id
-        assert conn.remote_public_key.key_type.name.lower() == key_type.lower()
-        info = await node.identified(js.peer_id)
-        assert {PROTOCOL_ID, "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"} <= set(info.protocols)
-        assert info.agent_version and info.agent_version.startswith("js-libp2p/")
-        assert await node.host.ping(js.peer_id) >= 0
-        assert await js.ping(peer_id=node.host.peer_id) >= 0
-        reply = await node.messenger.request(PeerInfo(js.peer_id), Message(MessageType.FIND_NODE, key=js.peer_id.to_bytes()))
-        assert js.peer_id in [p.peer_id for p in reply.closer_peers]
-        assert node.host.stats["secured_quic"] == 1
-        await js.hang_up(node.host.peer_id)
+        await check_dialled_js_peer(node, js, conn, key_type, "secured_quic")
 
 
 @pytest.mark.parametrize("key_type", KEY_TYPES)

@@ -17,6 +17,7 @@ from test_interop_js import KEY_TYPES, our_node
 from dhtstore import multihash
 from dhtstore.amino import PROTOCOL_ID
 from dhtstore.kadkey import Key
+from dhtstore.network.muxed import MuxedConnection
 from dhtstore.node import Node, NodeOptions
 from dhtstore.peerid import PeerId
 from dhtstore.types import Message, MessageType, PeerInfo
@@ -36,6 +37,21 @@ async def tls_peers(js_harness: str) -> AsyncIterator[dict[str, JsPeer]]:
         }
 
 
+async def check_dialled_js_peer(node: Node, js: JsPeer, conn: MuxedConnection, key_type: str, secured_stat: str) -> None:
+    """What a connection we dialled to a js peer must carry: its key type, identify,
+    ping both ways and a FIND_NODE; counted once under ``secured_stat``; then hung up."""
+    assert conn.remote_public_key.key_type.name.lower() == key_type.lower()
+    info = await node.identified(js.peer_id)
+    assert {PROTOCOL_ID, "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"} <= set(info.protocols)
+    assert info.agent_version and info.agent_version.startswith("js-libp2p/")
+    assert await node.host.ping(js.peer_id) >= 0
+    assert await js.ping(peer_id=node.host.peer_id) >= 0
+    reply = await node.messenger.request(PeerInfo(js.peer_id), Message(MessageType.FIND_NODE, key=js.peer_id.to_bytes()))
+    assert js.peer_id in [p.peer_id for p in reply.closer_peers]
+    assert node.host.stats[secured_stat] == 1
+    await js.hang_up(node.host.peer_id)
+
+
 @pytest.mark.parametrize("key_type", KEY_TYPES)
 async def test_we_dial_a_tls_only_js_peer(tls_peers: dict[str, JsPeer], key_type: str) -> None:
     js = tls_peers[key_type]
@@ -43,16 +59,7 @@ async def test_we_dial_a_tls_only_js_peer(tls_peers: dict[str, JsPeer], key_type
         conn = await node.host.connect(js.addr)
         assert conn.security == TLS and conn.remote_peer == js.peer_id
         assert conn.early_muxer, "yamux agreed through ALPN, as js offers it"
-        assert conn.remote_public_key.key_type.name.lower() == key_type.lower()
-        info = await node.identified(js.peer_id)
-        assert {PROTOCOL_ID, "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"} <= set(info.protocols)
-        assert info.agent_version and info.agent_version.startswith("js-libp2p/")
-        assert await node.host.ping(js.peer_id) >= 0
-        assert await js.ping(peer_id=node.host.peer_id) >= 0
-        reply = await node.messenger.request(PeerInfo(js.peer_id), Message(MessageType.FIND_NODE, key=js.peer_id.to_bytes()))
-        assert js.peer_id in [p.peer_id for p in reply.closer_peers]
-        assert node.host.stats["secured_tls"] == 1
-        await js.hang_up(node.host.peer_id)
+        await check_dialled_js_peer(node, js, conn, key_type, "secured_tls")
 
 
 @pytest.mark.parametrize("key_type", KEY_TYPES)
