@@ -101,6 +101,7 @@ class Meter:
     def __init__(self, engine: Any):
         self._engine = engine
         self._pg = engine.dialect.name == "postgresql"
+        self._server: float | None = None
 
     async def _wal(self) -> int | None:
         if not self._pg:
@@ -109,11 +110,12 @@ class Meter:
             return int((await conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))).scalar_one())
 
     async def start(self) -> None:
-        self._cpu, self._wall, self._server, self._wal0 = time.process_time(), time.monotonic(), postgres_cpu(), await self._wal()
+        self._cpu, self._wall, self._wal0 = time.process_time(), time.monotonic(), await self._wal()
+        self._server = postgres_cpu() if self._pg else None  # a local server beside SQLite is not its share
 
     async def stop(self, **extra: Any) -> dict[str, Any]:
         out = {"cpu": time.process_time() - self._cpu, "wall": time.monotonic() - self._wall, **extra}
-        server, wal = postgres_cpu(), await self._wal()
+        server, wal = (postgres_cpu() if self._pg else None), await self._wal()
         if self._server is not None and server is not None:
             out["server_cpu"] = server - self._server
         if self._wal0 is not None and wal is not None:
@@ -150,7 +152,7 @@ async def sweep(store_url: str, nodes: int, n: int, seed: int) -> dict[str, Any]
         clock = JumpingClock(time.time())  # the CLI added the keys at the real time: all are due now
         r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(progress, messenger, n)
+            tg.start_soon(progress, r, messenger, n)
             out = await phases(r, clock, dht, messenger, engine, store)
             tg.cancel_scope.cancel()
         return out
@@ -158,7 +160,7 @@ async def sweep(store_url: str, nodes: int, n: int, seed: int) -> dict[str, Any]
         await engine.dispose()
 
 
-async def progress(messenger: CountingMessenger, n: int) -> None:
+async def progress(r: Reprovider, messenger: CountingMessenger, n: int) -> None:
     """A line a minute: long runs (10M CIDs take hours) show where they are."""
     t0 = time.monotonic()
     while True:
@@ -166,7 +168,7 @@ async def progress(messenger: CountingMessenger, n: int) -> None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
             f"  {time.monotonic() - t0:,.0f} s: {messenger.sent:,} ADD_PROVIDER ({messenger.sent / n:.2f} per CID), "
-            f"{time.process_time():,.0f} CPU-s, peak RSS {rss:.0f} MB",
+            f"{time.process_time():,.0f} CPU-s, peak RSS {rss:.0f} MB; sweep {r.sweep.counters if r.sweep else ''}",
             flush=True,
         )
 
@@ -179,7 +181,7 @@ async def phases(
     meter = Meter(engine)
     await meter.start()
     first = await r.run_due()
-    out["first"] = await meter.stop(visits=len(first))
+    out["first"] = await meter.stop(visits=len(first), sent=messenger.sent, lookups=dht.lookups)
     out["rss_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"first provide: {out['first']}", flush=True)
     start = settled_after(clock(), r.config)

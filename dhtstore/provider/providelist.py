@@ -3,16 +3,19 @@
 
 Every method is one short transaction, so the CLI can write beside a running node
 (SQLite waits on its busy timeout) and a kill -9 leaves each row either before or
-after a change, never half-written. Writers take row locks in multihash order, so two
+after a change, never half-written. Writers take row locks in Kademlia-key order, so two
 processes writing overlapping keys on PostgreSQL wait for each other rather than
-deadlock. Times are integer epoch seconds, as in the models.
+deadlock. Rows are inserted in that order too: the sweep writes a region's keys
+together, and a bulk import (``provide add --from-file``, sorted likewise) leaves them
+near each other in the table, so marking a region provided dirties a few pages rather
+than a page per key. Times are integer epoch seconds, as in the models.
 A database that does not answer or refuses raises ``errors.StoreUnavailable``, here and
 in ``claims`` (``data.failures.store_call``): callers never see a driver's or SQLAlchemy's errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -47,8 +50,12 @@ REGIONS_LOCK = 0x6468_7473_7265_6769  # advisory lock id ("dhtsregi"): one regio
 S = TypeVar("S")
 
 
-def _by_multihash(entry: tuple[str, bytes]) -> bytes:
-    return entry[1]
+def _kad_bytes(multihash: bytes) -> bytes:
+    return Key.for_multihash(multihash).to_bytes()
+
+
+def _in_kad_order(multihashes: Iterable[bytes]) -> list[bytes]:
+    return sorted(set(multihashes), key=_kad_bytes)
 
 
 def _chunks(items: Sequence[S], size: int) -> Iterator[Sequence[S]]:
@@ -216,34 +223,21 @@ class ProvideListStore:
     async def add(self, entries: Sequence[tuple[str, bytes]], now: int) -> AddResult:
         """Add ``(cid, multihash)`` pairs, due now; a multihash already listed is left as it is."""
         added = 0
-        seen: set[bytes] = set()
         if self._filter is not None:
             self._filter.add([mh for _, mh in entries])
+        first_cid = {mh: cid for cid, mh in reversed(entries)}  # of a multihash given twice, the first CID
+        rows = [
+            {"cid": first_cid[mh], "multihash": mh, "kad_key": kad, "added_at": now, "next_due_at": now, "attempts": 0}
+            for kad, mh in sorted((_kad_bytes(mh), mh) for mh in first_cid)
+        ]
         async with self.engine.begin() as conn:
-            for chunk in _chunks(sorted(entries, key=_by_multihash), WRITE_BATCH):
-                rows = []
-                for cid, mh in chunk:
-                    if mh in seen:
-                        continue
-                    seen.add(mh)
-                    rows.append(
-                        {
-                            "cid": cid,
-                            "multihash": mh,
-                            "kad_key": Key.for_multihash(mh).to_bytes(),
-                            "added_at": now,
-                            "next_due_at": now,
-                            "attempts": 0,
-                        }
-                    )
-                if not rows:
-                    continue
+            for chunk in _chunks(rows, WRITE_BATCH):
                 stmt = (
                     self._insert(ProvidedKeyRow)
                     .on_conflict_do_nothing(index_elements=["multihash"])
                     .returning(ProvidedKeyRow.id)
                 )
-                result = await conn.execute(stmt, rows)
+                result = await conn.execute(stmt, list(chunk))
                 added += len(result.all())
         return AddResult(added=added, present=len(entries) - added)
 
@@ -251,7 +245,7 @@ class ProvideListStore:
     async def remove(self, multihashes: Sequence[bytes]) -> int:
         removed = 0
         async with self.engine.begin() as conn:
-            for chunk in _chunks(sorted(set(multihashes)), WRITE_BATCH):
+            for chunk in _chunks(_in_kad_order(multihashes), WRITE_BATCH):
                 result = await conn.execute(delete(ProvidedKeyRow).where(ProvidedKeyRow.multihash.in_(chunk)))
                 removed += result.rowcount or 0
         return removed
@@ -412,7 +406,7 @@ class ProvideListStore:
     @store_call
     async def mark_provided(self, multihashes: Sequence[bytes], at: int, next_due: int) -> None:
         async with self.engine.begin() as conn:
-            for chunk in _chunks(sorted(multihashes), WRITE_BATCH):
+            for chunk in _chunks(_in_kad_order(multihashes), WRITE_BATCH):
                 await conn.execute(
                     update(ProvidedKeyRow)
                     .where(ProvidedKeyRow.multihash.in_(chunk))
@@ -422,7 +416,7 @@ class ProvideListStore:
     @store_call
     async def mark_failed(self, multihashes: Sequence[bytes], error: str, retry_at: int) -> None:
         async with self.engine.begin() as conn:
-            for chunk in _chunks(sorted(multihashes), WRITE_BATCH):
+            for chunk in _chunks(_in_kad_order(multihashes), WRITE_BATCH):
                 await conn.execute(
                     update(ProvidedKeyRow)
                     .where(ProvidedKeyRow.multihash.in_(chunk))
