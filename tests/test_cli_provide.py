@@ -7,11 +7,15 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import anyio
 import pytest
 from cid import make_cid  # type: ignore[import-untyped]  # py-cid ships no type information
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from dhtstore.cli import main
+from dhtstore.data.models import ProvidedKeyRow
+from dhtstore.data.schema import open_store
 from dhtstore.multihash import cid_string
 
 
@@ -111,7 +115,7 @@ def test_large_file_keeps_memory_flat(sqlite_store_url: str, tmp_path: Path, mon
 def test_import_in_windows_counts_across_batches_and_duplicates(
     store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Windows of 7 CIDs sorted by multihash, written 3 to a transaction: duplicates
+    # Windows of 7 CIDs sorted by Kademlia key, written 3 to a transaction: duplicates
     # fall in one window, across windows, and on a batch's edge once sorted.
     monkeypatch.setattr("dhtstore.cli.provide.IMPORT_WINDOW", 7)
     monkeypatch.setattr("dhtstore.cli.provide.IMPORT_BATCH", 3)
@@ -126,6 +130,32 @@ def test_import_in_windows_counts_across_batches_and_duplicates(
     assert "added 38, already listed 8, refused 1" in result.stdout
     assert "line 47:" in result.stderr
     assert sorted(e["cid"] for e in ls_all(store_url)) == sorted(cid_string(mh(i)) for i in range(40))
+
+
+def test_import_lays_each_window_out_in_kademlia_key_order(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweep marks a region's keys provided together: in Kademlia-key order a
+    # window's keys of one region are neighbouring rows, so that writes few pages.
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_WINDOW", 50)
+    monkeypatch.setattr("dhtstore.cli.provide.IMPORT_BATCH", 10)
+    f = tmp_path / "cids.txt"
+    f.write_text("".join(cid_string(mh(i)) + "\n" for i in range(200)))
+    assert cli(store_url, "add", "--from-file", str(f)).exit_code == 0
+
+    async def by_insertion() -> list[bytes]:
+        engine = await open_store(store_url)
+        try:
+            async with engine.connect() as conn:
+                stmt = select(ProvidedKeyRow.kad_key).order_by(ProvidedKeyRow.id)
+                return [bytes(k) for k in (await conn.execute(stmt)).scalars()]
+        finally:
+            await engine.dispose()
+
+    kads = anyio.run(by_insertion)
+    windows = [kads[i : i + 50] for i in range(0, 200, 50)]
+    assert [w == sorted(w) for w in windows] == [True] * 4
+    assert kads != sorted(kads)  # each window on its own, as the file's order gives them
 
 
 def test_import_progress_reaches_the_file_size_window_by_window(
