@@ -175,33 +175,12 @@ class Stream(MuxedStream):
     connection: Connection
 
     def __init__(self, connection: Connection, stream_id: int, initiator: bool, resources: StreamScope):
-        self.connection = connection
-        self.stream_id = stream_id
-        self.initiator = initiator
-        self.resources = resources
-        self.protocol = ""  # set once negotiated
-        self._buffer = bytearray()
-        self._readable = Signal()
+        super().__init__(connection, stream_id, initiator, resources)
         self._writable = Signal()
-        self._remote_closed = False  # FIN received
-        self._local_closed = False  # FIN sent
-        self._reset = False
         self._credited_ahead = 0  # bytes put back by unread(): already credited to yamux
-        self._discarding = False  # nobody reads any more: incoming data is dropped
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self.connection.remote_peer
 
     async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
-        while not self._buffer:
-            if self._reset or self.connection.closed:
-                raise anyio.BrokenResourceError
-            if self._remote_closed:
-                raise anyio.EndOfStream
-            await self._readable.wait()
-        chunk = bytes(self._buffer[:max_bytes])
-        del self._buffer[:max_bytes]
+        chunk = await self._take(max_bytes)
         already = min(len(chunk), self._credited_ahead)
         self._credited_ahead -= already
         if len(chunk) > already:

@@ -46,16 +46,42 @@ class Signal:
 class MuxedStream(anyio.abc.ByteStream):
     """A stream as the host drives it (negotiation, then its handler or its caller): an
     anyio byte stream whose ``receive`` raises EndOfStream after the remote's FIN and
-    BrokenResourceError after a reset or a lost connection."""
+    BrokenResourceError after a reset or a lost connection.
+
+    The muxers' streams share their state and reading here; each keeps its own
+    accounting of what is read (yamux credits the window, QUIC counts unread bytes)."""
 
     protocol: str  # set once negotiated
-    initiator: bool
-    resources: StreamScope
     connection: MuxedConnection
 
+    def __init__(self, connection: MuxedConnection, stream_id: int, initiator: bool, resources: StreamScope):
+        self.connection = connection
+        self.stream_id = stream_id
+        self.initiator = initiator
+        self.resources = resources
+        self.protocol = ""
+        self._buffer = bytearray()
+        self._readable = Signal()
+        self._remote_closed = False  # FIN received
+        self._local_closed = False  # FIN sent
+        self._reset = False
+        self._discarding = False  # nobody reads any more: incoming data is dropped
+
     @property
-    @abc.abstractmethod
-    def remote_peer(self) -> PeerId: ...
+    def remote_peer(self) -> PeerId:
+        return self.connection.remote_peer
+
+    async def _take(self, max_bytes: int) -> bytes:
+        """Wait for data (or the end) and take up to ``max_bytes`` of the buffer."""
+        while not self._buffer:
+            if self._reset or self.connection.closed:
+                raise anyio.BrokenResourceError
+            if self._remote_closed:
+                raise anyio.EndOfStream
+            await self._readable.wait()
+        chunk = bytes(self._buffer[:max_bytes])
+        del self._buffer[:max_bytes]
+        return chunk
 
     @abc.abstractmethod
     async def reset(self) -> None:

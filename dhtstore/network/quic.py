@@ -122,32 +122,11 @@ class Stream(MuxedStream):
     connection: Connection
 
     def __init__(self, connection: Connection, stream_id: int, initiator: bool, resources: StreamScope):
-        self.connection = connection
-        self.stream_id = stream_id
-        self.initiator = initiator
-        self.resources = resources
-        self.protocol = ""
-        self._buffer = bytearray()
-        self._readable = Signal()
-        self._remote_closed = False
-        self._local_closed = False
-        self._reset = False
+        super().__init__(connection, stream_id, initiator, resources)
         self._write_stopped = False  # the peer sent STOP_SENDING
-        self._discarding = False
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self.connection.remote_peer
 
     async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
-        while not self._buffer:
-            if self._reset or self.connection.closed:
-                raise anyio.BrokenResourceError
-            if self._remote_closed:
-                raise anyio.EndOfStream
-            await self._readable.next_fire().wait()
-        chunk = bytes(self._buffer[:max_bytes])
-        del self._buffer[:max_bytes]
+        chunk = await self._take(max_bytes)
         self.connection._unread -= len(chunk)
         return chunk
 
