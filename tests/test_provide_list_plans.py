@@ -55,9 +55,10 @@ async def test_region_statements_use_only_the_kad_key_index_on_postgresql(pg_sto
         assert await store.due_keys(region, NOW, provided_before=NOW)
         assert await store.count_due(region, NOW, 100) == 100
         await store.realign(region, NOW, NOW - 10, NOW + 100)
+        assert await store.due_under(region, NOW, "me") is not None
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
 
-        assert len(statements) == 3
+        assert len(statements) == 4
         async with engine.connect() as conn:
             for statement, parameters in statements:
                 plan = "\n".join(r[0] for r in await conn.exec_driver_sql("EXPLAIN " + statement, parameters))

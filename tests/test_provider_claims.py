@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from dhtstore.data.engine import make_engine
+from dhtstore.kadkey import Key
 from dhtstore.multihash import SHA2_256, Multihash, cid_string
 from dhtstore.provider.api import ClaimStore, ProvideList
 from dhtstore.provider.claims import SqlClaimStore
@@ -96,6 +97,10 @@ async def test_due_queries_skip_other_owners_live_claims(stores: tuple[ProvideLi
     kad, _ = oldest
     assert Prefix.parse("1").contains(kad), "b is given keys outside a's slice"
     assert await store.next_due_for("b", NOW) == NOW - 10
+    assert await store.due_under(Prefix.parse("0"), NOW, "b") is None, "all of 0 is a's"
+    first_of_1 = min(k for k in (Key.for_multihash(mh).value for mh in mhs) if Prefix.parse("1").contains(k))
+    assert await store.due_under(Prefix.parse("1"), NOW, "b") == first_of_1
+    assert await store.due_under(Prefix.parse("1"), NOW - 11, "b") is None, "not due yet"
     assert await claims.claim(Prefix.parse("1"), "c", NOW, LEASE)
     assert await store.oldest_due(NOW, "b") is None and await store.next_due_for("b", NOW) is None
     assert (await store.oldest_due(NOW, "a")) is not None, "a still sees its own slice"

@@ -273,6 +273,10 @@ class ProvideList(Protocol):
         """``(kad key, next_due_at)`` of the key overdue longest that ``owner`` may provide, if any is due at ``now``."""
         ...
 
+    async def due_under(self, prefix: Prefix, now: int, owner: str) -> int | None:
+        """The first Kademlia key under ``prefix`` due at ``now`` that ``owner`` may provide, if any."""
+        ...
+
     async def due_keys(
         self, prefix: Prefix, before: int, limit: int | None = None, provided_before: int | None = None
     ) -> list[KeyRow]:

@@ -193,6 +193,13 @@ class MemoryProvideList:
         at, kad = first
         return kad, at
 
+    async def due_under(self, prefix: Prefix, now: int, owner: str) -> int | None:
+        others = self.claims.others(owner, now)
+        return next(
+            (e.kad for e in self._under(prefix) if e.next_due_at <= now and not any(p.contains(e.kad) for p in others)),
+            None,
+        )
+
     def _under(self, prefix: Prefix) -> list[_Entry]:
         lo = bisect.bisect_left(self._kads, prefix.first)
         hi = bisect.bisect_right(self._kads, prefix.last)

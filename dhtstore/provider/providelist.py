@@ -358,6 +358,20 @@ class ProvideListStore:
         return None if row is None else (int.from_bytes(row[0], "big"), row[1])
 
     @store_call
+    async def due_under(self, prefix: Prefix, now: int, owner: str) -> int | None:
+        """The first Kademlia key under ``prefix`` due at ``now`` that ``owner`` may provide."""
+        k = ProvidedKeyRow
+        stmt = (
+            select(k.kad_key)
+            .where(_in_prefix(prefix), _due_at() <= now, _unclaimed(owner, now))
+            .order_by(k.kad_key)
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            kad = (await conn.execute(stmt)).scalar()
+        return None if kad is None else int.from_bytes(kad, "big")
+
+    @store_call
     async def due_keys(
         self, prefix: Prefix, before: int, limit: int | None = None, provided_before: int | None = None
     ) -> list[KeyRow]:

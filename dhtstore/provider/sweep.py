@@ -42,8 +42,9 @@ are retried with backoff; keys sent but unconfirmed are retried too, at most
 with at most two due keys is not explored: each key gets its own lookup (go's
 ``individualProvideThreshold``).
 
-Schedule. Every key has ``next_due_at``. The key overdue longest picks the next slice,
-so after downtime the oldest work goes first and a restart resumes where it stopped: a
+Schedule. Every key has ``next_due_at``. The key overdue longest picks the next slice
+(after the other due slices of the region explored last), so after downtime the oldest
+work goes first and a restart resumes where it stopped: a
 finished slice's keys are due a whole interval later, an unfinished one's are still
 due. Visiting a slice sends every key of it due before its region's next turn
 (``planner.Turns``: go's ``reprovideTimeForPrefix``, offset by prefix XOR the node's
@@ -197,10 +198,9 @@ class Sweep:
         that no other process has claimed."""
         lookups_before = self.counters.lookups
         for _ in range(CLAIM_ATTEMPTS):
-            oldest = await self.store.oldest_due(int(now), self.owner)
-            if oldest is None:
+            kad = await self._next_key(now)
+            if kad is None:
                 return None
-            kad, _due = oldest
             self._regions = sort_regions(await self.store.regions())  # others refine them too
             found = await self._start_of(kad)
             start, seed = found or (unexplored_failure_prefix(kad), None)
@@ -221,6 +221,19 @@ class Sweep:
             except ClaimLost:
                 report = VisitReport(prefix=piece, error=f"claim on {piece} lost")
         return replace(report, lookups=self.counters.lookups - lookups_before)
+
+    async def _next_key(self, now: float) -> int | None:
+        """The key whose slice to visit: one still due in the region explored last, so a
+        region's slices go one after the other on one exploration, else the key overdue
+        longest. Keys due at the same second (an import) lie all over the keyspace: taken
+        in the store's order, each slice would be in another region and explore it again."""
+        explored = self._explored
+        if explored is not None and now - explored[0] < self.config.grace:
+            kad = await self.store.due_under(explored[1].region, int(now), self.owner)
+            if kad is not None:
+                return kad
+        oldest = await self.store.oldest_due(int(now), self.owner)
+        return None if oldest is None else oldest[0]
 
     async def claimed_by_others(self, now: float) -> list[Prefix]:
         """The slices other processes sharing the store are providing now."""
