@@ -40,7 +40,8 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_reprovide import CountingMessenger, CycleCheck, OracleDHT, cycle_check, multihashes, publish  # noqa: E402
+from bench_import import cid_line  # noqa: E402
+from bench_reprovide import CountingMessenger, CycleCheck, OracleDHT, cycle_check, publish  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from dhtstore.data.engine import (
@@ -48,7 +49,6 @@ from dhtstore.data.engine import (
     store_size_bytes,  # noqa: E402
 )
 from dhtstore.data.schema import open_store  # noqa: E402
-from dhtstore.multihash import cid_string  # noqa: E402
 from dhtstore.peerid import PeerId  # noqa: E402
 from dhtstore.provider.claims import SqlClaimStore  # noqa: E402
 from dhtstore.provider.providelist import ProvideListStore  # noqa: E402
@@ -229,8 +229,7 @@ def import_cids(data_dir: Path, scratch: Path, n: int) -> dict[str, float]:
     cli(data_dir, "init")
     cids = scratch / "cids.txt"
     with cids.open("w") as f:
-        for mh in multihashes(n):
-            f.write(cid_string(mh) + "\n")
+        f.writelines(cid_line(i) + "\n" for i in range(n))
     imported = cli(data_dir, "provide", "add", "--from-file", str(cids))
     print(f"import: {imported}", flush=True)
     return imported
