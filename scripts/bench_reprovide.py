@@ -148,20 +148,20 @@ def main() -> None:
 
 
 class CycleCheck:
-    """Every CID provided in the cycle, each to its 20 closest servers exactly once."""
+    """Every CID provided in the cycle (or the first provide), each to its 20 closest servers exactly once."""
 
-    def __init__(self, sent: int, provided: int, n: int):
+    def __init__(self, sent: int, provided: int, n: int, what: str = "the cycle"):
         self.per_cid = sent / n
         self.share = provided / n
         self.ok = provided == n and abs(self.per_cid - EXPECTED_SENDS) <= SENDS_TOLERANCE
         self.line = (
-            f"In the cycle: {self.per_cid:.2f} ADD_PROVIDER per CID (expected {EXPECTED_SENDS}), "
+            f"In {what}: {self.per_cid:.2f} ADD_PROVIDER per CID (expected {EXPECTED_SENDS}), "
             f"{self.share:.2%} of the list provided (expected 100%): {'checked' if self.ok else 'WRONG'}."
         )
 
 
-def cycle_check(sent: int, provided: int, n: int) -> CycleCheck:
-    check = CycleCheck(sent, provided, n)
+def cycle_check(sent: int, provided: int, n: int, what: str = "the cycle") -> CycleCheck:
+    check = CycleCheck(sent, provided, n, what)
     print(check.line, flush=True)
     return check
 

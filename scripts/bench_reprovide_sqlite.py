@@ -143,7 +143,7 @@ async def run_until(r: Reprovider, clock: JumpingClock, until: float) -> int:
     return visits
 
 
-async def sweep(store_url: str, nodes: int, n: int, seed: int) -> dict[str, Any]:
+async def sweep(store_url: str, nodes: int, n: int, seed: int, first_only: bool) -> dict[str, Any]:
     engine = await open_store(store_url)
     try:
         store, claims = ProvideListStore(engine), SqlClaimStore(engine)
@@ -153,7 +153,7 @@ async def sweep(store_url: str, nodes: int, n: int, seed: int) -> dict[str, Any]
         r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
         async with anyio.create_task_group() as tg:
             tg.start_soon(progress, r, messenger, n)
-            out = await phases(r, clock, dht, messenger, engine, store)
+            out = await phases(r, clock, dht, messenger, engine, store, first_only)
             tg.cancel_scope.cancel()
         return out
     finally:
@@ -174,9 +174,10 @@ async def progress(r: Reprovider, messenger: CountingMessenger, n: int) -> None:
 
 
 async def phases(
-    r: Reprovider, clock: JumpingClock, dht: OracleDHT, messenger: CountingMessenger, engine: Any, store: ProvideListStore
+    r: Reprovider, clock: JumpingClock, dht: OracleDHT, messenger: CountingMessenger, engine: Any, store: ProvideListStore,
+    first_only: bool,
 ) -> dict[str, Any]:
-    """The first provide, then one cycle once settled."""
+    """The first provide, then (unless ``first_only``) one cycle once settled."""
     out: dict[str, Any] = {}
     meter = Meter(engine)
     await meter.start()
@@ -184,6 +185,9 @@ async def phases(
     out["first"] = await meter.stop(visits=len(first), sent=messenger.sent, lookups=dht.lookups)
     out["rss_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"first provide: {out['first']}", flush=True)
+    if first_only:
+        out["sent"], out["provided"] = messenger.sent, await provided_since(engine, int(clock()) - 1)
+        return out
     start = settled_after(clock(), r.config)
     await run_until(r, clock, start)
     lookups, sent = dht.lookups, messenger.sent
@@ -241,6 +245,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10_000, help="servers of the oracle network")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", type=Path, help="scratch data directory (default: a temporary one)")
+    ap.add_argument("--first-only", action="store_true", help="stop after the first provide (checked like a cycle)")
     ap.add_argument("--append", type=Path, help="append the results section to this file (BENCHMARKS.md)")
     ap.add_argument(
         "--store-dir",
@@ -261,13 +266,13 @@ def main() -> None:
             data_dir = args.store_dir or Path(scratch) / "data"
             imported = None if args.store_dir else import_cids(data_dir, Path(scratch), args.cids)
             where, store_url = data_dir, default_store_url(data_dir)
-        r = anyio.run(sweep, store_url, args.nodes, args.cids, args.seed)
+        r = anyio.run(sweep, store_url, args.nodes, args.cids, args.seed, args.first_only)
         size = anyio.run(store_size, store_url)
         print(f"store on disk: {size / n_or_1(args.cids):.0f} bytes per CID", flush=True)
         status = cli(where, "provide", "status")
         print(f"provide status: {status}", flush=True)
         listing = cli(where, "provide", "ls", "--all")
-        check = cycle_check(r["sent"], r["provided"], args.cids)
+        check = cycle_check(r["sent"], r["provided"], args.cids, "the first provide" if args.first_only else "the cycle")
         report(args, imported, r, status, listing, size, check)
 
 
@@ -275,7 +280,7 @@ def server_lines(r: dict[str, Any], n: int) -> list[str]:
     """PostgreSQL's own share of each phase: its CPU (all its processes) and the WAL written."""
     lines = []
     for phase in ("first", "cycle"):
-        p = r[phase]
+        p = r.get(phase, {})
         if "server_cpu" in p:
             lines.append(
                 f"- PostgreSQL server in the {'first provide' if phase == 'first' else 'cycle'}: "
@@ -299,14 +304,14 @@ def report(
     rows = [
         *imports,
         ("first provide", r["first"]["wall"], r["first"]["cpu"], f"{r['rss_first']:.0f} MB"),
-        ("one cycle (provider-only)", r["cycle"]["wall"], r["cycle"]["cpu"], f"{r['rss']:.0f} MB"),
+        *([("one cycle (provider-only)", r["cycle"]["wall"], r["cycle"]["cpu"], f"{r['rss']:.0f} MB")] if "cycle" in r else []),
         ("`provide status`", status["wall"], status["cpu"], ""),
         ("`provide ls --all` (to /dev/null)", listing["wall"], listing["cpu"], ""),
     ]
     lines = [
         f"### Provide list on {'PostgreSQL' if args.store_url else 'SQLite'}, {n:,} CIDs, {args.nodes:,} oracle servers",
         "",
-        f"`python scripts/bench_reprovide_sqlite.py --cids {n} --nodes {args.nodes}"
+        f"`python scripts/bench_reprovide_sqlite.py --cids {n} --nodes {args.nodes}{' --first-only' if args.first_only else ''}"
         f"{' --store-dir DIR' if args.store_dir else ''}{' --store-url URL' if args.store_url else ''}` — {time.strftime('%Y-%m-%d')}, "
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, load average "
         f"{load[0]:.1f} at the end (shared machine).",
@@ -317,8 +322,8 @@ def report(
         "",
         f"- import: {'measured apart (--store-dir or --store-url)' if imported is None else format(n / imported['wall'], ',.0f') + ' CIDs/s'}; "
         f"store on disk {size / 2**20:,.0f} MB ({size / n:.0f} bytes per CID).",
-        f"- first provide {r['first']['visits']} visits; cycle {r['cycle']['visits']} visits, {r['lookups']:,} lookups, "
-        f"{r['sent']:,} ADD_PROVIDER.",
+        f"- first provide {r['first']['visits']} visits, {r['first']['lookups']:,} lookups, {r['first']['sent']:,} ADD_PROVIDER"
+        + (f"; cycle {r['cycle']['visits']} visits, {r['lookups']:,} lookups, {r['sent']:,} ADD_PROVIDER." if "cycle" in r else "."),
         *server_lines(r, n),
         f"- {check.line}",
         "",
