@@ -53,13 +53,12 @@ from .network.host import DEFAULT_SECURITY, Host, HostLimits
 from .network.kadmessenger import LibP2PKadMessenger
 from .peerbook import PeerBook
 from .peerid import PeerId
-from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, ProvideList, Provider, SweepConfig
+from .provider.api import CLAIM_LEASE, AddResult, ProvideEntry, ProvideList, SweepConfig
 from .provider.claims import SqlClaimStore
 from .provider.listfilter import ProvideListFilter
 from .provider.metrics import ProvideMetrics
 from .provider.providelist import ProvideListStore
 from .provider.reprovider import Reprovider
-from .provider.service import ProvideListService
 from .providerstore.api import ProviderQuotas, ProviderStore
 from .providerstore.memory import MemoryProviderStore
 from .providerstore.sql import SqlProviderStore
@@ -516,18 +515,6 @@ class Node:
             "lookups": dict(self.lookups),
             "errors": dict(stats.events),
         }
-
-
-@asynccontextmanager
-async def open_provide_list(store_url: str) -> AsyncIterator[Provider]:
-    """The provide list of the store at ``store_url``, without a node: what ``dhtstore
-    provide`` edits beside a running node (which polls the store for changes). Its
-    commits are durable once they return: the CLI reports what it added or removed."""
-    engine = await open_store(store_url, durable_commits=True)
-    try:
-        yield await ProvideListService.for_store(ProvideListStore(engine), SqlClaimStore(engine))
-    finally:
-        await engine.dispose()
 
 
 def _uninterrupted() -> anyio.CancelScope:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from dhtstore.data.engine import default_store_url
 from dhtstore.data.models import ProvidedKeyRow
 from dhtstore.data.schema import open_store
-from dhtstore.node import open_provide_list
+from dhtstore.provider.standalone import open_provide_list
 
 PAGE = 100
 

@@ -195,7 +195,7 @@ def test_the_cli_commits_are_durable_and_the_nodes_engine_is_unchanged(sqlite_st
     from sqlalchemy import text
 
     from dhtstore.data.engine import make_engine
-    from dhtstore.node import open_provide_list
+    from dhtstore.provider.standalone import open_provide_list
 
     async def synchronous_levels() -> tuple[int, int]:
         async with open_provide_list(sqlite_store_url) as provider:

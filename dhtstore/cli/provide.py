@@ -16,7 +16,7 @@ import anyio
 import click
 
 from ..kadkey import Key
-from ..node import open_provide_list
+from ..provider.standalone import open_provide_list
 from ..provider.api import AddResult, ProvideEntry, ProvideError, Provider, ProvideStatus
 from ..provider.cids import multihash_of
 from .common import Location, location_options, run
