@@ -16,9 +16,9 @@ import anyio
 import click
 
 from ..kadkey import Key
-from ..provider.standalone import open_provide_list
 from ..provider.api import AddResult, ProvideEntry, ProvideError, Provider, ProvideStatus
 from ..provider.cids import multihash_of
+from ..provider.standalone import open_provide_list
 from .common import Location, location_options, run
 from .group import main
 
