@@ -152,7 +152,7 @@ async def sweep(store_url: str, nodes: int, n: int, seed: int, first_only: bool)
         clock = JumpingClock(time.time())  # the CLI added the keys at the real time: all are due now
         r = Reprovider(store, claims, dht, messenger, lambda: me, clock=clock)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(progress, r, messenger, n)
+            tg.start_soon(progress, r, clock, messenger, n)
             out = await phases(r, clock, dht, messenger, engine, store, first_only)
             tg.cancel_scope.cancel()
         return out
@@ -160,14 +160,16 @@ async def sweep(store_url: str, nodes: int, n: int, seed: int, first_only: bool)
         await engine.dispose()
 
 
-async def progress(r: Reprovider, messenger: CountingMessenger, n: int) -> None:
-    """A line a minute: long runs (10M CIDs take hours) show where they are."""
-    t0 = time.monotonic()
+async def progress(r: Reprovider, clock: JumpingClock, messenger: CountingMessenger, n: int) -> None:
+    """A line a minute: long runs (10M CIDs take hours) show where they are. Counts are
+    since the start; the schedule's hour tells the phase (0: the first provide, then up
+    to ``max_delay``: settling, then the cycle)."""
+    t0, start = time.monotonic(), clock()
     while True:
         await anyio.sleep(60)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
-            f"  {time.monotonic() - t0:,.0f} s: {messenger.sent:,} ADD_PROVIDER ({messenger.sent / n:.2f} per CID), "
+            f"  {time.monotonic() - t0:,.0f} s, schedule at +{(clock() - start) / 3600:.2f} h: {messenger.sent:,} ADD_PROVIDER ({messenger.sent / n:.2f} per CID), "
             f"{time.process_time():,.0f} CPU-s, peak RSS {rss:.0f} MB; sweep {r.sweep.counters if r.sweep else ''}",
             flush=True,
         )
