@@ -75,19 +75,24 @@ def cli(where: Path | str, *args: str, stdout: Any = subprocess.DEVNULL) -> dict
     }
 
 
-def postgres_cpu() -> float | None:
+def postgres_cpu(database: str | None = None) -> float | None:
     """CPU seconds of the local PostgreSQL server so far: its live processes, plus the
     exited backends and autovacuum workers the postmaster has reaped (cutime, cstime).
+    Given ``database``, only the live backends connected to it (their process title names
+    it): the share of one store while other databases of the server are in use too.
     None when no postgres process is visible (SQLite, or a server on another machine)."""
     tick = os.sysconf("SC_CLK_TCK")
     total, seen = 0, False
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text_ = stat.read_text()
+            title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # exited meanwhile
             continue
         name, fields = text_[text_.index("(") + 1 : text_.rindex(")")], text_[text_.rindex(")") + 2 :].split()
         if name != "postgres" and not name.startswith("postgres:"):
+            continue
+        if database is not None and f" {database} " not in title:
             continue
         seen = True
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
@@ -96,12 +101,14 @@ def postgres_cpu() -> float | None:
 
 
 class Meter:
-    """One phase's CPU and wall time, and on PostgreSQL the server's CPU and WAL bytes."""
+    """One phase's CPU and wall time, and on PostgreSQL the server's CPU (all of it, and
+    the store's own backends) and WAL bytes."""
 
     def __init__(self, engine: Any):
         self._engine = engine
         self._pg = engine.dialect.name == "postgresql"
-        self._server: float | None = None
+        self._database = engine.url.database
+        self._server: tuple[float | None, float | None] = (None, None)
 
     async def _wal(self) -> int | None:
         if not self._pg:
@@ -109,15 +116,21 @@ class Meter:
         async with self._engine.connect() as conn:
             return int((await conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))).scalar_one())
 
+    def _server_cpu(self) -> tuple[float | None, float | None]:
+        # a local server beside SQLite is not its share
+        return (postgres_cpu(), postgres_cpu(self._database)) if self._pg else (None, None)
+
     async def start(self) -> None:
         self._cpu, self._wall, self._wal0 = time.process_time(), time.monotonic(), await self._wal()
-        self._server = postgres_cpu() if self._pg else None  # a local server beside SQLite is not its share
+        self._server = self._server_cpu()
 
     async def stop(self, **extra: Any) -> dict[str, Any]:
         out = {"cpu": time.process_time() - self._cpu, "wall": time.monotonic() - self._wall, **extra}
-        server, wal = (postgres_cpu() if self._pg else None), await self._wal()
-        if self._server is not None and server is not None:
-            out["server_cpu"] = server - self._server
+        (server, backends), wal = self._server_cpu(), await self._wal()
+        if self._server[0] is not None and server is not None:
+            out["server_cpu"] = server - self._server[0]
+        if self._server[1] is not None and backends is not None:
+            out["backend_cpu"] = backends - self._server[1]
         if self._wal0 is not None and wal is not None:
             out["wal"] = wal - self._wal0
         return out
@@ -287,7 +300,8 @@ def server_lines(r: dict[str, Any], n: int) -> list[str]:
             lines.append(
                 f"- PostgreSQL server in the {'first provide' if phase == 'first' else 'cycle'}: "
                 f"{p['server_cpu']:,.1f} CPU-s ({p['server_cpu'] / n * 1e6:,.0f} µs per CID, "
-                f"{p['server_cpu'] / max(p['cpu'], 1e-9):.2f}× the sweep process), "
+                f"{p['server_cpu'] / max(p['cpu'], 1e-9):.2f}× the sweep process; the store's backends "
+                f"{p.get('backend_cpu', 0):,.1f} CPU-s, {p.get('backend_cpu', 0) / n * 1e6:,.0f} µs per CID), "
                 f"{p['wal'] / 2**20:,.0f} MB of WAL ({p['wal'] / n:,.0f} bytes per CID)."
             )
     return lines
