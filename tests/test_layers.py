@@ -47,7 +47,7 @@ LAYER = {
 MODULES = {
     "network", "records", "providerstore", "routingtable", "routing", "server", "provider", "rtrefresh", "dht", "ipfs", "httpapi",
 }
-COMPOSITION_ROOTS = {"node", "sim"}
+COMPOSITION_ROOTS = {"cli", "node", "sim"}  # as README's diagram: the CLI opens a provide list without a node
 # Helper modules other modules may use besides ``api`` (value types and pure functions).
 PUBLIC = {
     "network": {"multiaddrs", "dnsaddr"},
