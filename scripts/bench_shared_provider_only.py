@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reprovide import CountingMessenger, OracleDHT, cycle_check, publish  # noqa: E402
-from bench_reprovide_sqlite import Meter  # noqa: E402
+from bench_reprovide_sqlite import Meter, provided_since  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from dhtstore.data.schema import open_store  # noqa: E402
@@ -101,16 +101,6 @@ async def reset(store_url: str) -> None:
         await engine.dispose()
 
 
-async def provided(store_url: str) -> int:
-    engine = await open_store(store_url)
-    try:
-        async with engine.connect() as conn:
-            stmt = text("SELECT count(*) FROM provided_keys WHERE last_provided_at IS NOT NULL")
-            return int((await conn.execute(stmt)).scalar_one())
-    finally:
-        await engine.dispose()
-
-
 async def measured(store_url: str, heads: int, args: argparse.Namespace) -> dict[str, Any]:
     """Start the heads (children) and measure the run around them."""
     engine = await open_store(store_url)
@@ -126,16 +116,17 @@ async def measured(store_url: str, heads: int, args: argparse.Namespace) -> dict
         if any(c.returncode for c in children):
             sys.exit(f"FAILED: a head exited with {[c.returncode for c in children]}")
         run = await meter.stop()
+        run["provided"] = await provided_since(engine, -1)  # every key ever provided (never: NULL)
     finally:
         await engine.dispose()
     run["heads"] = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     return run
 
 
-def report(args: argparse.Namespace, run: dict[str, Any], done: int) -> None:
+def report(args: argparse.Namespace, run: dict[str, Any]) -> None:
     n, heads = args.cids, run["heads"]
     sent = sum(h["sent"] for h in heads)
-    check = cycle_check(sent, done, n, "the first provide, all heads together")
+    check = cycle_check(sent, run["provided"], n, "the first provide, all heads together")
     lines = [
         f"### {len(heads)} heads on one PostgreSQL store, first provide of {n:,} CIDs, {args.nodes:,} oracle servers",
         "",
@@ -182,7 +173,7 @@ def main() -> None:
     if args.reset:
         anyio.run(reset, args.store_url)
     run = anyio.run(measured, args.store_url, args.heads, args)
-    report(args, run, anyio.run(provided, args.store_url))
+    report(args, run)
 
 
 if __name__ == "__main__":
